@@ -1,0 +1,1 @@
+"""Graph passes of the compiler (imported as ``qdit4sr_export.passes``)."""

@@ -1,0 +1,1 @@
+"""Kernels and backend plugins (imported as ``qdit4sr_export.plugins``)."""

@@ -1,0 +1,39 @@
+"""The ``qdit4sr-export`` command line: a click group whose commands live one per module."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from qdit4sr_export import __version__
+from qdit4sr_export.errors import UserError
+
+
+class _Group(click.Group):
+    """Turns :class:`UserError` into a one-line ``error: ...`` on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="qdit4sr-export")
+@click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
+def main(verbose: bool) -> None:
+    """Quantize DiT4SR super-resolution transformers and export them for deployment."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _register() -> None:
+    from qdit4sr_export.cli.info import info
+
+    main.add_command(info)
+
+
+_register()

@@ -1,0 +1,21 @@
+"""``qdit4sr-export info MODEL``: config, parameter counts by part, stored dtypes and linear layers."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("model")
+@click.option("--config", "config", default=None,
+              help="Preset name or config.json, for a .safetensors/.pt file that carries none.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-layers", is_flag=True, help="Leave out the per-layer list (text output).")
+def info(model: str, config: str | None, as_json: bool, no_layers: bool) -> None:
+    """Describe MODEL (a preset name or a checkpoint) without loading its weights."""
+    from qdit4sr_export.model.summary import format_summary, summarize
+
+    summary = summarize(model, config=config)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary, layers=not no_layers))

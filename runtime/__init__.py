@@ -1,0 +1,1 @@
+"""Runtime that runs engine sets (imported as ``qdit4sr_export.runtime``)."""

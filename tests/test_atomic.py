@@ -1,0 +1,46 @@
+import pytest
+
+from qdit4sr_export.atomic import atomic_path
+from qdit4sr_export.errors import UserError
+
+
+def test_file_appears_only_on_success(tmp_path):
+    target = tmp_path / "out.bin"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"data")
+        assert not target.exists()
+    assert target.read_bytes() == b"data"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_error_removes_the_temporary(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out", folder=True) as tmp:
+            (tmp / "part").write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_target_needs_overwrite(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with pytest.raises(UserError, match="already exists"):
+        with atomic_path(target, folder=True):
+            pass
+    with atomic_path(target, folder=True, overwrite=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_missing_parent_is_named(tmp_path):
+    with pytest.raises(UserError, match="output folder does not exist"):
+        with atomic_path(tmp_path / "no" / "file"):
+            pass
+
+
+def test_layout_packages_import():
+    import qdit4sr_export.passes
+    import qdit4sr_export.plugins
+    import qdit4sr_export.runtime  # noqa: F401
