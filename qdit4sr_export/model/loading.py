@@ -140,7 +140,8 @@ def save_dit4sr(
     ``max_shard_bytes`` is given)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        metadata = {"format": "pt", CONFIG_METADATA_KEY: model.config.to_json()}
+        # One key only: safetensors writes a multi-key metadata map in random order (not byte-deterministic).
+        metadata = {CONFIG_METADATA_KEY: model.config.to_json()}
         with atomic_path(path, overwrite=overwrite) as tmp:
             save_file(_state_for_saving(model), str(tmp), metadata=metadata)
     elif path.suffix in TORCH_SUFFIXES:
