@@ -28,3 +28,10 @@ def seeded_model(preset: str, seed: int = 0) -> DiT4SRTransformer:
             if "norm" in name and p.dim() == 1:
                 p.uniform_(0.5, 1.5)
     return model
+
+
+def heavy_tailed_model(preset: str = "dit4sr-small", seed: int = 0) -> DiT4SRTransformer:
+    """A seeded model whose block weights look trained (heavy tails, outlier channels); see model.synthetic."""
+    from qdit4sr_export.model.synthetic import heavy_tailed_
+
+    return heavy_tailed_(seeded_model(preset, seed), seed=seed)

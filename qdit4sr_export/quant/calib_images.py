@@ -1,0 +1,101 @@
+"""Calibration latents from a folder of LR photos, as the paper does: random 128x128 crops, bicubic x4,
+then the model's own autoencoder (``vae/`` beside ``transformer/``), ``(z - shift) * scale``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from qdit4sr_export.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def find_autoencoder_folder(model_path: str | Path) -> Path | None:
+    """The ``vae/`` folder of a pipeline folder (given the pipeline root or its ``transformer/``), if any."""
+    path = Path(model_path)
+    if not path.is_dir():
+        path = path.parent
+    for root in (path, path.parent):
+        if (root / "vae" / "config.json").is_file():
+            return root / "vae"
+    return None
+
+
+def load_autoencoder(folder: Path):
+    """diffusers' AutoencoderKL from a local folder (never the network)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"{folder}: cannot load the autoencoder ({str(exc).splitlines()[0]})") from None
+
+
+def read_images(folder: str | Path) -> list[Image.Image]:
+    """Every readable image in ``folder`` (sorted by name), as RGB; unreadable files are skipped with a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"calibration folder not found: {folder}")
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            with Image.open(path) as img:
+                images.append(img.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            log.warning("skipping unreadable calibration image %s (%s)", path, exc)
+    if not images:
+        raise UserError(f"calibration folder {folder} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def random_crops(images: list[Image.Image], *, count: int, size: int, seed: int) -> list[Image.Image]:
+    """``count`` seeded random ``size``x``size`` crops, cycling through the images; small images are upscaled first."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(count):
+        img = images[i % len(images)]
+        if min(img.size) < size:
+            scale = size / min(img.size)
+            img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                             Image.Resampling.BICUBIC)
+        left = int(rng.integers(0, img.width - size + 1))
+        top = int(rng.integers(0, img.height - size + 1))
+        crops.append(img.crop((left, top, left + size, top + size)))
+    return crops
+
+
+def encode_images(vae, crops: list[Image.Image], *, upscale: int = 4, batch_size: int = 4) -> torch.Tensor:
+    """Bicubic x``upscale``, map to [-1, 1], encode (distribution mean, for determinism), shift and scale."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    scale = vae.config.scaling_factor
+    latents = []
+    for start in range(0, len(crops), batch_size):
+        batch = []
+        for crop in crops[start:start + batch_size]:
+            up = crop.resize((crop.width * upscale, crop.height * upscale), Image.Resampling.BICUBIC)
+            arr = torch.from_numpy(np.asarray(up, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+            batch.append(arr)
+        with torch.no_grad():
+            z = vae.encode(torch.stack(batch)).latent_dist.mode()
+        latents.append((z - shift) * scale)
+    return torch.cat(latents)
+
+
+def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: int = 32, crop: int = 128,
+                        seed: int = 0) -> torch.Tensor:
+    """LR latents for calibration from a folder of images and the model's autoencoder."""
+    vae_folder = find_autoencoder_folder(model_path)
+    if vae_folder is None:
+        raise UserError(
+            f"calibration images need the model's autoencoder: no vae/ folder beside {model_path}; "
+            "give a prepared latents file (.safetensors with 'lr_latent') instead"
+        )
+    images = read_images(folder)
+    return encode_images(load_autoencoder(vae_folder), random_crops(images, count=count, size=crop, seed=seed))

@@ -1,0 +1,142 @@
+"""Calibration inputs for VaTMP and the activation statistics v(l, t) collected along a sampling trajectory.
+
+Inputs come from a prepared file (``.safetensors``/``.pt`` with ``lr_latent`` and optionally
+``encoder_hidden_states`` / ``pooled_projections``) or from a folder of LR images encoded by the model's
+autoencoder (see :mod:`qdit4sr_export.quant.calib_images`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.sampling import flow_schedule
+
+#: Text tokens used when a calibration file carries no prompt embeddings (a zero "null" prompt).
+NULL_TEXT_TOKENS = 1
+
+
+@dataclass
+class CalibrationInputs:
+    """Model inputs for calibration: one LR latent per sample and its text conditioning."""
+
+    lr_latent: torch.Tensor  # (n, C, H, W)
+    encoder_hidden_states: torch.Tensor  # (n, L, joint_attention_dim)
+    pooled_projections: torch.Tensor  # (n, pooled_projection_dim)
+
+    def __len__(self) -> int:
+        return self.lr_latent.shape[0]
+
+    def check(self, config: DiT4SRConfig, source: str) -> None:
+        lat = tuple(self.lr_latent.shape)
+        if len(lat) != 4 or lat[1] != config.in_channels or lat[2] != lat[3]:
+            raise UserError(f"{source}: lr_latent must be (n, {config.in_channels}, s, s) with square s, got {lat}")
+        n = lat[0]
+        if tuple(self.encoder_hidden_states.shape[::2]) != (n, config.joint_attention_dim):
+            raise UserError(
+                f"{source}: encoder_hidden_states must be ({n}, tokens, {config.joint_attention_dim}), "
+                f"got {tuple(self.encoder_hidden_states.shape)}"
+            )
+        if tuple(self.pooled_projections.shape) != (n, config.pooled_projection_dim):
+            raise UserError(
+                f"{source}: pooled_projections must be ({n}, {config.pooled_projection_dim}), "
+                f"got {tuple(self.pooled_projections.shape)}"
+            )
+
+    @classmethod
+    def with_null_prompt(cls, lr_latent: torch.Tensor, config: DiT4SRConfig) -> "CalibrationInputs":
+        n = lr_latent.shape[0]
+        return cls(
+            lr_latent.float(),
+            torch.zeros(n, NULL_TEXT_TOKENS, config.joint_attention_dim),
+            torch.zeros(n, config.pooled_projection_dim),
+        )
+
+
+def load_calibration_file(path: str | Path, config: DiT4SRConfig) -> CalibrationInputs:
+    """Read prepared latents; missing prompt embeddings become a zero null prompt."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            data = load_file(str(path))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"calibration file not found: {path}") from None
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable calibration file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or "lr_latent" not in data:
+        raise UserError(f"{path}: calibration file must hold a tensor 'lr_latent' (n, C, s, s)")
+    inputs = CalibrationInputs.with_null_prompt(data["lr_latent"], config)
+    if "encoder_hidden_states" in data:
+        inputs.encoder_hidden_states = data["encoder_hidden_states"].float()
+    if "pooled_projections" in data:
+        inputs.pooled_projections = data["pooled_projections"].float()
+    inputs.check(config, str(path))
+    return inputs
+
+
+def collect_activation_variance(
+    model: nn.Module,
+    layer_names: list[str],
+    inputs: CalibrationInputs,
+    *,
+    steps: int,
+    shift: float = 3.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    start_sigma: float | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """v(l, t) of Eq. 17 for each named layer's input at each of ``steps`` Euler steps, shape (L, T).
+
+    The Hadamard rotation is orthonormal, so the mean squared value of the rotated activation equals that
+    of the input: no rotation is needed here. The trajectory starts from seeded noise (or from
+    ``(1 - sigma) * lr + sigma * noise`` when ``start_sigma`` is given) and follows the model's own
+    predictions, as inference does.
+    """
+    timesteps, sigmas = flow_schedule(steps, shift=shift)
+    modules = dict(model.named_modules())
+    sums = np.zeros((len(layer_names), steps))
+    counts = np.zeros((len(layer_names), steps))
+    current = {"step": 0}
+
+    def hook(index: int):
+        def record(module, args):
+            x = args[0].detach().double()
+            sums[index, current["step"]] += float(x.pow(2).sum())
+            counts[index, current["step"]] += x.numel()
+        return record
+
+    handles = [modules[name].register_forward_pre_hook(hook(i)) for i, name in enumerate(layer_names)]
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        batches = range(0, len(inputs), batch_size)
+        bar = tqdm(total=len(batches) * steps, desc="calibration", disable=not progress, leave=False)
+        for start in batches:
+            sl = slice(start, start + batch_size)
+            lr = inputs.lr_latent[sl]
+            ctx, pooled = inputs.encoder_hidden_states[sl], inputs.pooled_projections[sl]
+            noise = torch.randn(lr.shape, generator=generator)
+            x = noise if start_sigma is None else (1 - start_sigma) * lr + start_sigma * noise
+            for i in range(steps):
+                current["step"] = i
+                with torch.no_grad():
+                    v = model(x, lr, ctx, pooled, timesteps[i].expand(lr.shape[0]))
+                x = x + (sigmas[i + 1] - sigmas[i]) * v
+                bar.update(1)
+        bar.close()
+    finally:
+        for h in handles:
+            h.remove()
+    # Layers never called (their output is unused, e.g. attn2's text projections) have no statistics.
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)

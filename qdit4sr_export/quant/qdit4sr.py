@@ -1,0 +1,184 @@
+"""The Q-DiT4SR method: Hadamard rotation, H-SVD, VaSMP weight bits and VaTMP activation-bit schedules -> QuantPlan."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.transformer import DiT4SRTransformer
+from qdit4sr_export.quant.accounting import quantizable_linears
+from qdit4sr_export.quant.calibration import CalibrationInputs, collect_activation_variance
+from qdit4sr_export.quant.gaussian import check_bits, kappa_table
+from qdit4sr_export.quant.hadamard import Rotation
+from qdit4sr_export.quant.hsvd import select_block
+from qdit4sr_export.quant.plan import LayerPlan, QuantPlan, architecture_fingerprint, weights_fingerprint
+from qdit4sr_export.quant.vasmp import allocate_weight_bits
+from qdit4sr_export.quant.vatmp import schedule_layers
+from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, flow_schedule
+
+#: Layers whose output never reaches the model output: attn2's text projections and to_k_control.
+_INACTIVE = re.compile(r"(\.attn2\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)|\.to_k_control)$")
+ACT_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def is_active(name: str) -> bool:
+    """Whether a layer participates in the forward computation (the paper's active set for VaSMP/VaTMP)."""
+    return _INACTIVE.search(name) is None
+
+
+@dataclass(frozen=True)
+class QDiT4SRConfig:
+    """Options of the Q-DiT4SR method. ``wbits=None`` means VaSMP at ``wbits_budget``; ``local_rank=0``
+    drops SVD-L (plain SVD-G, the paper's baseline); VaTMP runs only when calibration inputs are given."""
+
+    version: int = 1
+    wbits: int | None = None
+    wbits_budget: float = 4.0
+    wbits_min: int | None = None
+    wbits_max: int | None = None
+    abits: float = 4.0
+    svd_rank: int = 32
+    local_rank: int = 8
+    vatmp: bool = True
+    max_segments: int | None = 3
+    rotation_seed: int | None = 0  # random Hadamard signs (None: plain Hadamard); see README
+    rotation_block: int | None = None  # block-diagonal Hadamard of this power-of-two size (None: full K * 2^m)
+    steps: int = DEFAULT_STEPS
+    shift: float = DEFAULT_SHIFT
+    calib_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.wbits is not None:
+            check_bits(self.wbits, "--wbits")
+        elif not 2 <= self.wbits_budget <= 8:
+            raise UserError(f"--wbits-budget must be in 2..8, got {self.wbits_budget}")
+        if not 2 <= self.abits <= 8:
+            raise UserError(f"--abits must be in 2..8, got {self.abits}")
+        if self.svd_rank < 0 or self.local_rank < 0:
+            raise UserError(f"--svd-rank and --local-rank must be >= 0, got {self.svd_rank} and {self.local_rank}")
+        if self.max_segments is not None and self.max_segments < 1:
+            raise UserError(f"--max-segments must be >= 1, got {self.max_segments}")
+        if self.steps < 1:
+            raise UserError(f"--steps must be >= 1, got {self.steps}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _layer_variance(model: torch.nn.Module, name: str, rotation: Rotation) -> float:
+    """Average output-channel variance of the Hadamard-domain weight W_H = W R (VaSMP's statistic)."""
+    w = dict(model.named_modules())[name].weight.detach().float()
+    return float(rotation.apply(w).var(dim=1, unbiased=False).mean())
+
+
+def _check_ranks(linears: dict[str, tuple[int, int]], rank: int) -> None:
+    for name, (out, inp) in linears.items():
+        if rank > min(out, inp):
+            raise UserError(f"--svd-rank {rank} is larger than min(out, in) = {min(out, inp)} of layer '{name}'")
+
+
+def make_plan(
+    model: DiT4SRTransformer,
+    config: QDiT4SRConfig,
+    *,
+    calibration: CalibrationInputs | None = None,
+    progress: bool = False,
+) -> QuantPlan:
+    """Build a Q-DiT4SR plan. With an integer ``wbits`` and no calibration, only shapes are used (meta ok)."""
+    linears = quantizable_linears(model)
+    _check_ranks(linears, config.svd_rank)
+    names = list(linears)
+    on_meta = next(model.parameters()).device.type == "meta"
+    rotations = {}
+    for name, (_, inp) in linears.items():
+        try:
+            rotations[name] = Rotation(n=inp, seed=config.rotation_seed, block=config.rotation_block)
+        except UserError as exc:
+            raise UserError(f"layer '{name}': {exc}") from None
+    notes = []
+
+    active = [n for n in names if is_active(n)]
+    weight_var: dict[str, float] = {}
+    act_var: dict[str, tuple[float, ...]] = {}
+    if config.wbits is not None:
+        wbits = {n: config.wbits for n in names}
+    else:
+        if on_meta:
+            raise UserError("--wbits auto (VaSMP) reads the weights: give a checkpoint, or an integer --wbits "
+                            "for shape-only accounting")
+        variances = [_layer_variance(model, n, rotations[n]) for n in active]
+        weight_var = dict(zip(active, variances))
+        sizes = [linears[n][0] * linears[n][1] for n in active]
+        bits = allocate_weight_bits(variances, sizes, budget=config.wbits_budget, kappa=kappa_table("integer"),
+                                    b_min=config.wbits_min, b_max=config.wbits_max)
+        wbits = dict(zip(active, bits))
+        fill = int(round(config.wbits_budget))
+        wbits.update({n: fill for n in names if n not in wbits})
+
+    timesteps, _ = flow_schedule(config.steps, shift=config.shift)
+    steps = config.steps
+    if float(config.abits).is_integer():
+        static = {n: (int(config.abits),) * steps for n in names}
+    else:
+        static = None
+    blocks = {
+        n: select_block(out, inp, config.local_rank) if config.local_rank > 0 else None
+        for n, (out, inp) in linears.items()
+    }
+
+    def layer_plans(abits: dict[str, tuple[int | None, ...]]) -> dict[str, LayerPlan]:
+        return {
+            n: LayerPlan(in_features=inp, out_features=out, wbits=wbits[n], abits=abits[n],
+                         rotation=rotations[n].to_dict(), svd_rank=config.svd_rank, local_block=blocks[n],
+                         active=is_active(n), weight_variance=weight_var.get(n), act_variance=act_var.get(n))
+            for n, (out, inp) in linears.items()
+        }
+
+    fingerprint = {
+        "architecture": architecture_fingerprint(model.config, linears),
+        "weights": None if on_meta else weights_fingerprint(model, sorted(names)),
+    }
+
+    def plan_with(abits: dict[str, tuple[int | None, ...]], extra_notes: list[str]) -> QuantPlan:
+        return QuantPlan(method="qdit4sr", method_config=config.to_dict(), model_config=model.config.to_dict(),
+                         fingerprint=fingerprint, timesteps=tuple(float(t) for t in timesteps),
+                         layers=layer_plans(abits), notes=tuple(extra_notes))
+
+    if calibration is None or not config.vatmp:
+        if static is None:
+            raise UserError(f"--abits {config.abits} is fractional: a static schedule needs an integer "
+                            "(a fractional average budget needs VaTMP with calibration data)")
+        if config.vatmp:
+            notes.append("VaTMP off: no calibration data; static activation bits at every timestep")
+        return plan_with(static, notes)
+
+    if on_meta:
+        raise UserError("VaTMP calibration runs the model: give a checkpoint, not a preset name")
+    calibration.check(model.config, "calibration inputs")
+    # Collect v(l, t) under quantized weights (paper Sec. 3.4.2), on a copy so the caller's model is untouched.
+    from qdit4sr_export.quant.simulate import apply_plan
+
+    weights_only = plan_with({n: (None,) * steps for n in names}, [])
+    sim = apply_plan(copy.deepcopy(model), weights_only, check=False)
+    sim.weights_only()
+    active_called = list(active)
+    variance = collect_activation_variance(sim.model, active_called, calibration, steps=steps, shift=config.shift,
+                                           seed=config.calib_seed, progress=progress)
+    seen = ~np.isnan(variance).any(axis=1)
+    schedule = schedule_layers(variance[seen], budget=config.abits, kappa=kappa_table("integer"), bits=ACT_BITS,
+                               max_segments=config.max_segments)
+    abits: dict[str, tuple[int | None, ...]] = {}
+    fallback = int(np.floor(config.abits))
+    for name, row, v in zip([n for n, s in zip(active_called, seen) if s], schedule, variance[seen]):
+        abits[name] = tuple(int(b) for b in row)
+        act_var[name] = tuple(float(x) for x in v)
+    for name in names:
+        abits.setdefault(name, (fallback,) * steps)
+    notes.append(f"VaTMP on {len(calibration)} calibration samples, {steps} steps, max {config.max_segments} segments")
+    return plan_with(abits, notes)

@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from qdit4sr_export.cli import main
+from qdit4sr_export.model.loading import save_dit4sr
+from qdit4sr_export.quant.plan import QuantPlan
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("local_rank, params_m", [(4, 454.78), (8, 465.39), (16, 486.62), (32, 529.06)])
+def test_paper_params_from_shapes_alone(local_rank, params_m):
+    result = run("plan", "dit4sr-medium", "--wbits", 4, "--svd-rank", 32, "--local-rank", local_rank, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["params_m"] == pytest.approx(params_m, rel=1e-3)
+    assert summary["fp_params_m"] == pytest.approx(2716.814, abs=1e-3)
+    assert summary["avg_wbits"] == 4 and summary["layers"] == 585
+    assert summary["size_ratio"] == pytest.approx(2716.814144 / summary["params_m"], rel=1e-4)
+    assert summary["gbops_per_step"] < summary["fp_gbops_per_step"]
+
+
+def test_plan_of_a_checkpoint_with_calibration_file(tmp_path, tiny_model):
+    ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+    save_file({"lr_latent": torch.randn(2, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    out = tmp_path / "plan.json"
+    result = run("plan", ckpt, "--wbits", "auto", "--abits", 4.5, "--svd-rank", 8, "--local-rank", 2,
+                 "--calib", tmp_path / "calib.safetensors", "--steps", 6, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    plan = QuantPlan.load(out)
+    assert summary["output"] == str(out) and plan.method == "qdit4sr"
+    assert len(plan.timesteps) == 6 and plan.fingerprint["weights"]
+    assert any(len(set(lp.abits)) > 1 for lp in plan.layers.values())
+    again = tmp_path / "again.json"
+    run("plan", ckpt, "--wbits", "auto", "--abits", 4.5, "--svd-rank", 8, "--local-rank", 2,
+        "--calib", tmp_path / "calib.safetensors", "--steps", 6, "-o", again, "--json")
+    assert again.read_bytes() == out.read_bytes()  # deterministic
+
+
+def test_existing_output_needs_force(tmp_path, tiny_model):
+    out = tmp_path / "plan.json"
+    out.write_text("{}")
+    result = run("plan", "dit4sr-tiny", "--wbits", 4, "--svd-rank", 8, "-o", out)
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert run("plan", "dit4sr-tiny", "--wbits", 4, "--svd-rank", 8, "-o", out, "--force").exit_code == 0
+    assert QuantPlan.load(out).method == "qdit4sr"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dit4sr-tiny", "--wbits", "9"], "--wbits must be in 2..8"),
+        (["dit4sr-tiny", "--wbits", "four"], "--wbits must be 'auto' or an integer"),
+        (["dit4sr-tiny", "--wbits", "4", "--abits", "12"], "--abits must be in 2..8"),
+        (["dit4sr-tiny", "--wbits", "4", "--svd-rank", "100"], "--svd-rank 100 is larger than min(out, in) = 64"),
+        (["dit4sr-tiny"], "VaSMP) reads the weights"),
+        (["dit4sr-tiny", "--wbits", "4", "--svd-rank", "8", "--calib", "{tmp}/empty"], "calibration"),
+        (["nope-model", "--wbits", "4"], "neither a file or folder nor a preset"),
+    ],
+)
+def test_plan_bad_input_one_line_error(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = subprocess.run([sys.executable, "-m", "qdit4sr_export", "plan", *args], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_dimension_without_hadamard_construction(tmp_path):
+    config = {"sample_size": 16, "num_layers": 2, "attention_head_dim": 46, "num_attention_heads": 2,
+              "joint_attention_dim": 32, "caption_projection_dim": 92, "pooled_projection_dim": 16,
+              "pos_embed_max_size": 16, "dual_attention_layers": [0]}
+    (tmp_path / "odd.json").write_text(json.dumps(config))
+    result = run("plan", "dit4sr-tiny", "--config", tmp_path / "odd.json", "--wbits", 4, "--svd-rank", 8)
+    assert result.exit_code == 2
+    assert "no Hadamard construction for dimension n=92" in result.output and "block" in result.output
+    fixed = run("plan", "dit4sr-tiny", "--config", tmp_path / "odd.json", "--wbits", 4, "--svd-rank", 8,
+                "--hadamard-block", 4, "--json")
+    assert fixed.exit_code == 0, fixed.output

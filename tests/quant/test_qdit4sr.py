@@ -1,0 +1,122 @@
+"""The Q-DiT4SR method end to end on small models: VaSMP bits, VaTMP schedules, ablations, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_inputs
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.model import build_dit4sr
+from qdit4sr_export.quant.calibration import CalibrationInputs
+from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, is_active, make_plan
+
+
+def calibration_for(model, n=4, side=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lr = torch.randn(n, model.config.in_channels, side, side, generator=g)
+    return CalibrationInputs.with_null_prompt(lr, model.config)
+
+
+def test_inactive_layers():
+    assert not is_active("transformer_blocks.0.attn2.add_q_proj")
+    assert not is_active("transformer_blocks.0.attn2.to_add_out")
+    assert not is_active("transformer_blocks.5.attn.to_k_control")
+    assert is_active("transformer_blocks.0.attn.add_q_proj")
+    assert is_active("transformer_blocks.0.attn2.to_q_control")
+
+
+def test_vasmp_plan_meets_budget_and_favours_high_variance(small_model):
+    with torch.no_grad():  # make one layer's weights much wider than the rest
+        small_model.transformer_blocks[1].ff.net[2].weight.mul_(20)
+    plan = make_plan(small_model, QDiT4SRConfig(wbits=None, wbits_budget=4, abits=6, steps=3))
+    active = {n: lp for n, lp in plan.layers.items() if lp.active}
+    sizes = np.array([lp.in_features * lp.out_features for lp in active.values()])
+    bits = np.array([lp.wbits for lp in active.values()])
+    assert (sizes * bits).sum() <= 4 * sizes.sum()
+    assert (sizes * bits).sum() >= 4 * sizes.sum() - sizes.min()
+    assert set(bits) <= {3, 4, 5} and len(set(bits)) > 1
+    assert plan.layers["transformer_blocks.1.ff.net.2"].wbits == 5
+    assert all(lp.wbits == 4 for lp in plan.layers.values() if not lp.active)
+    assert all(lp.weight_variance is not None for lp in active.values())
+
+
+def test_vatmp_puts_extra_bits_where_variance_is_high(tiny_model):
+    # A random model's LayerNorm'd activations barely change over time (constant 4 bits is then optimal at an
+    # integer budget); a fractional budget makes the DP place the spare bits, which shows where it puts them.
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4.5, svd_rank=8, local_rank=2, steps=8, max_segments=3),
+                     calibration=calibration_for(tiny_model))
+    active = [lp for lp in plan.layers.values() if lp.active]
+    for lp in active:
+        assert len(lp.abits) == 8 and sum(lp.abits) <= 36
+        assert sum(1 for a, b in zip(lp.abits, lp.abits[1:]) if a != b) <= 2  # at most 3 segments
+        assert lp.act_variance is not None and len(lp.act_variance) == 8
+        bits, var = np.array(lp.abits), np.array(lp.act_variance)
+        if len(set(lp.abits)) > 1:
+            assert var[bits == bits.max()].mean() >= var[bits < bits.max()].mean()
+    assert sum(len(set(lp.abits)) > 1 for lp in active) > len(active) // 2
+    assert all(lp.abits == (4,) * 8 for lp in plan.layers.values() if not lp.active)
+    assert any("VaTMP on 4 calibration samples" in note for note in plan.notes)
+
+
+def test_no_calibration_means_static_bits_with_a_note(tiny_model):
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=6, svd_rank=8, local_rank=2, steps=5))
+    assert all(lp.abits == (6,) * 5 for lp in plan.layers.values())
+    assert any("VaTMP off" in note for note in plan.notes)
+
+
+def test_ablation_no_hsvd_drops_the_local_branch(tiny_model):
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, svd_rank=8, local_rank=0, steps=2))
+    assert all(lp.local_block is None and lp.svd_rank == 8 for lp in plan.layers.values())
+
+
+def test_plans_are_deterministic(tiny_model):
+    cfg = QDiT4SRConfig(wbits=None, abits=4, svd_rank=8, local_rank=2, steps=4)
+    a = make_plan(tiny_model, cfg, calibration=calibration_for(tiny_model))
+    b = make_plan(tiny_model, cfg, calibration=calibration_for(tiny_model))
+    assert a.to_json() == b.to_json()
+
+
+def test_planning_does_not_touch_the_model(tiny_model):
+    inputs = make_inputs(tiny_model)
+    with torch.no_grad():
+        before = tiny_model(*inputs)
+    make_plan(tiny_model, QDiT4SRConfig(wbits=None, abits=4, svd_rank=8, local_rank=2, steps=3),
+              calibration=calibration_for(tiny_model))
+    with torch.no_grad():
+        assert torch.equal(before, tiny_model(*inputs))
+    assert all(type(m).__name__ != "FakeQuantLinear" for m in tiny_model.modules())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"wbits": 9}, "--wbits"),
+        ({"wbits": 1}, "--wbits"),
+        ({"abits": 1}, "--abits must be in 2..8"),
+        ({"wbits_budget": 9.0}, "--wbits-budget"),
+        ({"svd_rank": -1}, "--svd-rank"),
+        ({"max_segments": 0}, "--max-segments"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        QDiT4SRConfig(**kwargs)
+
+
+def test_rank_larger_than_layer(tiny_model):
+    with pytest.raises(UserError, match="--svd-rank 65 is larger than min"):
+        make_plan(tiny_model, QDiT4SRConfig(wbits=4, svd_rank=65, steps=2))
+
+
+def test_auto_bits_need_weights():
+    meta = build_dit4sr("dit4sr-tiny", device="meta")
+    with pytest.raises(UserError, match="VaSMP.*reads the weights"):
+        make_plan(meta, QDiT4SRConfig(wbits=None, steps=2))
+
+
+def test_fractional_abits_need_calibration(tiny_model):
+    with pytest.raises(UserError, match="fractional"):
+        make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4.5, svd_rank=8, steps=2))
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4.5, svd_rank=8, local_rank=2, steps=4),
+                     calibration=calibration_for(tiny_model))
+    assert all(sum(lp.abits) <= 18 for lp in plan.layers.values() if lp.active)
