@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.jsonfile import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,7 @@ class DiT4SRConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> "DiT4SRConfig":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"config file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config file {path} must hold a JSON object")
+        data = read_json_object(path, "config file")
         return cls.from_dict(data, source=str(path))
 
 

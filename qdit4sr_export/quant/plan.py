@@ -17,6 +17,7 @@ import torch
 from qdit4sr_export import __version__
 from qdit4sr_export.atomic import atomic_path
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.jsonfile import read_json_object
 from qdit4sr_export.model.config import DiT4SRConfig
 
 SCHEMA = "qdit4sr-export/quant-plan"
@@ -125,14 +126,7 @@ class QuantPlan:
     @classmethod
     def load(cls, path: str | Path) -> "QuantPlan":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"plan file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: not a QuantPlan (expected a JSON object)")
+        data = read_json_object(path, "plan file")
         return cls.from_dict(data, str(path))
 
     def abits_at(self, step: int) -> dict[str, int | None]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from fractions import Fraction
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.budget import budget_total, check_budget
 
 
 def _float_array(values: Sequence[float], name: str) -> np.ndarray:
@@ -49,30 +49,11 @@ def _check_layers(
     return var, sizes_int
 
 
-def _check_budget(budget: float) -> float:
-    """A finite float budget (average bits), or a UserError."""
-    try:
-        value = float(budget)
-    except (TypeError, ValueError):
-        raise UserError(f"budget must be a number, got {budget!r}") from None
-    if not math.isfinite(value):
-        raise UserError(f"budget must be finite, got {budget!r}")
-    return value
-
-
-def _budget_total(budget: float, weight: int) -> int:
-    """floor(budget * weight), rounding up when within float noise of the next integer: 4.02 * 50 is
-    200.99999999999997 as floats but means 201 (the float 4.02 is off by an ulp, not by 1/50 of a bit)."""
-    exact = Fraction(float(budget)) * weight
-    total = math.floor(exact)
-    return total + 1 if 0 < total + 1 - exact <= abs(exact) * 2.0**-50 else total
-
-
 def continuous_bits(variances: Sequence[float], sizes: Sequence[int], budget: float, eps: float = 1e-12) -> np.ndarray:
     """Real-valued optimum of Eq. 14 (Eq. 15-16, w_l = N_l): budget plus half the log2 variance above the
     parameter-weighted geometric mean, so the weighted average of the result is exactly ``budget``."""
     var, n = _check_layers(variances, sizes)
-    budget = _check_budget(budget)
+    budget = check_budget(budget)
     if not (eps > 0 and math.isfinite(eps)):
         raise UserError(f"eps must be a positive number, got {eps!r}")
     w = np.asarray(n, dtype=np.float64)
@@ -127,10 +108,10 @@ def allocate_weight_bits(
     """Integer bits per layer (Sec. 3.3.2 greedy discretisation): start from clip(floor(b*)), trim over-budget
     layers where a bit costs least distortion, then hand out bits by largest gain while they fit the budget."""
     var, n = _check_layers(variances, sizes)
-    budget = _check_budget(budget)
+    budget = check_budget(budget)
     lo, hi = _bit_range(budget, kappa, b_min, b_max)
     k = {b: float(kappa[b]) for b in range(lo, hi + 1)}
-    total_budget = _budget_total(budget, sum(n))
+    total_budget = budget_total(budget, sum(n))
     start = np.clip(np.floor(continuous_bits(var, n, budget)), lo, hi).astype(int)
     bits = [int(b) for b in start]
     v = var.tolist()

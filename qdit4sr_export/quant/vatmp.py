@@ -15,12 +15,12 @@ within RTOL) go to fewer bits, then fewer segments, then lower bits.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.budget import budget_total, check_budget
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 #: Costs within this relative distance are ties (float sums of the same terms in another order differ by ulps).
@@ -69,15 +69,8 @@ def _check_bits(bits: Sequence[int], kappa: Mapping[int, float]) -> tuple[np.nda
 
 def _extra_budget(budget: float, steps: int, bits: np.ndarray) -> int:
     """Bits above min(bits)*T that Eq. 21 allows, capped at what max(bits) could use; UserError if negative."""
-    try:
-        value = float(budget)
-    except (TypeError, ValueError):
-        raise UserError(f"budget must be a number, got {budget!r}") from None
-    if not math.isfinite(value):
-        raise UserError(f"budget must be finite, got {budget!r}")
-    # floor(budget * T), rounding up within float noise of the next integer: 2.01 * 100 means 201, not 200.
-    exact = Fraction(value) * steps
-    total = math.floor(exact) + (0 < math.ceil(exact) - exact <= abs(exact) * 2.0**-50)
+    value = check_budget(budget)
+    total = budget_total(value, steps)
     extra = total - int(bits[0]) * steps
     if extra < 0:
         raise UserError(f"budget {value} allows {total} bits over {steps} timesteps, below the minimum "
