@@ -18,6 +18,7 @@ from qdit4sr_export.quant.gaussian import check_bits, kappa_table
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.hsvd import select_block
 from qdit4sr_export.quant.plan import LayerPlan, QuantPlan, architecture_fingerprint, weights_fingerprint
+from qdit4sr_export.quant.simulate import apply_plan
 from qdit4sr_export.quant.vasmp import allocate_weight_bits
 from qdit4sr_export.quant.vatmp import schedule_layers
 from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, flow_schedule
@@ -123,10 +124,6 @@ def make_plan(
 
     timesteps, _ = flow_schedule(config.steps, shift=config.shift)
     steps = config.steps
-    if float(config.abits).is_integer():
-        static = {n: (int(config.abits),) * steps for n in names}
-    else:
-        static = None
     blocks = {
         n: select_block(out, inp, config.local_rank) if config.local_rank > 0 else None
         for n, (out, inp) in linears.items()
@@ -151,31 +148,29 @@ def make_plan(
                          layers=layer_plans(abits), notes=tuple(extra_notes))
 
     if calibration is None or not config.vatmp:
-        if static is None:
+        if not float(config.abits).is_integer():
             raise UserError(f"--abits {config.abits} is fractional: a static schedule needs an integer "
                             "(a fractional average budget needs VaTMP with calibration data)")
         if config.vatmp:
             notes.append("VaTMP off: no calibration data; static activation bits at every timestep")
-        return plan_with(static, notes)
+        return plan_with({n: (int(config.abits),) * steps for n in names}, notes)
 
     if on_meta:
         raise UserError("VaTMP calibration runs the model: give a checkpoint, not a preset name")
     calibration.check(model.config, "calibration inputs")
     # Collect v(l, t) under quantized weights (paper Sec. 3.4.2), on a copy so the caller's model is untouched.
-    from qdit4sr_export.quant.simulate import apply_plan
-
     weights_only = plan_with({n: (None,) * steps for n in names}, [])
     sim = apply_plan(copy.deepcopy(model), weights_only, check=False)
     sim.weights_only()
-    active_called = list(active)
-    variance = collect_activation_variance(sim.model, active_called, calibration, steps=steps, shift=config.shift,
+    variance = collect_activation_variance(sim.model, active, calibration, steps=steps, shift=config.shift,
                                            seed=config.calib_seed, progress=progress)
     seen = ~np.isnan(variance).any(axis=1)
     schedule = schedule_layers(variance[seen], budget=config.abits, kappa=kappa_table("integer"), bits=ACT_BITS,
                                max_segments=config.max_segments)
     abits: dict[str, tuple[int | None, ...]] = {}
     fallback = int(np.floor(config.abits))
-    for name, row, v in zip([n for n, s in zip(active_called, seen) if s], schedule, variance[seen]):
+    measured = [name for name, ok in zip(active, seen) if ok]  # layers that ran (all active ones, normally)
+    for name, row, v in zip(measured, schedule, variance[seen]):
         abits[name] = tuple(int(b) for b in row)
         act_var[name] = tuple(float(x) for x in v)
     for name in names:
