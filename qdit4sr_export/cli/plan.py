@@ -60,52 +60,105 @@ def plan_summary(plan, model) -> dict:
     }
 
 
+def _method_options(ctx: click.Context, method, raw_options: tuple[str, ...]) -> dict:
+    """Config fields from the flags given on the command line (defaults stay the method's own)."""
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    p = ctx.params
+    options: dict = {}
+    flag_fields = {"wbits_budget": "wbits_budget", "wbits_min": "wbits_min", "wbits_max": "wbits_max",
+                   "abits": "abits", "svd_rank": "svd_rank", "local_rank": "local_rank", "steps": "steps",
+                   "max_segments": "max_segments", "rotation_seed": "rotation_seed",
+                   "hadamard_block": "rotation_block", "seed": "calib_seed"}
+    for flag, field in flag_fields.items():
+        if flag in given:
+            options[field] = p[flag]
+    if "wbits" in given:
+        bits = _parse_wbits(p["wbits"])
+        if bits is None and "wbits_budget" not in method.options():
+            raise UserError(f"--wbits auto (VaSMP) does not apply to method '{method.name}'; give bits 2..8")
+        options["wbits"] = bits
+    if "hadamard" in given and p["hadamard"] == "plain":
+        options["rotation_seed"] = None
+    if p["no_hsvd"]:
+        options["local_rank"] = 0
+    if p["no_vasmp"]:
+        options["wbits"] = int(round(p["wbits_budget"]))
+    if p["no_vatmp"]:
+        options["vatmp"] = False
+    for item in raw_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--method-option expects KEY=VALUE, got {item!r}")
+        options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def _list_methods() -> str:
+    from qdit4sr_export.quant.methods import get_method, method_names
+
+    lines = []
+    for name in method_names():
+        m = get_method(name)
+        opts = ", ".join(f"{k}={v}" for k, v in m.options().items())
+        lines.append(f"{name:<10} {m.summary}\n{'':<10} options: {opts}")
+    return "\n".join(lines)
+
+
 @click.command()
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--method", default="qdit4sr", show_default=True, help="Quantization method (--list-methods).")
+@click.option("--list-methods", is_flag=True, help="List the methods and their options, then exit.")
+@click.option("-O", "--method-option", "method_option", multiple=True, metavar="KEY=VALUE",
+              help="Set any option of the method's config (repeatable), e.g. -O group_size=64.")
 @click.option("--config", default=None, help="Preset name or config.json for a checkpoint that carries none.")
-@click.option("--wbits", default="auto", show_default=True, help="'auto' (VaSMP at --wbits-budget) or uniform bits 2..8.")
-@click.option("--wbits-budget", type=float, default=4.0, show_default=True, help="Average weight bits for VaSMP.")
+@click.option("--wbits", default="auto", help="'auto' (VaSMP at --wbits-budget) or uniform bits 2..8.")
+@click.option("--wbits-budget", type=float, default=4.0, help="Average weight bits for VaSMP.")
 @click.option("--wbits-min", type=int, default=None, help="Lowest VaSMP bits (default budget-1).")
 @click.option("--wbits-max", type=int, default=None, help="Highest VaSMP bits (default budget+1).")
-@click.option("--abits", type=float, default=4.0, show_default=True,
-              help="Activation bits: the average budget for VaTMP, else static bits.")
-@click.option("--svd-rank", type=int, default=32, show_default=True, help="SVD-G rank (FP global branch).")
-@click.option("--local-rank", type=int, default=8, show_default=True, help="SVD-L budget in rank units (0: no SVD-L).")
+@click.option("--abits", type=float, default=4.0, help="Activation bits: the average budget for VaTMP, else static bits.")
+@click.option("--svd-rank", type=int, default=32, help="SVD-G rank (FP global branch).")
+@click.option("--local-rank", type=int, default=8, help="SVD-L budget in rank units (0: no SVD-L).")
 @click.option("--calib", default=None, help="Folder of LR images (needs vae/ beside the model) or a latents file.")
 @click.option("--calib-count", type=int, default=32, show_default=True, help="Random 128x128 crops from --calib images.")
-@click.option("--steps", type=int, default=40, show_default=True, help="Sampling steps of the timestep grid.")
-@click.option("--max-segments", type=int, default=3, show_default=True, help="VaTMP: constant segments per layer.")
-@click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed", show_default=True,
+@click.option("--steps", type=int, default=40, help="Sampling steps of the timestep grid.")
+@click.option("--max-segments", type=int, default=3, help="VaTMP: constant segments per layer.")
+@click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed",
               help="signed: Hadamard with seeded random signs; plain: the bare Hadamard (see README).")
-@click.option("--rotation-seed", type=int, default=0, show_default=True, help="Seed of the random signs.")
+@click.option("--rotation-seed", type=int, default=0, help="Seed of the random signs.")
 @click.option("--hadamard-block", type=int, default=None,
               help="Block-diagonal Hadamard of this power-of-two size, for dimensions without a full construction.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Calibration crops and noise.")
+@click.option("--seed", type=int, default=0, help="Calibration crops and noise.")
 @click.option("--no-hsvd", is_flag=True, help="Ablation: SVD-G only (no SVD-L).")
 @click.option("--no-vasmp", is_flag=True, help="Ablation: uniform weight bits at --wbits-budget.")
 @click.option("--no-vatmp", is_flag=True, help="Ablation: static activation bits even with calibration data.")
 @click.option("-o", "--output", default=None, help="Write the plan JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def plan(model, config, wbits, wbits_budget, wbits_min, wbits_max, abits, svd_rank, local_rank, calib, calib_count,
-         steps, max_segments, hadamard, rotation_seed, hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, output, force, as_json) -> None:
-    """Make a Q-DiT4SR QuantPlan for MODEL (a checkpoint, or a preset name for shape-only accounting)."""
-    from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, make_plan
+@click.pass_context
+def plan(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
+         wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, max_segments, hadamard, rotation_seed,
+         hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, output, force, as_json) -> None:
+    """Make a QuantPlan for MODEL (a checkpoint, or a preset name for shape-only accounting).
 
+    Flags a method does not have are an error; each method's own defaults apply otherwise.
+    """
+    from qdit4sr_export.quant.methods import get_method, make_config
+
+    if list_methods:
+        click.echo(_list_methods())
+        return
+    if model is None:
+        raise UserError("missing argument MODEL (a checkpoint or a preset name)")
     if output is not None and Path(output).exists() and not force:
         raise UserError(f"{output} already exists (pass --force to replace it)")
-    bits = _parse_wbits(wbits)
-    if no_vasmp and bits is None:
-        bits = int(round(wbits_budget))
-    cfg = QDiT4SRConfig(wbits=bits, wbits_budget=wbits_budget, wbits_min=wbits_min, wbits_max=wbits_max,
-                        abits=abits, svd_rank=svd_rank, local_rank=0 if no_hsvd else local_rank,
-                        vatmp=not no_vatmp, max_segments=max_segments,
-                        rotation_seed=rotation_seed if hadamard == "signed" else None,
-                        rotation_block=hadamard_block, steps=steps,
-                        calib_seed=seed)
+    chosen = get_method(method)
+    cfg = make_config(chosen, _method_options(ctx, chosen, method_option))
     net = _load_model(model, config)
     calibration = _calibration(calib, model, net, calib_count, seed) if calib and not no_vatmp else None
-    result = make_plan(net, cfg, calibration=calibration, progress=not as_json)
+    if chosen.needs_calibration and calibration is None:
+        raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
+    result = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
     if output is not None:
         result.save(output, overwrite=True)
     summary = plan_summary(result, net)

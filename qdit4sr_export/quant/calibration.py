@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -85,10 +86,11 @@ def load_calibration_file(path: str | Path, config: DiT4SRConfig) -> Calibration
     return inputs
 
 
-def collect_activation_variance(
+def trace_layer_inputs(
     model: nn.Module,
     layer_names: list[str],
     inputs: CalibrationInputs,
+    observe: Callable[[int, int, torch.Tensor], None],
     *,
     steps: int,
     shift: float = 3.0,
@@ -96,25 +98,20 @@ def collect_activation_variance(
     batch_size: int = 8,
     start_sigma: float | None = None,
     progress: bool = False,
-) -> np.ndarray:
-    """v(l, t) of Eq. 17 for each named layer's input at each of ``steps`` Euler steps, shape (L, T).
+) -> None:
+    """Run the flow-matching Euler trajectory on every calibration sample and call
+    ``observe(layer_index, step, x)`` with each named layer's input at each step.
 
-    The Hadamard rotation is orthonormal, so the mean squared value of the rotated activation equals that
-    of the input: no rotation is needed here. The trajectory starts from seeded noise (or from
-    ``(1 - sigma) * lr + sigma * noise`` when ``start_sigma`` is given) and follows the model's own
-    predictions, as inference does.
+    The trajectory starts from seeded noise (or from ``(1 - sigma) * lr + sigma * noise`` when
+    ``start_sigma`` is given) and follows the model's own predictions, as inference does.
     """
     timesteps, sigmas = flow_schedule(steps, shift=shift)
     modules = dict(model.named_modules())
-    sums = np.zeros((len(layer_names), steps))
-    counts = np.zeros((len(layer_names), steps))
     current = {"step": 0}
 
     def hook(index: int):
         def record(module, args):
-            x = args[0].detach().double()
-            sums[index, current["step"]] += float(x.pow(2).sum())
-            counts[index, current["step"]] += x.numel()
+            observe(index, current["step"], args[0].detach())
         return record
 
     handles = [modules[name].register_forward_pre_hook(hook(i)) for i, name in enumerate(layer_names)]
@@ -138,5 +135,51 @@ def collect_activation_variance(
     finally:
         for h in handles:
             h.remove()
-    # Layers never called (their output is unused, e.g. attn2's text projections) have no statistics.
+
+
+def collect_activation_variance(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *,
+                                steps: int, **kwargs) -> np.ndarray:
+    """v(l, t) of Eq. 17 for each named layer's input at each of ``steps`` Euler steps, shape (L, T).
+
+    The Hadamard rotation is orthonormal, so the mean squared value of the rotated activation equals that
+    of the input: no rotation is needed here. Layers never called get NaN.
+    """
+    sums = np.zeros((len(layer_names), steps))
+    counts = np.zeros((len(layer_names), steps))
+
+    def observe(index: int, step: int, x: torch.Tensor) -> None:
+        sums[index, step] += float(x.double().pow(2).sum())
+        counts[index, step] += x.numel()
+
+    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def collect_input_samples(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *, steps: int,
+                          rows_per_step: int = 64, seed: int = 0, **kwargs) -> dict[str, torch.Tensor]:
+    """Up to ``rows_per_step`` seeded random input rows (tokens) of each layer per step and batch,
+    concatenated: what searches that score a layer's output error (SVDQuant's smoothing) need."""
+    rows: dict[int, list[torch.Tensor]] = {}
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def observe(index: int, step: int, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1]).float()
+        pick = torch.randperm(flat.shape[0], generator=g)[:rows_per_step]
+        rows.setdefault(index, []).append(flat[pick])
+
+    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, seed=seed, **kwargs)
+    return {layer_names[i]: torch.cat(parts) for i, parts in rows.items()}
+
+
+def collect_channel_absmax(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *, steps: int,
+                           **kwargs) -> dict[str, torch.Tensor]:
+    """Per layer, the max |x| of each input channel at each step, shape (T, C) (PTQ4DiT's salience s_k(X))."""
+    out: dict[int, torch.Tensor] = {}
+
+    def observe(index: int, step: int, x: torch.Tensor) -> None:
+        m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+        table = out.setdefault(index, torch.zeros(steps, x.shape[-1]))
+        table[step] = torch.maximum(table[step], m)
+
+    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
+    return {layer_names[i]: t for i, t in out.items()}

@@ -201,15 +201,28 @@ def token_scales(z: torch.Tensor, bits: int, *, clip: str = "gaussian") -> torch
     return scale.clamp_min(_TINY)
 
 
-def fake_quantize_tokens(z: torch.Tensor, bits: int, *, clip: str = "gaussian") -> torch.Tensor:
-    """Q_G (Eq. 2) on the integer grid: clamp(round(z / s), -qmax, qmax) * s per token; same dtype and shape as z.
+def _groups(x: torch.Tensor, group_size: int | None, what: str) -> torch.Tensor:
+    """View the last dim as (n_groups, group_size) so per-row quantizers act per group."""
+    if group_size is None:
+        return x
+    c = x.shape[-1]
+    if not isinstance(group_size, int) or group_size < 1 or c % group_size:
+        raise UserError(f"group size {group_size!r} must be a positive divisor of the {what} width {c}")
+    return x.reshape(*x.shape[:-1], c // group_size, group_size)
+
+
+def fake_quantize_tokens(z: torch.Tensor, bits: int, *, clip: str = "gaussian", group_size: int | None = None
+                         ) -> torch.Tensor:
+    """Q_G (Eq. 2) on the integer grid: clamp(round(z / s), -qmax, qmax) * s per token (or per token and
+    group of ``group_size`` channels); same dtype and shape as z.
 
     Rounding is torch.round, i.e. round-half-to-even (ties are measure-zero for real data).
     """
-    scale = token_scales(z, bits, clip=clip)
+    zg = _groups(z, group_size, "activation")
+    scale = token_scales(zg, bits, clip=clip)
     m = qmax(bits)
-    q = torch.clamp(torch.round(_work(z) / scale), -m, m) * scale
-    return q.to(z.dtype)
+    q = torch.clamp(torch.round(_work(zg) / scale), -m, m) * scale
+    return q.reshape(z.shape).to(z.dtype)
 
 
 def fake_quantize_midrise(z: torch.Tensor, bits: int) -> torch.Tensor:
@@ -274,6 +287,12 @@ def quantize_weight(w: torch.Tensor, bits: int, *, clip: str = "gaussian") -> Qu
     return QuantizedWeight(codes=codes, scale=scale, bits=bits)
 
 
-def fake_quantize_weight(w: torch.Tensor, bits: int, *, clip: str = "gaussian") -> torch.Tensor:
-    """quantize_weight(...).dequantize(w.dtype): the weight as the quantized model sees it."""
-    return quantize_weight(w, bits, clip=clip).dequantize(w.dtype)
+def fake_quantize_weight(w: torch.Tensor, bits: int, *, clip: str = "gaussian", group_size: int | None = None
+                         ) -> torch.Tensor:
+    """The weight as the quantized model sees it: per output row, or per row and group of ``group_size``
+    input channels (each group its own scale)."""
+    if group_size is None:
+        return quantize_weight(w, bits, clip=clip).dequantize(w.dtype)
+    _check_tensor(w, "weight", ndim=2)
+    rows = _groups(w, group_size, "weight input").reshape(-1, group_size)
+    return quantize_weight(rows, bits, clip=clip).dequantize(w.dtype).reshape(w.shape)

@@ -1,72 +1,33 @@
 """QuantPlan: the versioned JSON contract between quantization numerics and the compiler.
 
-A plan says, per quantized linear (by module name): weight bits, the input rotation, the SVD-G rank, the
-SVD-L block shape, and the activation bits at every timestep of the grid it was made for.
+A plan says, per quantized linear (by module name, see :mod:`layer_plan`): weight bits, the input rotation,
+the SVD-G rank, the SVD-L block shape, and the activation bits at every timestep of the grid it was made
+for. Tensors a method produces (smoothing vectors, learned rotations, GPTQ weights) live in a safetensors
+file beside the JSON (``<plan>.tensors.safetensors``), named and checksummed in it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from qdit4sr_export import __version__
 from qdit4sr_export.atomic import atomic_path
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.jsonfile import read_json_object
 from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.quant.layer_plan import LayerPlan
+
+__all__ = ["LayerPlan", "QuantPlan", "architecture_fingerprint", "check_plan_matches", "weights_fingerprint"]
 
 SCHEMA = "qdit4sr-export/quant-plan"
 VERSION = 1
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """How one ``nn.Linear`` is quantized. ``abits[i]`` is for timestep ``plan.timesteps[i]``; None = FP activations."""
-
-    in_features: int
-    out_features: int
-    wbits: int
-    abits: tuple[int | None, ...]
-    rotation: Mapping[str, Any] | None = None  # Rotation.to_dict() of the input dim; None = no rotation
-    svd_rank: int = 0
-    local_block: tuple[int, int] | None = None
-    active: bool = True  # False for layers whose output never reaches the model output
-    clip: str = "gaussian"  # scale estimator of both quantizers: "gaussian" (optimal clip) or "minmax" (RTN)
-    weight_variance: float | None = None  # VaSMP's statistic (mean output-channel variance of W_H)
-    act_variance: tuple[float, ...] | None = None  # VaTMP's v(l, t) per grid timestep
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["abits"] = list(self.abits)
-        d["local_block"] = list(self.local_block) if self.local_block else None
-        d["rotation"] = dict(self.rotation) if self.rotation is not None else None
-        d["act_variance"] = list(self.act_variance) if self.act_variance is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], name: str) -> "LayerPlan":
-        try:
-            block = d.get("local_block")
-            return cls(
-                in_features=int(d["in_features"]),
-                out_features=int(d["out_features"]),
-                wbits=int(d["wbits"]),
-                abits=tuple(None if b is None else int(b) for b in d["abits"]),
-                rotation=dict(d["rotation"]) if d.get("rotation") is not None else None,
-                svd_rank=int(d.get("svd_rank", 0)),
-                local_block=(int(block[0]), int(block[1])) if block else None,
-                active=bool(d.get("active", True)),
-                clip=str(d.get("clip", "gaussian")),
-                weight_variance=None if d.get("weight_variance") is None else float(d["weight_variance"]),
-                act_variance=None if d.get("act_variance") is None else tuple(float(v) for v in d["act_variance"]),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise UserError(f"plan layer '{name}': malformed entry ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -80,6 +41,7 @@ class QuantPlan:
     timesteps: tuple[float, ...]
     layers: Mapping[str, LayerPlan]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,17 +56,29 @@ class QuantPlan:
             "layers": {name: lp.to_dict() for name, lp in self.layers.items()},
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+    def to_json(self, tensor_file: Mapping[str, str] | None = None) -> str:
+        d = self.to_dict()
+        if tensor_file is not None:
+            d["tensor_file"] = dict(tensor_file)
+        return json.dumps(d, indent=1, sort_keys=False) + "\n"
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write the JSON (and, when the plan has tensors, its sidecar first), each atomically."""
         path = Path(path)
+        tensor_file = None
+        if self.tensors:
+            side = path.with_name(path.stem + ".tensors.safetensors")
+            state = {k: v.detach().to("cpu").contiguous() for k, v in sorted(self.tensors.items())}
+            with atomic_path(side, overwrite=True) as tmp:
+                save_file(state, str(tmp))  # no metadata: a multi-key map would not be byte-deterministic
+            tensor_file = {"name": side.name, "sha256": hashlib.sha256(side.read_bytes()).hexdigest()}
         with atomic_path(path, overwrite=overwrite) as tmp:
-            tmp.write_text(self.to_json())
+            tmp.write_text(self.to_json(tensor_file))
         return path
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "plan") -> "QuantPlan":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "plan",
+                  tensors: Mapping[str, torch.Tensor] | None = None) -> "QuantPlan":
         if d.get("schema") != SCHEMA:
             raise UserError(f"{source}: not a QuantPlan (schema {d.get('schema')!r}, expected {SCHEMA!r})")
         if d.get("version") != VERSION:
@@ -119,6 +93,7 @@ class QuantPlan:
                 timesteps=tuple(float(t) for t in d["timesteps"]),
                 layers=layers,
                 notes=tuple(d.get("notes", ())),
+                tensors=dict(tensors or {}),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{source}: missing or malformed key {exc}") from None
@@ -127,7 +102,23 @@ class QuantPlan:
     def load(cls, path: str | Path) -> "QuantPlan":
         path = Path(path)
         data = read_json_object(path, "plan file")
-        return cls.from_dict(data, str(path))
+        tensors = None
+        if data.get("tensor_file"):
+            ref = data["tensor_file"]
+            side = path.with_name(str(ref.get("name", "")))
+            if not side.is_file():
+                raise UserError(f"{path}: its tensor file {side.name} is missing (it must sit beside the plan)")
+            if hashlib.sha256(side.read_bytes()).hexdigest() != ref.get("sha256"):
+                raise UserError(f"{path}: tensor file {side.name} does not match the plan's checksum")
+            tensors = load_file(str(side))
+        return cls.from_dict(data, str(path), tensors)
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """A plan tensor by key, or a one-line error naming it."""
+        try:
+            return self.tensors[key]
+        except KeyError:
+            raise UserError(f"plan lacks tensor '{key}' (the plan's tensor file is incomplete)") from None
 
     def abits_at(self, step: int) -> dict[str, int | None]:
         return {name: lp.abits[step] for name, lp in self.layers.items()}

@@ -12,16 +12,17 @@ import torch
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.transformer import DiT4SRTransformer
-from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.calibration import CalibrationInputs, collect_activation_variance
 from qdit4sr_export.quant.gaussian import check_bits, kappa_table
 from qdit4sr_export.quant.hadamard import Rotation
+from qdit4sr_export.quant.methods.common import PlanContext, check_rank, hadamard_rotations
+from qdit4sr_export.quant.methods.registry import register
 from qdit4sr_export.quant.hsvd import select_block
-from qdit4sr_export.quant.plan import LayerPlan, QuantPlan, architecture_fingerprint, weights_fingerprint
+from qdit4sr_export.quant.plan import LayerPlan, QuantPlan
 from qdit4sr_export.quant.simulate import apply_plan
 from qdit4sr_export.quant.vasmp import allocate_weight_bits
 from qdit4sr_export.quant.vatmp import schedule_layers
-from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, flow_schedule
+from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 
 #: Layers whose output never reaches the model output: attn2's text projections and to_k_control.
 _INACTIVE = re.compile(r"(\.attn2\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)|\.to_k_control)$")
@@ -78,12 +79,6 @@ def _layer_variance(model: torch.nn.Module, name: str, rotation: Rotation) -> fl
     return float(rotation.apply(w).var(dim=1, unbiased=False).mean())
 
 
-def _check_ranks(linears: dict[str, tuple[int, int]], rank: int) -> None:
-    for name, (out, inp) in linears.items():
-        if rank > min(out, inp):
-            raise UserError(f"--svd-rank {rank} is larger than min(out, in) = {min(out, inp)} of layer '{name}'")
-
-
 def make_plan(
     model: DiT4SRTransformer,
     config: QDiT4SRConfig,
@@ -92,16 +87,12 @@ def make_plan(
     progress: bool = False,
 ) -> QuantPlan:
     """Build a Q-DiT4SR plan. With an integer ``wbits`` and no calibration, only shapes are used (meta ok)."""
-    linears = quantizable_linears(model)
-    _check_ranks(linears, config.svd_rank)
+    ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
+    linears = ctx.linears
+    check_rank(linears, config.svd_rank)
     names = list(linears)
-    on_meta = next(model.parameters()).device.type == "meta"
-    rotations = {}
-    for name, (_, inp) in linears.items():
-        try:
-            rotations[name] = Rotation(n=inp, seed=config.rotation_seed, block=config.rotation_block)
-        except UserError as exc:
-            raise UserError(f"layer '{name}': {exc}") from None
+    on_meta = ctx.on_meta
+    rotations = hadamard_rotations(linears, seed=config.rotation_seed, block=config.rotation_block)
     notes = []
 
     active = [n for n in names if is_active(n)]
@@ -112,7 +103,7 @@ def make_plan(
     else:
         if on_meta:
             raise UserError("--wbits auto (VaSMP) reads the weights: give a checkpoint, or an integer --wbits "
-                            "for shape-only accounting")
+                            "for shape-only accounting")  # (worded for the CLI's most common case)
         variances = [_layer_variance(model, n, rotations[n]) for n in active]
         weight_var = dict(zip(active, variances))
         sizes = [linears[n][0] * linears[n][1] for n in active]
@@ -122,8 +113,7 @@ def make_plan(
         fill = int(round(config.wbits_budget))
         wbits.update({n: fill for n in names if n not in wbits})
 
-    timesteps, _ = flow_schedule(config.steps, shift=config.shift)
-    steps = config.steps
+    steps = ctx.steps
     blocks = {
         n: select_block(out, inp, config.local_rank) if config.local_rank > 0 else None
         for n, (out, inp) in linears.items()
@@ -137,15 +127,8 @@ def make_plan(
             for n, (out, inp) in linears.items()
         }
 
-    fingerprint = {
-        "architecture": architecture_fingerprint(model.config, linears),
-        "weights": None if on_meta else weights_fingerprint(model, sorted(names)),
-    }
-
     def plan_with(abits: dict[str, tuple[int | None, ...]], extra_notes: list[str]) -> QuantPlan:
-        return QuantPlan(method="qdit4sr", method_config=config.to_dict(), model_config=model.config.to_dict(),
-                         fingerprint=fingerprint, timesteps=tuple(float(t) for t in timesteps),
-                         layers=layer_plans(abits), notes=tuple(extra_notes))
+        return ctx.plan("qdit4sr", config, layer_plans(abits), notes=extra_notes)
 
     if calibration is None or not config.vatmp:
         if not float(config.abits).is_integer():
@@ -155,8 +138,7 @@ def make_plan(
             notes.append("VaTMP off: no calibration data; static activation bits at every timestep")
         return plan_with({n: (int(config.abits),) * steps for n in names}, notes)
 
-    if on_meta:
-        raise UserError("VaTMP calibration runs the model: give a checkpoint, not a preset name")
+    ctx.require_weights("VaTMP calibration")
     calibration.check(model.config, "calibration inputs")
     # Collect v(l, t) under quantized weights (paper Sec. 3.4.2), on a copy so the caller's model is untouched.
     weights_only = plan_with({n: (None,) * steps for n in names}, [])
@@ -177,3 +159,9 @@ def make_plan(
         abits.setdefault(name, (fallback,) * steps)
     notes.append(f"VaTMP on {len(calibration)} calibration samples, {steps} steps, max {config.max_segments} segments")
     return plan_with(abits, notes)
+
+
+@register("qdit4sr", summary="Q-DiT4SR: Hadamard + H-SVD (SVD-G and block-wise rank-1 SVD-L) + VaSMP weight bits "
+          "+ VaTMP per-timestep activation bits", config=QDiT4SRConfig)
+def build_qdit4sr(model, config: QDiT4SRConfig, *, calibration=None, progress: bool = False) -> QuantPlan:
+    return make_plan(model, config, calibration=calibration, progress=progress)

@@ -1,6 +1,7 @@
 """Fake-quant simulation of a QuantPlan: the numerical oracle for every lowering.
 
-Each planned ``nn.Linear`` becomes a :class:`FakeQuantLinear` computing Eq. 11 of the paper:
+Each planned ``nn.Linear`` becomes a :class:`FakeQuantLinear` computing Eq. 11 of the paper (other
+methods add smoothing, group-wise scales, TLQ levels or stored weights; see ``layer_plan``):
 ``y = Q_w(W_res - W_L) Q_G(z) + (W_G + W_L) z + bias`` with ``z = x R`` (R the orthonormal Hadamard of
 the input dim, so ``W x = (W R)(x R)``), ``Q_G`` per-token at the activation bits scheduled for the
 current timestep, ``Q_w`` per output channel at the layer's weight bits. Attention matmuls and softmax
@@ -8,6 +9,8 @@ stay in float (the paper keeps softmax at 8 bits).
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -28,23 +31,69 @@ class StepState:
         self.quantize_activations = True
 
 
-class FakeQuantLinear(nn.Module):
-    """Eq. 11 for one layer; weights are decomposed and quantized once, at construction."""
+def make_rotation(spec: Mapping[str, Any] | None, name: str, tensors: Mapping[str, torch.Tensor]):
+    """The rotation object a layer plan names (anything with ``apply``), or None."""
+    if spec is None:
+        return None
+    spec = dict(spec)
+    if spec.pop("kind", "hadamard") == "hadamard":
+        return Rotation.from_dict(spec)
+    from qdit4sr_export.quant.outlier_rotation import BlockRotation
 
-    def __init__(self, linear: nn.Linear, plan: LayerPlan, state: StepState) -> None:
+    def get(part: str) -> torch.Tensor | None:
+        return tensors.get(f"{name}.rotation.{part}")
+
+    blocks_1 = get("blocks_1")
+    if blocks_1 is None:
+        raise UserError(f"plan lacks tensor '{name}.rotation.blocks_1' of layer '{name}'s outlier rotation")
+    return BlockRotation(n=int(spec["n"]), block=int(spec["block"]), perm_before=get("perm_before"),
+                         blocks_1=blocks_1, perm=get("perm"), blocks_2=get("blocks_2"))
+
+
+def quantize_residual(residual: torch.Tensor, plan: LayerPlan, bits: int) -> torch.Tensor:
+    """The residual weight as the quantized layer sees it, in the plan's weight format."""
+    if plan.weight_format == "tlq":
+        from qdit4sr_export.quant.tlq import TLQParams, tlq_fake_quantize
+
+        return tlq_fake_quantize(residual, TLQParams.from_dict({**plan.tlq, "bits": bits}))
+    return fake_quantize_weight(residual, bits, clip=plan.clip, group_size=plan.group_size)
+
+
+class FakeQuantLinear(nn.Module):
+    """Eq. 11 for one layer (plus the smoothing, groups and weight formats other methods need); weights are
+    transformed and quantized once, at construction, for every weight bit-width the plan schedules."""
+
+    def __init__(self, linear: nn.Linear, plan: LayerPlan, state: StepState, *, name: str = "",
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
         super().__init__()
+        tensors = tensors or {}
         self.plan = plan
         self.state = state
+        dtype = linear.weight.dtype
         weight = linear.weight.detach().to(torch.float32)
-        self.rotation = Rotation.from_dict(plan.rotation) if plan.rotation is not None else None
+        smooth = None
+        if plan.smoothing:
+            if f"{name}.smooth" not in tensors:
+                raise UserError(f"plan lacks tensor '{name}.smooth' (layer '{name}' is smoothed)")
+            smooth = tensors[f"{name}.smooth"].to(torch.float32)
+            weight = weight * smooth
+        self.register_buffer("smooth", smooth.to(dtype) if smooth is not None else None)
+        self.rotation = make_rotation(plan.rotation, name, tensors)
         w_h = self.rotation.apply(weight) if self.rotation is not None else weight
         if plan.svd_rank > 0 or plan.local_block is not None:
             dec = hsvd(w_h, rank=plan.svd_rank, local_rank=1 if plan.local_block else 0, block=plan.local_block)
             fp_branch, residual = dec.fp_dense(), dec.residual
         else:
             fp_branch, residual = None, w_h
-        dtype = linear.weight.dtype
-        self.register_buffer("w_quant", fake_quantize_weight(residual, plan.wbits, clip=plan.clip).to(dtype))
+        for bits in plan.distinct_weight_bits():
+            if plan.stored_weight:
+                key = f"{name}.weight.{bits}"
+                if key not in tensors:
+                    raise UserError(f"plan lacks tensor '{key}' (layer '{name}' stores its quantized weight)")
+                q = tensors[key]
+            else:
+                q = quantize_residual(residual, plan, bits)
+            self.register_buffer(f"w_quant_{bits}", q.to(dtype))
         self.register_buffer("w_fp", fp_branch.to(dtype) if fp_branch is not None else None)
         self.register_buffer("bias", linear.bias.detach().clone() if linear.bias is not None else None)
 
@@ -53,11 +102,16 @@ class FakeQuantLinear(nn.Module):
             return None
         return self.plan.abits[self.state.step]
 
+    def current_wbits(self) -> int:
+        return self.plan.wbits if self.state.step is None else self.plan.weight_bits_at(self.state.step)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x / self.smooth
         z = self.rotation.apply(x) if self.rotation is not None else x
         abits = self.current_abits()
-        zq = fake_quantize_tokens(z, abits, clip=self.plan.clip) if abits is not None else z
-        y = torch.nn.functional.linear(zq, self.w_quant)
+        zq = fake_quantize_tokens(z, abits, clip=self.plan.clip, group_size=self.plan.group_size) if abits else z
+        y = torch.nn.functional.linear(zq, getattr(self, f"w_quant_{self.current_wbits()}"))
         if self.w_fp is not None:
             y = y + torch.nn.functional.linear(z, self.w_fp)
         if self.bias is not None:
@@ -96,7 +150,7 @@ def apply_plan(model: nn.Module, plan: QuantPlan, *, check: bool = True) -> Simu
     modules = dict(model.named_modules())
     for name, lp in plan.layers.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name], child, FakeQuantLinear(modules[name], lp, state))
+        setattr(modules[parent_name], child, FakeQuantLinear(modules[name], lp, state, name=name, tensors=plan.tensors))
 
     def follow_timestep(module, args, kwargs):
         t = kwargs.get("timestep", args[4] if len(args) > 4 else None)

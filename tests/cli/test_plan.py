@@ -87,3 +87,44 @@ def test_dimension_without_hadamard_construction(tmp_path):
     fixed = run("plan", "dit4sr-tiny", "--config", tmp_path / "odd.json", "--wbits", 4, "--svd-rank", 8,
                 "--hadamard-block", 4, "--json")
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_list_methods():
+    result = run("plan", "--list-methods")
+    assert result.exit_code == 0
+    for name in ("qdit4sr", "rtn", "quarot", "svdquant"):
+        assert f"\n{name} " in "\n" + result.output
+    assert "options: wbits=4" in result.output
+
+
+def test_method_choice_and_options(tmp_path, tiny_model):
+    ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+    save_file({"lr_latent": torch.randn(2, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    out = tmp_path / "svdq.json"
+    result = run("plan", ckpt, "--method", "svdquant", "--wbits", 4, "--abits", 6, "--svd-rank", 8,
+                 "-O", "group_size=32", "--calib", tmp_path / "calib.safetensors", "--steps", 2, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    plan = QuantPlan.load(out)
+    assert plan.method == "svdquant" and (tmp_path / "svdq.tensors.safetensors").is_file()
+    assert all(lp.group_size == 32 and lp.abits == (6, 6) for lp in plan.layers.values())
+    rtn = run("plan", "dit4sr-tiny", "--method", "rtn", "--wbits", 3, "--json")
+    assert rtn.exit_code == 0 and json.loads(rtn.output)["avg_wbits"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "gptq"], "unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant"),
+        (["--method", "rtn", "--svd-rank", "8"], "--svd-rank does not apply to method 'rtn'"),
+        (["--method", "rtn"], None),
+        (["--method", "quarot", "--wbits", "auto"], "--wbits auto (VaSMP) does not apply to method 'quarot'"),
+        (["--method", "svdquant", "--wbits", "4"], "svdquant"),
+        (["--method", "rtn", "-O", "nonsense"], "--method-option expects KEY=VALUE"),
+    ],
+)
+def test_method_errors(args, message):
+    result = run("plan", "dit4sr-tiny", *args)
+    if message is None:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -271,3 +271,21 @@ def test_minmax_tokens_never_clip():
     assert (gauss - z).pow(2).mean() < (q - z).pow(2).mean()  # Gaussian clip wins on Gaussian tokens
     with pytest.raises(UserError, match="clip must be one of"):
         fake_quantize_tokens(z, 4, clip="percentile")
+
+
+def test_group_wise_quantization_has_one_scale_per_group():
+    from qdit4sr_export.quant.gaussian import fake_quantize_tokens, fake_quantize_weight
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 128)
+    w[:, :64] *= 100  # the first group is much wider than the second
+    grouped = fake_quantize_weight(w, 4, clip="minmax", group_size=64)
+    per_row = fake_quantize_weight(w, 4, clip="minmax")
+    assert (grouped - w)[:, 64:].abs().max() < (per_row - w)[:, 64:].abs().max() / 10
+    torch.testing.assert_close(grouped[:, :64], fake_quantize_weight(w[:, :64], 4, clip="minmax"))
+    torch.testing.assert_close(grouped[:, 64:], fake_quantize_weight(w[:, 64:].contiguous(), 4, clip="minmax"))
+    z = torch.randn(3, 5, 128)
+    torch.testing.assert_close(fake_quantize_tokens(z, 4, group_size=32)[..., 32:64],
+                               fake_quantize_tokens(z[..., 32:64].contiguous(), 4))
+    with pytest.raises(UserError, match="group size 48 must be a positive divisor of the activation width 128"):
+        fake_quantize_tokens(z, 4, group_size=48)

@@ -1,0 +1,90 @@
+"""Methods register by name: a frozen config dataclass plus a builder from (model, calibration) to a QuantPlan."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from qdit4sr_export.errors import UserError
+
+Builder = Callable[..., Any]  # (model, config, *, calibration, progress) -> QuantPlan
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered quantization method."""
+
+    name: str
+    summary: str
+    config_cls: type
+    build: Builder
+    needs_calibration: bool = False
+
+    def options(self) -> dict[str, Any]:
+        """Config fields and their defaults (what ``--method-option KEY=VALUE`` may set)."""
+        return {f.name: f.default for f in dataclasses.fields(self.config_cls) if f.name != "version"}
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, *, summary: str, config: type, needs_calibration: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build`` under ``name``."""
+    def wrap(build: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        _REGISTRY[name] = Method(name, summary, config, build, needs_calibration)
+        return build
+    return wrap
+
+
+def method_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown method '{name}'; valid: {', '.join(_REGISTRY)}") from None
+
+
+def _convert(value: Any, annotation: Any, key: str, method: str) -> Any:
+    """Turn a CLI string into the field's type (int, float, bool, None-able)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    args = typing.get_args(annotation) or (annotation,)
+    if text.lower() in ("none", "null") and type(None) in args:
+        return None
+    for kind in (bool, int, float, str):
+        if kind in args or any(getattr(a, "__origin__", None) is kind for a in args):
+            if kind is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                continue
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+    raise UserError(f"method '{method}' option {key}={value!r}: cannot read it as {annotation}")
+
+
+def make_config(method: Method, options: Mapping[str, Any]) -> Any:
+    """The method's config with ``options`` set; an option the method does not have is a one-line error."""
+    hints = typing.get_type_hints(method.config_cls)
+    fields = method.options()
+    kwargs = {}
+    for key, value in options.items():
+        field = key.replace("-", "_")
+        if field not in fields:
+            raise UserError(
+                f"--{key.replace('_', '-')} does not apply to method '{method.name}' (its options: "
+                f"{', '.join(sorted(fields))})"
+            )
+        kwargs[field] = _convert(value, hints[field], key, method.name)
+    return method.config_cls(**kwargs)

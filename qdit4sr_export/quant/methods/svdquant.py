@@ -1,0 +1,69 @@
+"""SVDQuant: per-layer smoothing (alpha grid search on calibration activations, minimising the layer's
+output error), then an FP rank-32 low-rank branch of the smoothed weight with the residual quantized;
+weights and activations INT4 with group size 64, min-max scales, no rotation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.calibration import collect_input_samples
+from qdit4sr_export.quant.layer_plan import LayerPlan
+from qdit4sr_export.quant.methods.base import MethodConfig
+from qdit4sr_export.quant.methods.common import PlanContext, check_rank, static_bits
+from qdit4sr_export.quant.methods.registry import register
+from qdit4sr_export.quant.smoothing import search_smoothing
+
+
+@dataclass(frozen=True)
+class SVDQuantConfig(MethodConfig):
+    svd_rank: int = 32
+    group_size: int = 64
+    alpha_points: int = 20  # alphas i/alpha_points for i = 1..alpha_points (SVDQuant: about 20)
+    rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the search
+    calib_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.svd_rank < 0 or self.group_size < 1 or self.alpha_points < 1 or self.rows_per_step < 1:
+            raise UserError("svdquant: svd_rank >= 0, group_size >= 1, alpha_points >= 1 and rows_per_step >= 1")
+
+
+def _group(size: int, width: int) -> int | None:
+    """The configured group size when it divides the layer width, else per-row scales (said in the notes)."""
+    return size if width % size == 0 else None
+
+
+@register("svdquant", summary="smoothing (alpha search on calibration data) + FP rank-32 branch + INT4 g64 "
+          "weights and activations", config=SVDQuantConfig, needs_calibration=True)
+def build_svdquant(model, config: SVDQuantConfig, *, calibration=None, progress: bool = False):
+    ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
+    ctx.require_weights("svdquant's smoothing search")
+    if calibration is None:
+        raise UserError("method 'svdquant' needs calibration data: pass --calib (LR photos or a latents file)")
+    check_rank(ctx.linears, config.svd_rank)
+    abits = static_bits(config.abits, ctx.steps)
+    names = list(ctx.linears)
+    samples = collect_input_samples(model, names, calibration, steps=ctx.steps, shift=config.shift,
+                                    rows_per_step=config.rows_per_step, seed=config.calib_seed, progress=progress)
+    alphas = tuple(i / config.alpha_points for i in range(1, config.alpha_points + 1))
+    layers, tensors, notes = {}, {}, []
+    per_row = []
+    for name, (out, inp) in ctx.linears.items():
+        group = _group(config.group_size, inp)
+        if group is None:
+            per_row.append(name)
+        smoothing = name in samples
+        if smoothing:
+            found = search_smoothing(samples[name], ctx.weight(name), bits_w=config.wbits, bits_a=int(config.abits),
+                                     group_size=group, low_rank=config.svd_rank, alphas=alphas)
+            tensors[f"{name}.smooth"] = found.scales.float()
+        layers[name] = LayerPlan(in_features=inp, out_features=out, wbits=config.wbits, abits=abits, clip="minmax",
+                                 svd_rank=config.svd_rank, group_size=group, smoothing=smoothing)
+    if per_row:
+        notes.append(f"{len(per_row)} layer(s) use per-row scales: group size {config.group_size} does not divide "
+                     f"their width (first: {per_row[0]})")
+    unseen = [n for n in names if n not in samples]
+    if unseen:
+        notes.append(f"{len(unseen)} layer(s) never ran on calibration data (unused outputs): not smoothed")
+    return ctx.plan("svdquant", config, layers, notes=notes, tensors=tensors)

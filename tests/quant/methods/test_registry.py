@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from helpers import heavy_tailed_model, make_inputs
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.calibration import CalibrationInputs
+from qdit4sr_export.quant.methods import get_method, make_config, method_names
+from qdit4sr_export.quant.plan import QuantPlan
+from qdit4sr_export.quant.simulate import apply_plan
+
+
+def calibration(model, n=2, side=8):
+    lr = torch.randn(n, model.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    return CalibrationInputs.with_null_prompt(lr, model.config)
+
+
+SMALL_OPTIONS = {"qdit4sr": {"svd_rank": 8, "local_rank": 2}, "svdquant": {"svd_rank": 8, "group_size": 32}}
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_yields_a_plan_that_simulates(tmp_path, tiny_model, name):
+    method = get_method(name)
+    config = make_config(method, {"steps": 3, **SMALL_OPTIONS.get(name, {})})
+    plan = method.build(tiny_model, config, calibration=calibration(tiny_model))
+    assert plan.method == name and len(plan.layers) == 63
+    loaded = QuantPlan.load(plan.save(tmp_path / "plan.json"))
+    assert loaded == plan and loaded.tensors.keys() == plan.tensors.keys()
+    assert all(torch.equal(loaded.tensors[k], plan.tensors[k]) for k in plan.tensors)
+    inputs = make_inputs(tiny_model)
+    apply_plan(tiny_model, loaded)
+    with torch.no_grad():
+        assert torch.isfinite(tiny_model(*inputs)).all()
+
+
+def test_unknown_method_lists_the_valid_ones():
+    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot"):
+        get_method("gptq")
+
+
+def test_options_that_do_not_apply():
+    with pytest.raises(UserError, match="--svd-rank does not apply to method 'rtn'"):
+        make_config(get_method("rtn"), {"svd_rank": 8})
+
+
+def test_string_options_are_converted():
+    cfg = make_config(get_method("qdit4sr"), {"max_segments": "none", "vatmp": "false", "svd_rank": "16",
+                                              "wbits_budget": "4.5"})
+    assert cfg.max_segments is None and cfg.vatmp is False and cfg.svd_rank == 16 and cfg.wbits_budget == 4.5
+    with pytest.raises(UserError, match="cannot read it"):
+        make_config(get_method("quarot"), {"rotation_seed": "abc"})
+
+
+def test_svdquant_needs_calibration(tiny_model):
+    method = get_method("svdquant")
+    assert method.needs_calibration
+    with pytest.raises(UserError, match="needs calibration data"):
+        method.build(tiny_model, make_config(method, {"steps": 2}), calibration=None)
+
+
+def _sqnr(a, b):
+    return float(10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum()))
+
+
+def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
+    inputs = make_inputs(heavy_tailed_model(), batch=2, side=16, seed=3)
+    with torch.no_grad():
+        reference = heavy_tailed_model()(*inputs)
+    scores = {}
+    for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64})):
+        model = heavy_tailed_model()
+        method = get_method(name)
+        plan = method.build(model, make_config(method, {"steps": 2, "abits": 6, **options}),
+                            calibration=calibration(model, side=16))
+        apply_plan(model, plan)
+        with torch.no_grad():
+            scores[name] = _sqnr(reference, model(*inputs))
+    assert scores["quarot"] > scores["rtn"] + 3, scores
+    assert scores["svdquant"] > scores["rtn"] + 3, scores
+
+
+def test_method_specific_plan_contents(tiny_model):
+    rtn = get_method("rtn").build(tiny_model, make_config(get_method("rtn"), {"steps": 2}))
+    assert all(lp.rotation is None and lp.clip == "minmax" and lp.svd_rank == 0 for lp in rtn.layers.values())
+    quarot = get_method("quarot").build(tiny_model, make_config(get_method("quarot"), {"steps": 2}))
+    assert all(lp.rotation == {"n": lp.in_features, "seed": 0, "block": None} for lp in quarot.layers.values())
+    svdq = get_method("svdquant")
+    plan = svdq.build(tiny_model, make_config(svdq, {"steps": 2, "svd_rank": 8, "group_size": 32}),
+                      calibration=calibration(tiny_model))
+    smoothed = [n for n, lp in plan.layers.items() if lp.smoothing]
+    assert smoothed and all(plan.tensors[f"{n}.smooth"].shape == (plan.layers[n].in_features,) for n in smoothed)
+    assert all(lp.group_size == 32 and lp.svd_rank == 8 for lp in plan.layers.values())
+    assert not plan.layers["transformer_blocks.0.attn2.add_q_proj"].smoothing  # never runs: no statistics
