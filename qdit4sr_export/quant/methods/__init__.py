@@ -7,5 +7,6 @@ from qdit4sr_export.quant import qdit4sr as _qdit4sr  # noqa: E402,F401  isort: 
 from qdit4sr_export.quant.methods import rtn as _rtn  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import quarot as _quarot  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import svdquant as _svdquant  # noqa: E402,F401  isort: skip
+from qdit4sr_export.quant.methods import ptq4dit as _ptq4dit  # noqa: E402,F401  isort: skip
 
 __all__ = ["Method", "get_method", "make_config", "method_names", "register"]

@@ -33,7 +33,7 @@ def test_every_method_yields_a_plan_that_simulates(tmp_path, tiny_model, name):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot"):
+    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit"):
         get_method("gptq")
 
 
@@ -50,8 +50,9 @@ def test_string_options_are_converted():
         make_config(get_method("quarot"), {"rotation_seed": "abc"})
 
 
-def test_svdquant_needs_calibration(tiny_model):
-    method = get_method("svdquant")
+@pytest.mark.parametrize("name", ["svdquant", "ptq4dit"])
+def test_calibrated_methods_need_calibration(tiny_model, name):
+    method = get_method(name)
     assert method.needs_calibration
     with pytest.raises(UserError, match="needs calibration data"):
         method.build(tiny_model, make_config(method, {"steps": 2}), calibration=None)
@@ -66,7 +67,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
     with torch.no_grad():
         reference = heavy_tailed_model()(*inputs)
     scores = {}
-    for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64})):
+    for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64}), ("ptq4dit", {})):
         model = heavy_tailed_model()
         method = get_method(name)
         plan = method.build(model, make_config(method, {"steps": 2, "abits": 6, **options}),
@@ -76,6 +77,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
             scores[name] = _sqnr(reference, model(*inputs))
     assert scores["quarot"] > scores["rtn"] + 3, scores
     assert scores["svdquant"] > scores["rtn"] + 3, scores
+    assert scores["ptq4dit"] > scores["rtn"], scores
 
 
 def test_method_specific_plan_contents(tiny_model):
@@ -90,3 +92,7 @@ def test_method_specific_plan_contents(tiny_model):
     assert smoothed and all(plan.tensors[f"{n}.smooth"].shape == (plan.layers[n].in_features,) for n in smoothed)
     assert all(lp.group_size == 32 and lp.svd_rank == 8 for lp in plan.layers.values())
     assert not plan.layers["transformer_blocks.0.attn2.add_q_proj"].smoothing  # never runs: no statistics
+    ptq = get_method("ptq4dit")
+    plan = ptq.build(tiny_model, make_config(ptq, {"steps": 3}), calibration=calibration(tiny_model))
+    b = plan.tensors["transformer_blocks.0.ff.net.2.smooth"]
+    assert b.shape == (256,) and (b > 0).all() and plan.layers["transformer_blocks.0.ff.net.2"].smoothing

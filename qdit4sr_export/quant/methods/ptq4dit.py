@@ -1,0 +1,44 @@
+"""PTQ4DiT: Channel-wise Salience Balancing, B_j = sqrt(s(X_j) / s(W_j)), with the activation salience
+averaged over timesteps by softmax(-Spearman(s_k(X), s(W))) weights (Spearman's rho-guided salience
+calibration); the balanced layer (x / B, W * B) is then quantized with min-max per-channel weights and
+per-token activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.calibration import collect_channel_absmax
+from qdit4sr_export.quant.layer_plan import LayerPlan
+from qdit4sr_export.quant.methods.base import MethodConfig
+from qdit4sr_export.quant.methods.common import PlanContext, static_bits
+from qdit4sr_export.quant.methods.registry import register
+from qdit4sr_export.quant.smoothing import salience_balance, weight_absmax
+
+
+@dataclass(frozen=True)
+class PTQ4DiTConfig(MethodConfig):
+    calib_seed: int = 0
+
+
+@register("ptq4dit", summary="channel salience balancing across timesteps (Spearman-weighted), then RTN",
+          config=PTQ4DiTConfig, needs_calibration=True)
+def build_ptq4dit(model, config: PTQ4DiTConfig, *, calibration=None, progress: bool = False):
+    ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
+    ctx.require_weights("ptq4dit's salience balancing")
+    if calibration is None:
+        raise UserError("method 'ptq4dit' needs calibration data: pass --calib (LR photos or a latents file)")
+    abits = static_bits(config.abits, ctx.steps)
+    salience = collect_channel_absmax(model, list(ctx.linears), calibration, steps=ctx.steps, shift=config.shift,
+                                      seed=config.calib_seed, progress=progress)
+    layers, tensors = {}, {}
+    for name, (out, inp) in ctx.linears.items():
+        balanced = name in salience
+        if balanced:
+            b, _ = salience_balance(salience[name], weight_absmax(ctx.weight(name)))
+            tensors[f"{name}.smooth"] = b.float()
+        layers[name] = LayerPlan(in_features=inp, out_features=out, wbits=config.wbits, abits=abits, clip="minmax",
+                                 smoothing=balanced)
+    unseen = len(ctx.linears) - len(salience)
+    notes = [f"{unseen} layer(s) never ran on calibration data (unused outputs): not balanced"] if unseen else []
+    return ctx.plan("ptq4dit", config, layers, notes=notes, tensors=tensors)
