@@ -21,7 +21,7 @@ from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.gaussian import fake_quantize_weight
 from qdit4sr_export.quant.hsvd import hsvd, svd_global
-from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, make_plan
+from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 from qdit4sr_export.quant.simulate import apply_plan
 
 ROOT = Path(__file__).resolve().parent.parent

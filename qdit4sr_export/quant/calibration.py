@@ -86,11 +86,9 @@ def load_calibration_file(path: str | Path, config: DiT4SRConfig) -> Calibration
     return inputs
 
 
-def trace_layer_inputs(
+def run_trajectory(
     model: nn.Module,
-    layer_names: list[str],
     inputs: CalibrationInputs,
-    observe: Callable[[int, int, torch.Tensor], None],
     *,
     steps: int,
     shift: float = 3.0,
@@ -98,14 +96,48 @@ def trace_layer_inputs(
     batch_size: int = 8,
     start_sigma: float | None = None,
     progress: bool = False,
-) -> None:
-    """Run the flow-matching Euler trajectory on every calibration sample and call
-    ``observe(layer_index, step, x)`` with each named layer's input at each step.
+    on_step: Callable[[int, tuple[torch.Tensor, ...]], None] | None = None,
+) -> torch.Tensor:
+    """Sample every calibration input with flow-matching Euler and return the final latents.
 
+    ``on_step(step, model_args)`` sees the model's inputs ``(x_t, lr, text, pooled, t)`` before each step.
     The trajectory starts from seeded noise (or from ``(1 - sigma) * lr + sigma * noise`` when
     ``start_sigma`` is given) and follows the model's own predictions, as inference does.
     """
     timesteps, sigmas = flow_schedule(steps, shift=shift)
+    generator = torch.Generator().manual_seed(seed)
+    finals = []
+    batches = range(0, len(inputs), batch_size)
+    bar = tqdm(total=len(batches) * steps, desc="calibration", disable=not progress, leave=False)
+    for start in batches:
+        sl = slice(start, start + batch_size)
+        lr = inputs.lr_latent[sl]
+        ctx, pooled = inputs.encoder_hidden_states[sl], inputs.pooled_projections[sl]
+        noise = torch.randn(lr.shape, generator=generator)
+        x = noise if start_sigma is None else (1 - start_sigma) * lr + start_sigma * noise
+        for i in range(steps):
+            args = (x, lr, ctx, pooled, timesteps[i].expand(lr.shape[0]))
+            if on_step is not None:
+                on_step(i, args)
+            with torch.no_grad():
+                v = model(*args)
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+            bar.update(1)
+        finals.append(x)
+    bar.close()
+    return torch.cat(finals)
+
+
+def trace_layer_inputs(
+    model: nn.Module,
+    layer_names: list[str],
+    inputs: CalibrationInputs,
+    observe: Callable[[int, int, torch.Tensor], None],
+    *,
+    steps: int,
+    **kwargs,
+) -> None:
+    """Run :func:`run_trajectory` and call ``observe(layer_index, step, x)`` with each named layer's input."""
     modules = dict(model.named_modules())
     current = {"step": 0}
 
@@ -115,23 +147,8 @@ def trace_layer_inputs(
         return record
 
     handles = [modules[name].register_forward_pre_hook(hook(i)) for i, name in enumerate(layer_names)]
-    generator = torch.Generator().manual_seed(seed)
     try:
-        batches = range(0, len(inputs), batch_size)
-        bar = tqdm(total=len(batches) * steps, desc="calibration", disable=not progress, leave=False)
-        for start in batches:
-            sl = slice(start, start + batch_size)
-            lr = inputs.lr_latent[sl]
-            ctx, pooled = inputs.encoder_hidden_states[sl], inputs.pooled_projections[sl]
-            noise = torch.randn(lr.shape, generator=generator)
-            x = noise if start_sigma is None else (1 - start_sigma) * lr + start_sigma * noise
-            for i in range(steps):
-                current["step"] = i
-                with torch.no_grad():
-                    v = model(x, lr, ctx, pooled, timesteps[i].expand(lr.shape[0]))
-                x = x + (sigmas[i + 1] - sigmas[i]) * v
-                bar.update(1)
-        bar.close()
+        run_trajectory(model, inputs, steps=steps, on_step=lambda i, _: current.__setitem__("step", i), **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -183,3 +200,23 @@ def collect_channel_absmax(model: nn.Module, layer_names: list[str], inputs: Cal
 
     trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
     return {layer_names[i]: t for i, t in out.items()}
+
+
+def collect_hessians(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *, steps: int,
+                     transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                     step_weights: np.ndarray | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    """GPTQ Hessians of each layer's (transformed) input over the trajectory: H = sum_t w_t 2 X_t^T X_t /
+    sum_t w_t n_t, with w_t = ``step_weights[t]`` (AdaTSQ's Fisher weights) or 1."""
+    from qdit4sr_export.quant.gptq import HessianAccumulator
+
+    transforms = transforms or {}
+    accumulators: dict[int, HessianAccumulator] = {}
+
+    def observe(index: int, step: int, x: torch.Tensor) -> None:
+        name = layer_names[index]
+        z = transforms[name](x) if name in transforms else x
+        acc = accumulators.setdefault(index, HessianAccumulator(z.shape[-1]))
+        acc.add(z, 1.0 if step_weights is None else float(step_weights[step]))
+
+    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
+    return {layer_names[i]: acc.hessian() for i, acc in accumulators.items()}

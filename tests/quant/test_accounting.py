@@ -2,7 +2,7 @@ import pytest
 
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.quant.accounting import account, quantizable_linears, tokens_per_linear
-from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, make_plan
+from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 
 
 @pytest.fixture(scope="module")

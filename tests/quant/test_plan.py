@@ -12,7 +12,7 @@ from qdit4sr_export.quant.plan import (
     check_plan_matches,
     weights_fingerprint,
 )
-from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, make_plan
+from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from qdit4sr_export.quant.gaussian import fake_quantize_tokens, fake_quantize_we
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.hsvd import hsvd
 from qdit4sr_export.quant.plan import LayerPlan
-from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, make_plan
+from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 from qdit4sr_export.quant.simulate import FakeQuantLinear, StepState, apply_plan
 
 

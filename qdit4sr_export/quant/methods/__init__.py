@@ -3,7 +3,7 @@
 from qdit4sr_export.quant.methods.registry import Method, get_method, make_config, method_names, register
 
 # Importing a method's module registers it; the order here is the order `--list-methods` shows.
-from qdit4sr_export.quant import qdit4sr as _qdit4sr  # noqa: E402,F401  isort: skip
+from qdit4sr_export.quant.methods import qdit4sr as _qdit4sr  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import rtn as _rtn  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import quarot as _quarot  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import svdquant as _svdquant  # noqa: E402,F401  isort: skip

@@ -8,7 +8,7 @@ from helpers import make_inputs
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.quant.calibration import CalibrationInputs
-from qdit4sr_export.quant.qdit4sr import QDiT4SRConfig, is_active, make_plan
+from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, is_active, make_plan
 
 
 def calibration_for(model, n=4, side=8, seed=0):
