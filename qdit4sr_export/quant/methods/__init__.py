@@ -8,5 +8,6 @@ from qdit4sr_export.quant.methods import rtn as _rtn  # noqa: E402,F401  isort: 
 from qdit4sr_export.quant.methods import quarot as _quarot  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import svdquant as _svdquant  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import ptq4dit as _ptq4dit  # noqa: E402,F401  isort: skip
+from qdit4sr_export.quant.methods import qdit as _qdit  # noqa: E402,F401  isort: skip
 
 __all__ = ["Method", "get_method", "make_config", "method_names", "register"]

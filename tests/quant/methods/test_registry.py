@@ -14,7 +14,9 @@ def calibration(model, n=2, side=8):
     return CalibrationInputs.with_null_prompt(lr, model.config)
 
 
-SMALL_OPTIONS = {"qdit4sr": {"svd_rank": 8, "local_rank": 2}, "svdquant": {"svd_rank": 8, "group_size": 32}}
+QUICK_SEARCH = {"population": 4, "top_k": 2, "mutations": 2, "crossovers": 2, "generations": 1, "eval_states": 2}
+SMALL_OPTIONS = {"qdit4sr": {"svd_rank": 8, "local_rank": 2}, "svdquant": {"svd_rank": 8, "group_size": 32},
+                 "qdit": {"min_mean_group": 32, **QUICK_SEARCH}}
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -33,7 +35,7 @@ def test_every_method_yields_a_plan_that_simulates(tmp_path, tiny_model, name):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit"):
+    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit"):
         get_method("gptq")
 
 
@@ -50,7 +52,7 @@ def test_string_options_are_converted():
         make_config(get_method("quarot"), {"rotation_seed": "abc"})
 
 
-@pytest.mark.parametrize("name", ["svdquant", "ptq4dit"])
+@pytest.mark.parametrize("name", ["svdquant", "ptq4dit", "qdit"])
 def test_calibrated_methods_need_calibration(tiny_model, name):
     method = get_method(name)
     assert method.needs_calibration
@@ -67,7 +69,8 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
     with torch.no_grad():
         reference = heavy_tailed_model()(*inputs)
     scores = {}
-    for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64}), ("ptq4dit", {})):
+    for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64}), ("ptq4dit", {}),
+                          ("qdit", QUICK_SEARCH)):
         model = heavy_tailed_model()
         method = get_method(name)
         plan = method.build(model, make_config(method, {"steps": 2, "abits": 6, **options}),
@@ -78,6 +81,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
     assert scores["quarot"] > scores["rtn"] + 3, scores
     assert scores["svdquant"] > scores["rtn"] + 3, scores
     assert scores["ptq4dit"] > scores["rtn"], scores
+    assert scores["qdit"] > scores["rtn"] + 3, scores
 
 
 def test_method_specific_plan_contents(tiny_model):
@@ -96,3 +100,19 @@ def test_method_specific_plan_contents(tiny_model):
     plan = ptq.build(tiny_model, make_config(ptq, {"steps": 3}), calibration=calibration(tiny_model))
     b = plan.tensors["transformer_blocks.0.ff.net.2.smooth"]
     assert b.shape == (256,) and (b > 0).all() and plan.layers["transformer_blocks.0.ff.net.2"].smoothing
+
+
+def test_qdit_group_sizes_and_gptq_weights(small_model):
+    method = get_method("qdit")
+    plan = method.build(small_model, make_config(method, {"steps": 2, **QUICK_SEARCH}),
+                        calibration=calibration(small_model, side=16))
+    active = [lp for lp in plan.layers.values() if lp.active]
+    assert sum(lp.group_size for lp in active) / len(active) >= 128  # Q-DiT's constraint
+    assert all(lp.in_features % lp.group_size == 0 for lp in active)
+    stored = [n for n, lp in plan.layers.items() if lp.stored_weight]
+    assert stored and all(plan.tensors[f"{n}.weight.4"].shape == (plan.layers[n].out_features,
+                                                                  plan.layers[n].in_features) for n in stored)
+    w = plan.tensors[f"{stored[0]}.weight.4"]
+    g = plan.layers[stored[0]].group_size
+    levels = (w.reshape(w.shape[0], -1, g) / w.reshape(w.shape[0], -1, g).abs().amax(-1, keepdim=True) * 7)
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)  # on the 4-bit grid of its group
