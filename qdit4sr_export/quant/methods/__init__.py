@@ -9,5 +9,6 @@ from qdit4sr_export.quant.methods import quarot as _quarot  # noqa: E402,F401  i
 from qdit4sr_export.quant.methods import svdquant as _svdquant  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import ptq4dit as _ptq4dit  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import qdit as _qdit  # noqa: E402,F401  isort: skip
+from qdit4sr_export.quant.methods import adatsq as _adatsq  # noqa: E402,F401  isort: skip
 
 __all__ = ["Method", "get_method", "make_config", "method_names", "register"]

@@ -35,7 +35,7 @@ def test_every_method_yields_a_plan_that_simulates(tmp_path, tiny_model, name):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit"):
+    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit, adatsq"):
         get_method("gptq")
 
 
@@ -52,7 +52,7 @@ def test_string_options_are_converted():
         make_config(get_method("quarot"), {"rotation_seed": "abc"})
 
 
-@pytest.mark.parametrize("name", ["svdquant", "ptq4dit", "qdit"])
+@pytest.mark.parametrize("name", ["svdquant", "ptq4dit", "qdit", "adatsq"])
 def test_calibrated_methods_need_calibration(tiny_model, name):
     method = get_method(name)
     assert method.needs_calibration
@@ -70,7 +70,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
         reference = heavy_tailed_model()(*inputs)
     scores = {}
     for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64}), ("ptq4dit", {}),
-                          ("qdit", QUICK_SEARCH)):
+                          ("qdit", QUICK_SEARCH), ("adatsq", {})):
         model = heavy_tailed_model()
         method = get_method(name)
         plan = method.build(model, make_config(method, {"steps": 2, "abits": 6, **options}),
@@ -82,6 +82,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
     assert scores["svdquant"] > scores["rtn"] + 3, scores
     assert scores["ptq4dit"] > scores["rtn"], scores
     assert scores["qdit"] > scores["rtn"] + 3, scores
+    assert scores["adatsq"] > scores["rtn"], scores
 
 
 def test_method_specific_plan_contents(tiny_model):
@@ -116,3 +117,19 @@ def test_qdit_group_sizes_and_gptq_weights(small_model):
     g = plan.layers[stored[0]].group_size
     levels = (w.reshape(w.shape[0], -1, g) / w.reshape(w.shape[0], -1, g).abs().amax(-1, keepdim=True) * 7)
     torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)  # on the 4-bit grid of its group
+
+
+def test_adatsq_schedules_layer_wise_bits_per_timestep_within_budget(tiny_model):
+    method = get_method("adatsq")
+    plan = method.build(tiny_model, make_config(method, {"steps": 4, "beam_width": 81}),
+                        calibration=calibration(tiny_model))
+    active = {n: lp for n, lp in plan.layers.items() if lp.active}
+    sizes = {n: lp.in_features * lp.out_features for n, lp in active.items()}
+    total = sum(sizes.values())
+    per_step = [sum(sizes[n] * lp.abits[t] for n, lp in active.items()) / total for t in range(4)]
+    assert sum(per_step) / 4 <= 4 + 1e-9  # the average-bit budget over the trajectory
+    assert all(set(lp.abits) <= {3, 4, 5} for lp in active.values())
+    assert all(lp.stored_weight for n, lp in active.items() if "attn2.add" not in n)
+    assert any("beam search: path" in note for note in plan.notes)
+    alphas = [float(a) for a in next(n for n in plan.notes if n.startswith("Fisher")).split(":")[1].split(",")]
+    assert abs(sum(alphas) - 1) < 1e-2 and all(a >= 0 for a in alphas)
