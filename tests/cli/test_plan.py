@@ -92,7 +92,7 @@ def test_dimension_without_hadamard_construction(tmp_path):
 def test_list_methods():
     result = run("plan", "--list-methods")
     assert result.exit_code == 0
-    for name in ("qdit4sr", "rtn", "quarot", "svdquant", "ptq4dit", "qdit", "adatsq"):
+    for name in ("qdit4sr", "rtn", "quarot", "svdquant", "ptq4dit", "qdit", "adatsq", "lrq-dit"):
         assert f"\n{name} " in "\n" + result.output
     assert "options: wbits=4" in result.output
 
@@ -114,7 +114,7 @@ def test_method_choice_and_options(tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--method", "gptq"], "unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit, adatsq"),
+        (["--method", "gptq"], "unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit, adatsq, lrq-dit"),
         (["--method", "rtn", "--svd-rank", "8"], "--svd-rank does not apply to method 'rtn'"),
         (["--method", "rtn"], None),
         (["--method", "quarot", "--wbits", "auto"], "--wbits auto (VaSMP) does not apply to method 'quarot'"),

@@ -10,5 +10,6 @@ from qdit4sr_export.quant.methods import svdquant as _svdquant  # noqa: E402,F40
 from qdit4sr_export.quant.methods import ptq4dit as _ptq4dit  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import qdit as _qdit  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import adatsq as _adatsq  # noqa: E402,F401  isort: skip
+from qdit4sr_export.quant.methods import lrq_dit as _lrq_dit  # noqa: E402,F401  isort: skip
 
 __all__ = ["Method", "get_method", "make_config", "method_names", "register"]

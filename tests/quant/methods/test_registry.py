@@ -16,7 +16,7 @@ def calibration(model, n=2, side=8):
 
 QUICK_SEARCH = {"population": 4, "top_k": 2, "mutations": 2, "crossovers": 2, "generations": 1, "eval_states": 2}
 SMALL_OPTIONS = {"qdit4sr": {"svd_rank": 8, "local_rank": 2}, "svdquant": {"svd_rank": 8, "group_size": 32},
-                 "qdit": {"min_mean_group": 32, **QUICK_SEARCH}}
+                 "qdit": {"min_mean_group": 32, **QUICK_SEARCH}, "lrq-dit": {"fluctuation_threshold": 1.0}}
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -35,7 +35,7 @@ def test_every_method_yields_a_plan_that_simulates(tmp_path, tiny_model, name):
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit, adatsq"):
+    with pytest.raises(UserError, match="unknown method 'gptq'; valid: qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit, adatsq, lrq-dit"):
         get_method("gptq")
 
 
@@ -52,7 +52,7 @@ def test_string_options_are_converted():
         make_config(get_method("quarot"), {"rotation_seed": "abc"})
 
 
-@pytest.mark.parametrize("name", ["svdquant", "ptq4dit", "qdit", "adatsq"])
+@pytest.mark.parametrize("name", ["svdquant", "ptq4dit", "qdit", "adatsq", "lrq-dit"])
 def test_calibrated_methods_need_calibration(tiny_model, name):
     method = get_method(name)
     assert method.needs_calibration
@@ -70,7 +70,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
         reference = heavy_tailed_model()(*inputs)
     scores = {}
     for name, options in (("rtn", {}), ("quarot", {}), ("svdquant", {"group_size": 64}), ("ptq4dit", {}),
-                          ("qdit", QUICK_SEARCH), ("adatsq", {})):
+                          ("qdit", QUICK_SEARCH), ("adatsq", {}), ("lrq-dit", {})):
         model = heavy_tailed_model()
         method = get_method(name)
         plan = method.build(model, make_config(method, {"steps": 2, "abits": 6, **options}),
@@ -83,6 +83,7 @@ def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
     assert scores["ptq4dit"] > scores["rtn"], scores
     assert scores["qdit"] > scores["rtn"] + 3, scores
     assert scores["adatsq"] > scores["rtn"], scores
+    assert scores["lrq-dit"] > scores["rtn"] + 3, scores
 
 
 def test_method_specific_plan_contents(tiny_model):
@@ -133,3 +134,15 @@ def test_adatsq_schedules_layer_wise_bits_per_timestep_within_budget(tiny_model)
     assert any("beam search: path" in note for note in plan.notes)
     alphas = [float(a) for a in next(n for n in plan.notes if n.startswith("Fisher")).split(":")[1].split(",")]
     assert abs(sum(alphas) - 1) < 1e-2 and all(a >= 0 for a in alphas)
+
+
+def test_lrq_dit_adaptive_rotation_and_tlq(tiny_model):
+    method = get_method("lrq-dit")
+    mild = method.build(tiny_model, make_config(method, {"steps": 2, "fluctuation_threshold": 100.0}),
+                        calibration=calibration(tiny_model))
+    assert all(lp.rotation.get("kind", "hadamard") == "hadamard" for lp in mild.layers.values())
+    wild = method.build(tiny_model, make_config(method, {"steps": 2, "fluctuation_threshold": 1.0}),
+                        calibration=calibration(tiny_model))
+    outlier = [n for n, lp in wild.layers.items() if lp.rotation.get("kind") == "outlier"]
+    assert outlier and all(f"{n}.rotation.blocks_1" in wild.tensors for n in outlier)
+    assert all(lp.weight_format == "tlq" and set(lp.tlq) == {"eta", "p_pos", "p_neg"} for lp in wild.layers.values())
