@@ -128,3 +128,19 @@ def test_method_errors(args, message):
         assert result.exit_code == 0, result.output
         return
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+QUICK = {"qdit4sr": ["--svd-rank", "8", "--local-rank", "2"],
+         "svdquant": ["--svd-rank", "8", "-O", "group_size=32"],
+         "qdit": ["-O", "min_mean_group=32", "-O", "population=3", "-O", "top_k=2", "-O", "mutations=1",
+                  "-O", "crossovers=1", "-O", "generations=1", "-O", "eval_states=1"]}
+
+
+@pytest.mark.parametrize("method", ["qdit4sr", "rtn", "quarot", "svdquant", "ptq4dit", "qdit", "adatsq", "lrq-dit"])
+def test_plan_succeeds_for_every_method(tmp_path, tiny_model, method):
+    ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+    save_file({"lr_latent": torch.randn(2, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    result = run("plan", ckpt, "--method", method, "--wbits", 4, "--abits", 4, "--steps", 2,
+                 "--calib", tmp_path / "calib.safetensors", *QUICK.get(method, []), "-o", tmp_path / "p.json", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["method"] == method and QuantPlan.load(tmp_path / "p.json").method == method
