@@ -81,9 +81,6 @@ def _fisher_weights(model, fp_args: list[tuple[torch.Tensor, ...]], final: torch
           "error; Fisher-weighted GPTQ weights", config=AdaTSQConfig, needs_calibration=True)
 def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: bool = False):
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
-    ctx.require_weights("adatsq's calibration")
-    if calibration is None:
-        raise UserError("method 'adatsq' needs calibration data: pass --calib (LR photos or a latents file)")
     steps, abits = ctx.steps, int(config.abits)
     names = list(ctx.linears)
     active = [n for n in names if is_active(n)]

@@ -51,9 +51,6 @@ def _block_for(n: int, preferred: int) -> int:
           "block rotation + zigzag) after smoothing", config=LRQDiTConfig, needs_calibration=True)
 def build_lrq_dit(model, config: LRQDiTConfig, *, calibration=None, progress: bool = False):
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
-    ctx.require_weights("lrq-dit's rotation and TLQ search")
-    if calibration is None:
-        raise UserError("method 'lrq-dit' needs calibration data: pass --calib (LR photos or a latents file)")
     abits = static_bits(config.abits, ctx.steps)
     names = list(ctx.linears)
     absmax = collect_channel_absmax(model, names, calibration, steps=ctx.steps, shift=config.shift,

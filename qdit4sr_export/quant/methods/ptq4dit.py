@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.calibration import collect_channel_absmax
 from qdit4sr_export.quant.layer_plan import LayerPlan
 from qdit4sr_export.quant.methods.base import MethodConfig
@@ -25,9 +24,6 @@ class PTQ4DiTConfig(MethodConfig):
           config=PTQ4DiTConfig, needs_calibration=True)
 def build_ptq4dit(model, config: PTQ4DiTConfig, *, calibration=None, progress: bool = False):
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
-    ctx.require_weights("ptq4dit's salience balancing")
-    if calibration is None:
-        raise UserError("method 'ptq4dit' needs calibration data: pass --calib (LR photos or a latents file)")
     abits = static_bits(config.abits, ctx.steps)
     salience = collect_channel_absmax(model, list(ctx.linears), calibration, steps=ctx.steps, shift=config.shift,
                                       seed=config.calib_seed, progress=progress)

@@ -68,9 +68,6 @@ def _eval_states(model, calibration, config: QDiTConfig, steps: int) -> list[tup
           "activations, GPTQ weights", config=QDiTConfig, needs_calibration=True)
 def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = False):
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
-    ctx.require_weights("qdit's search")
-    if calibration is None:
-        raise UserError("method 'qdit' needs calibration data: pass --calib (LR photos or a latents file)")
     abits = static_bits(config.abits, ctx.steps)
     names = list(ctx.linears)
     searched = [n for n in names if is_active(n)]

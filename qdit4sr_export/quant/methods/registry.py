@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -35,7 +36,19 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
     def wrap(build: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = Method(name, summary, config, build, needs_calibration)
+
+        @functools.wraps(build)
+        def checked(model, cfg, *, calibration=None, progress: bool = False):
+            if needs_calibration:
+                if calibration is None:
+                    raise UserError(f"method '{name}' needs calibration data: pass --calib (LR photos or a "
+                                    "latents file)")
+                if next(model.parameters()).device.type == "meta":
+                    raise UserError(f"method '{name}' runs the model on calibration data: give a checkpoint, "
+                                    "not a preset name")
+            return build(model, cfg, calibration=calibration, progress=progress)
+
+        _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration)
         return build
     return wrap
 

@@ -38,9 +38,6 @@ def _group(size: int, width: int) -> int | None:
           "weights and activations", config=SVDQuantConfig, needs_calibration=True)
 def build_svdquant(model, config: SVDQuantConfig, *, calibration=None, progress: bool = False):
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
-    ctx.require_weights("svdquant's smoothing search")
-    if calibration is None:
-        raise UserError("method 'svdquant' needs calibration data: pass --calib (LR photos or a latents file)")
     check_rank(ctx.linears, config.svd_rank)
     abits = static_bits(config.abits, ctx.steps)
     names = list(ctx.linears)
