@@ -47,6 +47,10 @@ def test_step_for_timestep_maps_by_value(tiny_plan):
         (lambda d: d.update(version=99), "version 99 is not supported"),
         (lambda d: d["layers"]["transformer_blocks.0.attn.to_q"].pop("wbits"), "transformer_blocks.0.attn.to_q"),
         (lambda d: d.pop("timesteps"), "missing or malformed key"),
+        (lambda d: d["layers"]["transformer_blocks.0.attn.to_q"].update(wbits=12), "to_q': wbits 12 not in 2..8"),
+        (lambda d: d["layers"]["transformer_blocks.0.attn.to_q"].update(group_size=48), "does not divide"),
+        (lambda d: d["layers"]["transformer_blocks.0.attn.to_q"].update(bogus=1), "unknown key"),
+        (lambda d: d["layers"]["transformer_blocks.0.attn.to_q"].update(weight_format="fp4"), "weight_format"),
     ],
 )
 def test_bad_plan_files(tmp_path, tiny_plan, mutate, message):
@@ -102,3 +106,21 @@ def test_layer_plan_round_trip():
                    "block": None}, svd_rank=2, local_block=(2, 4), active=False, weight_variance=0.5,
                    act_variance=(1.0, 2.0, 3.0))
     assert LayerPlan.from_dict(json.loads(json.dumps(lp.to_dict())), "x") == lp
+
+
+def test_tensor_sidecar_is_checked(tmp_path, tiny_plan):
+    import dataclasses
+
+    import torch
+
+    plan = dataclasses.replace(tiny_plan, tensors={"transformer_blocks.0.attn.to_q.smooth": torch.ones(64)})
+    path = plan.save(tmp_path / "p.json")
+    side = tmp_path / "p.tensors.safetensors"
+    assert json.loads(path.read_text())["tensor_file"]["name"] == side.name
+    assert torch.equal(QuantPlan.load(path).tensors["transformer_blocks.0.attn.to_q.smooth"], torch.ones(64))
+    side.write_bytes(side.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(UserError, match="does not match the plan's checksum"):
+        QuantPlan.load(path)
+    side.unlink()
+    with pytest.raises(UserError, match="tensor file p.tensors.safetensors is missing"):
+        QuantPlan.load(path)

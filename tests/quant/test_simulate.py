@@ -112,3 +112,23 @@ def test_w4a4_qdit4sr_beats_rtn_on_heavy_tailed_weights():
     ours = sqnr_db(reference, _outputs(model, inputs))
     baseline = sqnr_db(reference, _outputs(rtn, inputs))
     assert ours > baseline + 6, (ours, baseline)  # about 15 dB vs 4 dB on these inputs
+
+
+def test_per_timestep_weight_bits():
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(64, 32)
+    lp = LayerPlan(in_features=64, out_features=32, wbits=4, abits=(None, None, None), wbits_schedule=(3, 8, 3),
+                   clip="minmax")
+    state = StepState()
+    fq = FakeQuantLinear(linear, lp, state)
+    x = torch.randn(5, 64)
+    outputs = []
+    for step in range(3):
+        state.step = step
+        outputs.append(fq(x))
+        expected = x @ fake_quantize_weight(linear.weight.detach(), (3, 8, 3)[step], clip="minmax").T + linear.bias
+        torch.testing.assert_close(outputs[-1], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(outputs[0], outputs[2]) and not torch.allclose(outputs[0], outputs[1])
+    assert sqnr_db(linear(x), outputs[1]) > sqnr_db(linear(x), outputs[0]) + 20
+    with pytest.raises(UserError, match="wbits_schedule and abits differ in length"):
+        LayerPlan(in_features=64, out_features=32, wbits=4, abits=(4,), wbits_schedule=(3, 8))
