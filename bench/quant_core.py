@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from common import ROOT, machine, sqnr_db, update_benchmarks_md
 
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.model.synthetic import heavy_tailed_
@@ -24,24 +24,9 @@ from qdit4sr_export.quant.hsvd import hsvd, svd_global
 from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 from qdit4sr_export.quant.simulate import apply_plan
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "python bench/quant_core.py"
 PAPER_PARAMS = {4: 454.78, 8: 465.39, 16: 486.62, 32: 529.06}
 STEPS = 4
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - approx).pow(2).sum()))
 
 
 def accounting_rows() -> list[dict]:
@@ -159,25 +144,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks_md(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    begin, end = "<!-- quant_core:begin -->", "<!-- quant_core:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from the script named beside it.\n\n"
-    block = f"{begin}\n{section}{end}"
-    if begin in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     results = {"command": COMMAND, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                "accounting": accounting_rows(), "hsvd": hsvd_rows(), "quality": quality_rows()}
     out = ROOT / "bench" / "results" / "quant_core.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    update_benchmarks_md(markdown(results))
+    update_benchmarks_md("quant_core", markdown(results))
     print(markdown(results))
 
 

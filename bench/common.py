@@ -1,0 +1,37 @@
+"""What every benchmark script shares: the machine line, SQNR, and writing its section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    return float(10 * torch.log10(ref.pow(2).sum() / (ref - approx).pow(2).sum()))
+
+
+def update_benchmarks_md(key: str, section: str) -> None:
+    """Replace (or append) the block between ``<!-- key:begin -->`` and ``<!-- key:end -->``."""
+    path = ROOT / "BENCHMARKS.md"
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from the script named beside it.\n\n"
+    block = f"{begin}\n{section}{end}"
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
