@@ -52,7 +52,11 @@ class DiT4SRBlock(nn.Module):
             self.ff_context = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
 
     def forward(
-        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        grid: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         if self.use_dual_attention:
             norm_x, gate_msa, shift_mlp, scale_mlp, gate_mlp, norm_x2, gate_msa2 = self.norm1(hidden_states, emb=temb)
@@ -73,7 +77,7 @@ class DiT4SRBlock(nn.Module):
             hidden_states = hidden_states + gate_msa2.unsqueeze(1) * attn_out2
 
         norm_x = self.norm2(hidden_states) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-        hidden_states = hidden_states + gate_mlp.unsqueeze(1) * self.ff(norm_x)
+        hidden_states = hidden_states + gate_mlp.unsqueeze(1) * self.ff(norm_x, grid)
 
         if self.context_pre_only:
             return None, hidden_states

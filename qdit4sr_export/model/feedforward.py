@@ -25,14 +25,18 @@ class ControlFeedForward(nn.Module):
         self.net = nn.ModuleList([GELU(dim, inner, approximate="tanh"), nn.Dropout(0.0), nn.Linear(inner, dim)])
         self.control_conv = nn.Conv2d(inner, inner, kernel_size=3, stride=1, padding=1, groups=inner)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """``grid`` is the (h, w) patch grid; the transformer passes it from the latent's shape so tracing keeps
+        the spatial size symbolic. Without it a square grid is inferred from the token count."""
         hidden = self.net[1](self.net[0](hidden_states))
         x, lr = hidden.chunk(2, dim=1)
         b, n, c = x.shape
-        side = math.isqrt(n)
-        if side * side != n:
-            raise UserError(f"the cross-stream convolution needs a square token grid, got {n} tokens per stream")
-        lr_grid = lr.reshape(b, side, side, c).permute(0, 3, 1, 2)
+        if grid is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise UserError(f"the cross-stream convolution needs a square token grid, got {n} tokens per stream")
+            grid = (side, side)
+        lr_grid = lr.reshape(b, grid[0], grid[1], c).permute(0, 3, 1, 2)
         control = self.control_conv(lr_grid).reshape(b, c, n).permute(0, 2, 1)
         x = x + self.control_scale * control
         return self.net[2](torch.cat([x, lr], dim=1))

@@ -139,14 +139,14 @@ class DiT4SRTransformer(nn.Module):
         context = self.context_embedder(encoder_hidden_states)
         tokens = torch.cat([x, self.pos_embed(lr_latent)], dim=-2)
 
+        p = self.config.patch_size
+        h, w = height // p, width // p
         for block in self.transformer_blocks:
-            context, tokens = block(tokens, context, temb)
+            context, tokens = block(tokens, context, temb, (h, w))
 
         x = tokens.chunk(2, dim=1)[0]  # the LR half is dropped after the last block
         x = self.proj_out(self.norm_out(x, temb))
 
-        p = self.config.patch_size
-        h, w = height // p, width // p
         x = x.reshape(batch, h, w, p, p, self.config.out_channels)
         sample = torch.einsum("nhwpqc->nchpwq", x).reshape(batch, self.config.out_channels, h * p, w * p)
         if return_dict is None:
