@@ -103,7 +103,7 @@ def make_plan(
     else:
         if on_meta:
             raise UserError("--wbits auto (VaSMP) reads the weights: give a checkpoint, or an integer --wbits "
-                            "for shape-only accounting")  # (worded for the CLI's most common case)
+                            "for shape-only accounting")
         variances = [_layer_variance(model, n, rotations[n]) for n in active]
         weight_var = dict(zip(active, variances))
         sizes = [linears[n][0] * linears[n][1] for n in active]
