@@ -29,20 +29,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.checks import is_int, is_real
 
 #: Relative slack on the average-bit budget (float rounding only).
 BUDGET_TOL = 1e-9
 
 
-def _is_int(value: object) -> bool:
-    """True for ints (numpy ints included), False for bools and everything else."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: object) -> bool:
-    """True for finite real numbers (not bools)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
-        and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -54,11 +46,11 @@ class BeamConfig:
     tradeoff: float = 0.0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.beam_width) or self.beam_width < 1:
+        if not is_int(self.beam_width) or self.beam_width < 1:
             raise UserError(f"BeamConfig.beam_width must be an integer >= 1, got {self.beam_width!r}")
-        if self.budget is not None and (not _is_real(self.budget) or self.budget <= 0):
+        if self.budget is not None and (not is_real(self.budget) or self.budget <= 0):
             raise UserError(f"BeamConfig.budget must be None or a finite number > 0, got {self.budget!r}")
-        if not _is_real(self.tradeoff) or self.tradeoff < 0:
+        if not is_real(self.tradeoff) or self.tradeoff < 0:
             raise UserError(f"BeamConfig.tradeoff must be a finite number >= 0, got {self.tradeoff!r}")
 
 
@@ -124,7 +116,7 @@ def beam_search(
 ) -> BeamResult:
     """Per-timestep candidate choices minimising the end-to-end ``error`` under ``config.budget`` (average bits
     over the whole path) by Pareto-pruned beam search (see the module docstring for the exact rules)."""
-    if not _is_int(steps) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise UserError(f"steps must be an integer >= 1, got {steps!r}")
     if not isinstance(config, BeamConfig):
         raise UserError(f"config must be a BeamConfig, got {type(config).__name__}")
@@ -132,7 +124,7 @@ def beam_search(
         raise UserError("error must be callable")
     bits = list(candidate_bits) if isinstance(candidate_bits, Sequence) and not isinstance(candidate_bits, str) \
         else None
-    if not bits or not all(_is_real(b) and b > 0 for b in bits):
+    if not bits or not all(is_real(b) and b > 0 for b in bits):
         raise UserError(f"candidate_bits must be a nonempty sequence of finite numbers > 0, got {candidate_bits!r}")
     bits = [float(b) for b in bits]
     steps = int(steps)

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.checks import is_int
 
 GROUP_CHOICES: tuple[int, ...] = (32, 64, 128, 192, 288)
 #: Relative slack on the mean constraint (float rounding only).
@@ -41,10 +42,6 @@ FEAS_TOL = 1e-9
 NOVELTY_TRIES = 10
 SEED_GROUP = 128
 
-
-def _is_int(value: object) -> bool:
-    """True for ints (numpy ints included), False for bools and everything else."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ class EvolutionConfig:
         for name in ("population", "top_k", "mutations", "crossovers", "generations", "seed"):
             value = getattr(self, name)
             low = 1 if name in ("population", "top_k") else 0
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise UserError(f"EvolutionConfig.{name} must be an integer >= {low}, got {value!r}")
         if self.top_k > self.population:
             raise UserError(f"EvolutionConfig.top_k ({self.top_k}) exceeds population ({self.population})")
@@ -75,7 +72,7 @@ class EvolutionConfig:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise UserError(f"EvolutionConfig.mutation_prob must be in [0, 1], got {p!r}")
         choices = tuple(self.choices) if isinstance(self.choices, (tuple, list)) else None
-        if not choices or not all(_is_int(c) and c > 0 for c in choices):
+        if not choices or not all(is_int(c) and c > 0 for c in choices):
             raise UserError(f"EvolutionConfig.choices must be a nonempty tuple of positive integers, got "
                             f"{self.choices!r}")
         if len(set(choices)) != len(choices):
@@ -115,7 +112,7 @@ def _check_allowed(n_layers: int, choices: tuple[int, ...],
             raise UserError(f"allowed[{layer}] must be a sequence of group sizes, got {row!r}") from None
         if not values:
             raise UserError(f"allowed[{layer}] is empty: layer {layer} has no group size")
-        bad = [v for v in values if not _is_int(v) or int(v) not in choices]
+        bad = [v for v in values if not is_int(v) or int(v) not in choices]
         if bad:
             raise UserError(f"allowed[{layer}] has {bad}, not among the choices {choices}")
         out.append(tuple(sorted({int(v) for v in values})))
@@ -225,7 +222,7 @@ def evolve_group_sizes(
 ) -> EvolutionResult:
     """Per-layer group sizes minimising ``cost`` under mean(group size) >= ``config.min_mean`` by Q-DiT's
     evolutionary search; ``progress(generation, best_cost)`` is called after each generation (0 = initial)."""
-    if not _is_int(n_layers) or n_layers < 1:
+    if not is_int(n_layers) or n_layers < 1:
         raise UserError(f"n_layers must be an integer >= 1, got {n_layers!r}")
     if not isinstance(config, EvolutionConfig):
         raise UserError(f"config must be an EvolutionConfig, got {type(config).__name__}")
