@@ -120,7 +120,7 @@ def _list_methods() -> str:
 @click.option("--svd-rank", type=int, default=32, help="SVD-G rank (FP global branch).")
 @click.option("--local-rank", type=int, default=8, help="SVD-L budget in rank units (0: no SVD-L).")
 @click.option("--calib", default=None, help="Folder of LR images (needs vae/ beside the model) or a latents file.")
-@click.option("--calib-count", type=int, default=32, show_default=True, help="Random 128x128 crops from --calib images.")
+@click.option("--calib-count", type=click.IntRange(min=1), default=32, show_default=True, help="Random 128x128 crops from --calib images.")
 @click.option("--steps", type=int, default=40, help="Sampling steps of the timestep grid.")
 @click.option("--max-segments", type=int, default=3, help="VaTMP: constant segments per layer.")
 @click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed",

@@ -130,8 +130,4 @@ def resolve_config(config: "DiT4SRConfig | str | Path | Mapping[str, Any]") -> D
     raise UserError(f"unknown preset '{text}'; known presets: {', '.join(sorted(PRESETS))} (or give a config.json path)")
 
 
-def preset_names() -> list[str]:
-    return sorted(PRESETS)
-
-
-__all__ = ["DiT4SRConfig", "PRESETS", "OFFICIAL_CONTROL_SCALE", "resolve_config", "preset_names"]
+__all__ = ["DiT4SRConfig", "PRESETS", "OFFICIAL_CONTROL_SCALE", "resolve_config"]

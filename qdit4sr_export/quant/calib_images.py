@@ -91,6 +91,8 @@ def encode_images(vae, crops: list[Image.Image], *, upscale: int = 4, batch_size
 def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: int = 32, crop: int = 128,
                         seed: int = 0) -> torch.Tensor:
     """LR latents for calibration from a folder of images and the model's autoencoder."""
+    if count < 1 or crop < 8:
+        raise UserError(f"--calib-count must be >= 1 and the crop at least 8 px, got {count} and {crop}")
     vae_folder = find_autoencoder_folder(model_path)
     if vae_folder is None:
         raise UserError(

@@ -113,16 +113,6 @@ class QuantPlan:
             tensors = load_file(str(side))
         return cls.from_dict(data, str(path), tensors)
 
-    def tensor(self, key: str) -> torch.Tensor:
-        """A plan tensor by key, or a one-line error naming it."""
-        try:
-            return self.tensors[key]
-        except KeyError:
-            raise UserError(f"plan lacks tensor '{key}' (the plan's tensor file is incomplete)") from None
-
-    def abits_at(self, step: int) -> dict[str, int | None]:
-        return {name: lp.abits[step] for name, lp in self.layers.items()}
-
     def step_for_timestep(self, timestep: float) -> int:
         """Index of the grid timestep nearest to ``timestep`` (schedules are keyed by timestep value)."""
         if not self.timesteps:

@@ -127,11 +127,6 @@ class SimulatedModel:
         self.plan = plan
         self.state = state
 
-    def set_step(self, step: int | None) -> None:
-        if step is not None and not 0 <= step < len(self.plan.timesteps):
-            raise UserError(f"step {step} is outside the plan's grid of {len(self.plan.timesteps)} timesteps")
-        self.state.step = step
-
     def weights_only(self, enabled: bool = True) -> None:
         """Quantize weights only (the state in which VaTMP collects activation statistics)."""
         self.state.quantize_activations = not enabled

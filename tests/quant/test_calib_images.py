@@ -60,5 +60,7 @@ def test_folder_without_images_or_autoencoder(tmp_path):
     bare.mkdir()
     with pytest.raises(UserError, match="need the model's autoencoder"):
         latents_from_folder(empty, bare)
+    with pytest.raises(UserError, match="--calib-count must be >= 1"):
+        latents_from_folder(photo_folder(tmp_path / "photos"), root, count=0)
     with pytest.raises(UserError, match="calibration folder not found"):
         read_images(tmp_path / "missing")
