@@ -54,3 +54,35 @@ def find_linear_sites(graph: ir.Graph, names: list[str]) -> dict[str, list[Linea
                             found.append(LinearSite(name, mm.node, node, _bias_add(mm.node, bias)))
         sites[name] = found
     return sites
+
+
+def _split_gemm(graph: ir.Graph, site: LinearSite) -> LinearSite:
+    """Rewrite ``Gemm(x, W, b, transB=1)`` as ``MatMul(x, Transpose(W)) + b`` (same numbers, one MatMul form)."""
+    gemm = site.matmul
+    attrs = {k: a.value for k, a in gemm.attributes.items()}
+    if attrs.get("transA", 0) or not attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0 or \
+            attrs.get("beta", 1.0) != 1.0:
+        raise ValueError(f"layer '{site.name}': unsupported Gemm attributes {attrs}")
+    x, weight = gemm.inputs[0], gemm.inputs[1]
+    bias = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+    prefix = gemm.name or site.name
+    transpose = ir.Node("", "Transpose", [weight], {"perm": ir.AttrInt64s("perm", [1, 0])}, name=f"{prefix}/T")
+    matmul = ir.Node("", "MatMul", [x, transpose.outputs[0]], name=f"{prefix}/MatMul")
+    transpose.outputs[0].name, matmul.outputs[0].name = f"{prefix}/T", f"{prefix}/MatMul"
+    nodes = [transpose, matmul]
+    add = None
+    if bias is not None:
+        add = ir.Node("", "Add", [matmul.outputs[0], bias], name=f"{prefix}/Add")
+        add.outputs[0].name = f"{prefix}/Add"
+        nodes.append(add)
+    graph.insert_before(gemm, nodes)
+    ir.convenience.replace_all_uses_with(gemm.outputs[0], nodes[-1].outputs[0], replace_graph_outputs=True)
+    graph.remove(gemm, safe=True)
+    return LinearSite(site.name, matmul, transpose, add)
+
+
+def matmul_sites(graph: ir.Graph, names: list[str]) -> dict[str, list[LinearSite]]:
+    """Like :func:`find_linear_sites`, with every Gemm site first rewritten to Transpose -> MatMul -> Add."""
+    sites = find_linear_sites(graph, names)
+    return {name: [s if s.transpose is not None else _split_gemm(graph, s) for s in found]
+            for name, found in sites.items()}

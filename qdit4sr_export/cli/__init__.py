@@ -31,11 +31,13 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
+    from qdit4sr_export.cli.build import build
     from qdit4sr_export.cli.info import info
     from qdit4sr_export.cli.plan import plan
 
     main.add_command(info)
     main.add_command(plan)
+    main.add_command(build)
 
 
 _register()

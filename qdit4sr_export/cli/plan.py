@@ -105,33 +105,46 @@ def _list_methods() -> str:
     return "\n".join(lines)
 
 
+#: Options shared by ``plan`` and ``build`` (the method and its knobs, calibration, the timestep grid).
+PLAN_OPTIONS = [
+    click.option("--method", default="qdit4sr", show_default=True, help="Quantization method (--list-methods)."),
+    click.option("--list-methods", is_flag=True, help="List the methods and their options, then exit."),
+    click.option("-O", "--method-option", "method_option", multiple=True, metavar="KEY=VALUE",
+                  help="Set any option of the method's config (repeatable), e.g. -O group_size=64."),
+    click.option("--config", default=None, help="Preset name or config.json for a checkpoint that carries none."),
+    click.option("--wbits", default="auto", help="'auto' (VaSMP at --wbits-budget) or uniform bits 2..8."),
+    click.option("--wbits-budget", type=float, default=4.0, help="Average weight bits for VaSMP."),
+    click.option("--wbits-min", type=int, default=None, help="Lowest VaSMP bits (default budget-1)."),
+    click.option("--wbits-max", type=int, default=None, help="Highest VaSMP bits (default budget+1)."),
+    click.option("--abits", type=float, default=4.0, help="Activation bits: the average budget for VaTMP, else static bits."),
+    click.option("--svd-rank", type=int, default=32, help="SVD-G rank (FP global branch)."),
+    click.option("--local-rank", type=int, default=8, help="SVD-L budget in rank units (0: no SVD-L)."),
+    click.option("--calib", default=None, help="Folder of LR images (needs vae/ beside the model) or a latents file."),
+    click.option("--calib-count", type=click.IntRange(min=1), default=32, show_default=True, help="Random 128x128 crops from --calib images."),
+    click.option("--steps", type=int, default=40, help="Sampling steps of the timestep grid."),
+    click.option("--max-segments", type=int, default=3, help="VaTMP: constant segments per layer."),
+    click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed",
+                  help="signed: Hadamard with seeded random signs; plain: the bare Hadamard (see README)."),
+    click.option("--rotation-seed", type=int, default=0, help="Seed of the random signs."),
+    click.option("--hadamard-block", type=int, default=None,
+                  help="Block-diagonal Hadamard of this power-of-two size, for dimensions without a full construction."),
+    click.option("--seed", type=int, default=0, help="Calibration crops and noise."),
+    click.option("--no-hsvd", is_flag=True, help="Ablation: SVD-G only (no SVD-L)."),
+    click.option("--no-vasmp", is_flag=True, help="Ablation: uniform weight bits at --wbits-budget."),
+    click.option("--no-vatmp", is_flag=True, help="Ablation: static activation bits even with calibration data."),
+]
+
+
+def plan_options(f):
+    """Apply :data:`PLAN_OPTIONS` to a click command function."""
+    for option in reversed(PLAN_OPTIONS):
+        f = option(f)
+    return f
+
+
 @click.command()
 @click.argument("model", required=False)
-@click.option("--method", default="qdit4sr", show_default=True, help="Quantization method (--list-methods).")
-@click.option("--list-methods", is_flag=True, help="List the methods and their options, then exit.")
-@click.option("-O", "--method-option", "method_option", multiple=True, metavar="KEY=VALUE",
-              help="Set any option of the method's config (repeatable), e.g. -O group_size=64.")
-@click.option("--config", default=None, help="Preset name or config.json for a checkpoint that carries none.")
-@click.option("--wbits", default="auto", help="'auto' (VaSMP at --wbits-budget) or uniform bits 2..8.")
-@click.option("--wbits-budget", type=float, default=4.0, help="Average weight bits for VaSMP.")
-@click.option("--wbits-min", type=int, default=None, help="Lowest VaSMP bits (default budget-1).")
-@click.option("--wbits-max", type=int, default=None, help="Highest VaSMP bits (default budget+1).")
-@click.option("--abits", type=float, default=4.0, help="Activation bits: the average budget for VaTMP, else static bits.")
-@click.option("--svd-rank", type=int, default=32, help="SVD-G rank (FP global branch).")
-@click.option("--local-rank", type=int, default=8, help="SVD-L budget in rank units (0: no SVD-L).")
-@click.option("--calib", default=None, help="Folder of LR images (needs vae/ beside the model) or a latents file.")
-@click.option("--calib-count", type=click.IntRange(min=1), default=32, show_default=True, help="Random 128x128 crops from --calib images.")
-@click.option("--steps", type=int, default=40, help="Sampling steps of the timestep grid.")
-@click.option("--max-segments", type=int, default=3, help="VaTMP: constant segments per layer.")
-@click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed",
-              help="signed: Hadamard with seeded random signs; plain: the bare Hadamard (see README).")
-@click.option("--rotation-seed", type=int, default=0, help="Seed of the random signs.")
-@click.option("--hadamard-block", type=int, default=None,
-              help="Block-diagonal Hadamard of this power-of-two size, for dimensions without a full construction.")
-@click.option("--seed", type=int, default=0, help="Calibration crops and noise.")
-@click.option("--no-hsvd", is_flag=True, help="Ablation: SVD-G only (no SVD-L).")
-@click.option("--no-vasmp", is_flag=True, help="Ablation: uniform weight bits at --wbits-budget.")
-@click.option("--no-vatmp", is_flag=True, help="Ablation: static activation bits even with calibration data.")
+@plan_options
 @click.option("-o", "--output", default=None, help="Write the plan JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -1,0 +1,71 @@
+"""FoldHadamardPass: rotate each planned linear's weight offline and rotate its input online.
+
+``W x = (W R)(x R)`` for an orthonormal R, so the weight initializer becomes ``W R`` (after the per-channel
+smoothing ``W * s`` when the plan smooths the layer) and the activation path gets ``x / s`` and the
+structured rotation (see ``rotation_ops``) in front of the MatMul. Layers fed by the same tensor with the
+same rotation (q, k, v) share one online rotation. The FP output is unchanged up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes.common import TopologicalSortPass
+
+from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, initializer_array, set_initializer
+from qdit4sr_export.passes.linear_sites import matmul_sites
+from qdit4sr_export.passes.rotation_ops import emit_rotation
+from qdit4sr_export.quant.plan import QuantPlan
+from qdit4sr_export.quant.simulate import make_rotation
+
+
+class FoldHadamardPass(InPlacePass):
+    """Fold the plan's rotations (and channel smoothing) into the weights; rotate activations online."""
+
+    def __init__(self, plan: QuantPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        names = [n for n, lp in self.plan.layers.items() if lp.rotation is not None or lp.smoothing]
+        sites = matmul_sites(graph, names)
+        rotated: dict[tuple, ir.Value] = {}
+        modified = False
+        for name in names:
+            if not sites[name]:
+                continue
+            lp = self.plan.layers[name]
+            rot = make_rotation(lp.rotation, name, self.plan.tensors)
+            weight = torch.from_numpy(np.array(initializer_array(graph.initializers[f"{name}.weight"]),
+                                               dtype=np.float32))
+            smooth = self.plan.tensors.get(f"{name}.smooth") if lp.smoothing else None
+            if smooth is not None:
+                weight = weight * smooth.to(torch.float32)
+            if rot is not None:
+                weight = rot.apply(weight)
+            set_initializer(graph, f"{name}.weight", weight.numpy())
+            rot_key = json.dumps(dict(lp.rotation), sort_keys=True) if lp.rotation is not None else None
+            if lp.rotation is not None and lp.rotation.get("kind", "hadamard") != "hadamard":
+                rot_key = name  # learned rotations belong to one layer
+            for site in sites[name]:
+                x = site.input
+                key = (id(x), name if smooth is not None else None, rot_key)
+                if key not in rotated:
+                    em = Emitter(graph, site.matmul, f"{name}/rotate{len(rotated)}")
+                    z = x
+                    if smooth is not None:
+                        z = em.op("Div", [z, em.const(f"{name}.smooth", smooth.to(torch.float32).numpy())])
+                    if rot is not None:
+                        z = emit_rotation(em, z, rot, name)
+                    rotated[key] = z
+                site.matmul.replace_input_with(0, rotated[key])
+                site.matmul.metadata_props[LAYER_KEY] = name
+            modified = True
+        if modified:
+            TopologicalSortPass()(model)
+        return PassResult(model, modified)

@@ -1,0 +1,173 @@
+"""LowerOrtPass: real low-bit storage and integer compute for ONNX Runtime, per annotated MatMul.
+
+For each planned linear (tagged by AnnotateWeightBitsPass, bits set by SplitTimestepVariantsPass) the
+residual weight initializer is quantized exactly as the simulation does (``quantize_weight``) and:
+
+- ``int`` path (per-token activations, integer-grid weights): activations quantized per token at the
+  scheduled bits to uint8 (zero point 128), weights stored as packed INT4 (<= 4 bits, Cast to int8 at load)
+  or INT8, ``MatMulInteger`` -> int32, rescaled by the token scale and the per-channel weight scale.
+- ``dequant`` path (float activations this step, or channel groups): weights stored as INT4/INT8 codes,
+  ``DequantizeLinear`` (per channel, or blocked per group), activations fake-quantized in float.
+- ``float`` path (TLQ levels or stored GPTQ weights, which have no ONNX integer type): the quantized weight
+  stored in float32, activations fake-quantized in float.
+
+Softmax, norms and the H-SVD branches stay in float. Quantized weights go through a shared ``WeightStore``
+so every variant of a build references the very same tensors (stored once in the engine set).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from onnx_ir.passes import InPlacePass, PassResult
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from qdit4sr_export.passes.graph_edit import ABITS_KEY, LAYER_KEY, WBITS_KEY, Emitter, annotated_matmuls, constant, replace_output
+from qdit4sr_export.passes.quant_ops import ZERO_POINT, emit_fake_quant, emit_uint8_codes
+from qdit4sr_export.quant.gaussian import quantize_weight
+from qdit4sr_export.quant.plan import QuantPlan
+from qdit4sr_export.quant.simulate import quantize_residual
+
+LOWERING_KEY = "qdit4sr.lowering"
+LOWERED_KEY = "qdit4sr.lowered_layer"
+
+
+@dataclass
+class LayerWeights:
+    """One layer's stored quantized weight at one bit-width: ``kind`` int | grouped | float."""
+
+    kind: str
+    codes: ir.Tensor
+    scale: ir.Tensor | None = None
+
+
+@dataclass
+class WeightStore:
+    """Quantized weights by (layer, bits), shared across the variants of one build."""
+
+    entries: dict[tuple[str, int], LayerWeights] = field(default_factory=dict)
+
+    def get(self, plan: QuantPlan, layer: str, bits: int, residual: np.ndarray) -> LayerWeights:
+        key = (layer, bits)
+        if key not in self.entries:
+            self.entries[key] = _quantize(plan, layer, bits, residual)
+        return self.entries[key]
+
+
+def _code_tensor(codes: torch.Tensor, bits: int, name: str) -> ir.Tensor:
+    """INT4 (packed) up to 4 bits, INT8 up to 7 bits, UINT8 with offset 128 at 8 bits.
+
+    ONNX Runtime's AVX2 uint8 x int8 kernel sums pairs of products in int16 and saturates once
+    2 * 255 * |w| > 32767 (measured: wrong results with full-range int8 weights); weights of at most 7 bits
+    (|w| <= 63) are safe, and 8-bit weights use the exact uint8 x uint8 kernel with zero point 128.
+    """
+    c = codes.numpy().astype(np.int16)
+    if bits == 8:
+        return ir.tensor(np.ascontiguousarray((c + ZERO_POINT).astype(np.uint8)), name=name)
+    dtype = ir.DataType.INT4 if bits <= 4 else ir.DataType.INT8
+    return ir.tensor(np.ascontiguousarray(c.astype(np.int8)), dtype=dtype, name=name)
+
+
+def _quantize(plan: QuantPlan, layer: str, bits: int, residual: np.ndarray) -> LayerWeights:
+    lp = plan.layers[layer]
+    w = torch.from_numpy(np.array(residual, dtype=np.float32))
+    if lp.weight_format != "int" or lp.stored_weight:
+        q = plan.tensors[f"{layer}.weight.{bits}"] if lp.stored_weight else quantize_residual(w, lp, bits)
+        return LayerWeights("float", ir.tensor(np.ascontiguousarray(q.float().T.numpy()), name=f"{layer}.wq{bits}"))
+    out, in_ = w.shape
+    g = lp.group_size
+    if g is None:
+        qw = quantize_weight(w, bits, clip=lp.clip)
+        return LayerWeights("int", _code_tensor(qw.codes.T, bits, f"{layer}.wq{bits}"),
+                            ir.tensor(np.ascontiguousarray(qw.scale[:, 0].numpy()), name=f"{layer}.wscale{bits}"))
+    qw = quantize_weight(w.reshape(-1, g), bits, clip=lp.clip)
+    codes = qw.codes.reshape(out, in_).T
+    scale = qw.scale.reshape(out, in_ // g).T
+    return LayerWeights("grouped", _code_tensor(codes, bits, f"{layer}.wq{bits}"),
+                        ir.tensor(np.ascontiguousarray(scale.numpy()), name=f"{layer}.wscale{bits}"))
+
+
+def _zero_points(scale: ir.Tensor, kind: str) -> ir.Tensor:
+    """DequantizeLinear wants a zero point shaped like its scale."""
+    return ir.tensor(np.full(scale.shape.numpy(), ZERO_POINT, np.uint8))
+
+
+class LowerOrtPass(InPlacePass):
+    """Replace every annotated MatMul by its quantized arithmetic (see module doc)."""
+
+    def __init__(self, plan: QuantPlan, store: WeightStore | None = None) -> None:
+        super().__init__()
+        self.plan = plan
+        self.store = store if store is not None else WeightStore()
+        self.paths: Counter = Counter()
+
+    def requires(self, model: ir.Model) -> None:
+        for node in annotated_matmuls(model.graph):
+            if ABITS_KEY not in node.metadata_props or "," in node.metadata_props.get(WBITS_KEY, ","):
+                raise ir.passes.PreconditionError(
+                    f"MatMul of layer '{node.metadata_props[LAYER_KEY]}' has no single variant's bits; "
+                    "run SplitTimestepVariantsPass first")
+
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        quantized: dict[tuple, tuple[ir.Value, ir.Value]] = {}
+        self.paths.clear()
+        for node in annotated_matmuls(graph):
+            self._lower(graph, node, quantized)
+        RemoveUnusedNodesPass()(model)
+        return PassResult(model, bool(self.paths))
+
+    def _lower(self, graph: ir.Graph, mm: ir.Node, quantized: dict) -> None:
+        layer = mm.metadata_props[LAYER_KEY]
+        lp = self.plan.layers[layer]
+        wbits = int(mm.metadata_props[WBITS_KEY])
+        raw = mm.metadata_props[ABITS_KEY]
+        abits = None if raw == "none" else int(raw)
+        transpose = mm.inputs[1].producer()
+        weight_value = transpose.inputs[0] if transpose is not None and transpose.op_type == "Transpose" else None
+        if weight_value is None or weight_value.const_value is None:
+            raise ir.passes.PassError(f"layer '{layer}': MatMul weight is not Transpose(initializer)")
+        weights = self.store.get(self.plan, layer, wbits, weight_value.const_value.numpy())
+        z = mm.inputs[0]
+        em = Emitter(graph, mm, f"{layer}/{mm.name}/q")
+        codes = constant(graph, weights.codes.name, weights.codes)
+        if weights.kind == "int" and abits is not None:
+            key = (id(z), abits, lp.clip)
+            if key not in quantized:
+                quantized[key] = emit_uint8_codes(em, z, abits, lp.clip)
+            a_codes, a_scale = quantized[key]
+            zp = em.const("quant.zero_point_u8", np.array(ZERO_POINT, np.uint8))
+            if weights.codes.dtype == ir.DataType.UINT8:
+                acc = em.op("MatMulInteger", [a_codes, codes, zp, zp])
+            else:
+                w8 = codes if weights.codes.dtype == ir.DataType.INT8 else \
+                    em.op("Cast", [codes], {"to": ir.DataType.INT8})
+                acc = em.op("MatMulInteger", [a_codes, w8, zp])
+            y = em.op("Cast", [acc], {"to": ir.DataType.FLOAT})
+            y = em.op("Mul", [em.op("Mul", [y, a_scale]), constant(graph, weights.scale.name, weights.scale)])
+            path = "int"
+        else:
+            if weights.kind == "float":
+                w = codes
+            else:
+                scale = constant(graph, weights.scale.name, weights.scale)
+                attrs = {"axis": 1} if weights.kind == "int" else {"axis": 0, "block_size": lp.group_size}
+                inputs = [codes, scale]
+                if weights.codes.dtype == ir.DataType.UINT8:
+                    inputs.append(constant(graph, f"{weights.scale.name}.zero_point",
+                                           _zero_points(weights.scale, weights.kind)))
+                w = em.op("DequantizeLinear", inputs, attrs)
+            if abits is not None:
+                key = (id(z), abits, lp.clip, lp.group_size, "float")
+                if key not in quantized:
+                    quantized[key] = (emit_fake_quant(em, z, abits, lp.clip, lp.in_features, lp.group_size), None)
+                z = quantized[key][0]
+            y = em.op("MatMul", [z, w])
+            path = "dequant" if weights.kind != "float" else "float"
+        y.producer().metadata_props.update({LOWERED_KEY: layer, LOWERING_KEY: path})
+        replace_output(mm, y)
+        self.paths[path] += 1

@@ -1,0 +1,188 @@
+"""``build``: checkpoint -> QuantPlan -> traced graph -> passes -> one lowered graph per variant -> engine set.
+
+Passes, in order: FoldHadamardPass, InsertHSVDPass, AnnotateWeightBitsPass on the traced FP graph; then per
+variant, on a clone (weights shared): SplitTimestepVariantsPass, LowerOrtPass. Method "fp" packages the FP
+graph alone (the baseline and the oracle's twin).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from qdit4sr_export.engine_set import io_specs, write_engine_set
+from qdit4sr_export.quant.accounting import quantizable_linears
+from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
+from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
+from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule
+
+log = logging.getLogger(__name__)
+
+PIPELINE_SCHEMA = "qdit4sr-export/pipeline"
+PROMPT_KEYS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote, for the summary."""
+
+    output: Path
+    manifest: dict[str, Any]
+    notices: list[str] = field(default_factory=list)
+
+
+def model_root(model_path: Path) -> Path | None:
+    """The pipeline folder holding ``transformer/`` (given it or ``transformer/`` itself), if any."""
+    path = model_path if model_path.is_dir() else model_path.parent
+    for root in (path, path.parent):
+        if (root / "transformer").is_dir():
+            return root
+    return None
+
+
+def timestep_ranges(timesteps: list[float], step_variant: list[int], index: int) -> list[list[float]]:
+    """[low, high] timestep intervals (midpoints between grid steps) in which ``index`` runs."""
+    ranges: list[list[float]] = []
+    n = len(timesteps)
+    for i, v in enumerate(step_variant):
+        if v != index:
+            continue
+        hi = 1000.0 if i == 0 else (timesteps[i - 1] + timesteps[i]) / 2
+        lo = 0.0 if i == n - 1 else (timesteps[i] + timesteps[i + 1]) / 2
+        if ranges and ranges[-1][0] == hi:
+            ranges[-1][0] = lo
+        else:
+            ranges.append([lo, hi])
+    return ranges
+
+
+def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> Callable[[Path], dict[str, Any]]:
+    """Copy (or make) what the pipeline needs besides the transformer; returns a writer and fills notices."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    has = lambda rel: root is not None and (root / rel).exists()
+    if not has("vae/config.json"):
+        notices.append("the model folder has no vae/: the engine set runs the transformer only "
+                       "(run needs an autoencoder to process images)")
+    if not has("prompt_embeds.safetensors"):
+        notices.append("the model folder has no prompt_embeds.safetensors: the engine set carries zero "
+                       "(null) prompt embeddings")
+
+    def write(folder: Path) -> None:
+        if has("vae/config.json"):
+            shutil.copytree(root / "vae", folder / "vae")
+        if has("prompt_embeds.safetensors"):
+            shutil.copyfile(root / "prompt_embeds.safetensors", folder / "prompt_embeds.safetensors")
+        else:
+            text = torch.zeros(1, 1, cfg.joint_attention_dim)
+            pooled = torch.zeros(1, cfg.pooled_projection_dim)
+            save_file({"prompt_embeds": text, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": text.clone(),
+                       "negative_pooled_prompt_embeds": pooled.clone()}, str(folder / "prompt_embeds.safetensors"))
+        (folder / "scheduler").mkdir()
+        if has("scheduler/scheduler_config.json"):
+            shutil.copyfile(root / "scheduler/scheduler_config.json", folder / "scheduler/scheduler_config.json")
+        else:
+            (folder / "scheduler/scheduler_config.json").write_text(json.dumps(
+                {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+                 "shift": DEFAULT_SHIFT}, indent=1) + "\n")
+        if has("pipeline.json"):
+            shutil.copyfile(root / "pipeline.json", folder / "pipeline.json")
+        else:
+            (folder / "pipeline.json").write_text(json.dumps(
+                {"format": PIPELINE_SCHEMA, "version": 1, "steps": steps, "guidance_scale": 1.0, "start_sigma": 1.0,
+                 "color_fix": "adain", "upscale": 4}, indent=1) + "\n")
+    return write
+
+
+def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, progress: bool):
+    from qdit4sr_export.passes.lower_ort import LowerOrtPass, WeightStore
+    from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
+
+    store = WeightStore()
+    out = []
+    for v in tqdm(schedule.variants, desc="lowering variants", unit="variant", disable=not progress):
+        model = base.clone()
+        SplitTimestepVariantsPass(v)(model)
+        lower = LowerOrtPass(plan, store)
+        lower(model)
+        out.append((v, model, dict(sorted(lower.paths.items()))))
+    return out
+
+
+def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
+                     max_variants: int | None, build_info: dict[str, Any], force: bool = False,
+                     progress: bool = True) -> BuildResult:
+    """Trace ``model``, apply the passes for ``plan`` (None: FP), lower every variant, write the engine set."""
+    from qdit4sr_export.engine_set import check_destination
+    from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
+    from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
+    from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
+    from qdit4sr_export.trace import trace_to_onnx
+
+    output = Path(output)
+    check_destination(output, force)
+    notices: list[str] = []
+    stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage", disable=not progress)
+    base = trace_to_onnx(model)
+    stages.update()
+    if plan is None:
+        timesteps = [float(t) for t in flow_schedule(steps)[0]]
+        lowered = [(None, base, {})]
+        step_variant = [0] * len(timesteps)
+        cap = None
+    else:
+        timesteps = list(plan.timesteps)
+        stages.set_description("folding rotations, H-SVD branches")
+        for p in (FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)):
+            p(base)
+        stages.update()
+        schedule = plan_variants(plan, max_variants)
+        step_variant = list(schedule.step_variant)
+        cap = schedule.report()
+        lowered = _variant_models(base, plan, schedule, progress)
+        stages.update()
+    stages.close()
+    variants = []
+    files = []
+    for i, (v, graph, paths) in enumerate(lowered):
+        file = f"variant_{i:02d}.onnx"
+        graph.metadata_props["qdit4sr.engine_set_variant"] = str(i)
+        files.append((file, graph))
+        entry = {"index": i, "file": file, "steps": [s for s, k in enumerate(step_variant) if k == i],
+                 "timestep_ranges": timestep_ranges(timesteps, step_variant, i), "lowering": paths}
+        if v is not None:
+            bits = [b for b in v.abits.values() if b is not None]
+            entry["mean_abits"] = sum(bits) / len(bits) if bits else None
+            entry["float_activation_layers"] = sum(b is None for b in v.abits.values())
+        variants.append(entry)
+    linears = quantizable_linears(model)
+    manifest = {
+        "model": {"config": model.config.to_dict(),
+                  "architecture_fingerprint": architecture_fingerprint(model.config, linears),
+                  "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
+        "build": build_info,
+        "plan": "plan.json" if plan is not None else None,
+        "timesteps": timesteps,
+        "step_variant": step_variant,
+        "variants": variants,
+        "variant_cap": cap,
+        **io_specs(files[0][1]),
+        "notices": notices,
+    }
+    extras = _write_extras(model_root(Path(model_path)), model, steps, notices)
+
+    def write_all(folder: Path) -> None:
+        extras(folder)
+        if plan is not None:
+            plan.save(folder / "plan.json")
+
+    out = write_engine_set(output, files, manifest, write_all, force=force)
+    return BuildResult(out, json.loads((out / "manifest.json").read_text()), notices)

@@ -1,0 +1,147 @@
+"""Write an engine set: variant graphs sharing one external weights file, pipeline extras, and a manifest.
+
+Layout: ``manifest.json``, ``variant_NN.onnx`` (graphs only), ``weights.bin`` (every large initializer once,
+64-byte aligned, sorted by name, referenced by all variants as ONNX external data with relative paths so the
+folder can move), ``plan.json`` (+ tensors sidecar), and what the pipeline needs (``vae/``,
+``prompt_embeds.safetensors``, ``scheduler/``, ``pipeline.json``). The folder is written under a temporary
+name beside the destination and renamed into place, so a failed build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import onnx_ir as ir
+
+from qdit4sr_export import __version__
+from qdit4sr_export.errors import UserError
+
+SCHEMA = "qdit4sr-export/engine-set"
+VERSION = 1
+WEIGHTS_FILE = "weights.bin"
+ALIGN = 64
+#: Initializers at most this large stay inside each graph (shape constants, scalars).
+INLINE_BYTES = 1024
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shared_initializers(models: Sequence[ir.Model]) -> dict[str, ir.TensorProtocol]:
+    """Large initializers of all variants by name; the same name must hold the same bytes everywhere."""
+    tensors: dict[str, ir.TensorProtocol] = {}
+    for model in models:
+        for name, value in model.graph.initializers.items():
+            t = value.const_value
+            if t is None or t.nbytes <= INLINE_BYTES:
+                continue
+            seen = tensors.get(name)
+            if seen is None:
+                tensors[name] = t
+            elif seen is not t and seen.tobytes() != t.tobytes():
+                raise RuntimeError(f"initializer {name!r} differs between variants")
+    return dict(sorted(tensors.items()))
+
+
+def write_weights(folder: Path, tensors: Mapping[str, ir.TensorProtocol]) -> dict[str, tuple[int, int]]:
+    """Write ``weights.bin``; returns name -> (offset, length)."""
+    layout = {}
+    with open(folder / WEIGHTS_FILE, "wb") as f:
+        for name, t in tensors.items():
+            pad = (-f.tell()) % ALIGN
+            f.write(b"\0" * pad)
+            data = t.tobytes()
+            layout[name] = (f.tell(), len(data))
+            f.write(data)
+    return layout
+
+
+def externalize(model: ir.Model, layout: Mapping[str, tuple[int, int]], folder: Path) -> None:
+    """Point the model's large initializers at ``weights.bin`` (relative location)."""
+    for name, value in model.graph.initializers.items():
+        if name not in layout:
+            continue
+        t = value.const_value
+        offset, length = layout[name]
+        value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, t.dtype, shape=t.shape, name=name,
+                                              base_dir=str(folder))
+
+
+def io_specs(model: ir.Model) -> dict[str, list[dict[str, Any]]]:
+    """Graph inputs and outputs: name, element type, dims (symbolic dims by name)."""
+    def spec(v: ir.Value) -> dict[str, Any]:
+        dims = [d if isinstance(d, int) else str(d) for d in (v.shape.dims if v.shape is not None else ())]
+        return {"name": v.name, "dtype": v.dtype.name if v.dtype is not None else None, "shape": dims}
+    return {"inputs": [spec(v) for v in model.graph.inputs], "outputs": [spec(v) for v in model.graph.outputs]}
+
+
+def file_table(folder: Path) -> list[dict[str, Any]]:
+    """Every file under ``folder`` (but the manifest) with size and sha256, sorted by path."""
+    rows = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        rows.append({"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
+                     "sha256": _sha256(path)})
+    return rows
+
+
+def check_destination(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise UserError(f"{output} already exists (pass --force to replace it)")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} exists and is not a folder")
+
+
+def check_disk(output: Path, needed: int) -> None:
+    """Fail early, before writing anything, when the destination's file system lacks ``needed`` bytes."""
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {output}: folder {parent} does not exist")
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise UserError(f"not enough disk space for {output}: needs about {needed / 1e6:.1f} MB, "
+                        f"{free / 1e6:.1f} MB free")
+
+
+def write_engine_set(output: str | Path, variants: Sequence[tuple[str, ir.Model]], manifest: Mapping[str, Any],
+                     extras: Callable[[Path], None], *, force: bool = False) -> Path:
+    """Write the engine set atomically: temp folder, then rename (replacing ``output`` when ``force``)."""
+    output = Path(output)
+    check_destination(output, force)
+    tensors = shared_initializers([m for _, m in variants])
+    check_disk(output, sum(t.nbytes for t in tensors.values()) + (64 << 20))
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        layout = write_weights(tmp, tensors)
+        for file, model in variants:
+            externalize(model, layout, tmp)
+            ir.save(model, tmp / file)
+        extras(tmp)
+        full = {"schema": SCHEMA, "version": VERSION, "tool_version": __version__, **manifest,
+                "files": file_table(tmp)}
+        (tmp / "manifest.json").write_text(json.dumps(full, indent=1) + "\n")
+        for path in tmp.rglob("*"):  # temp files are created private; an engine set is meant to be shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        tmp.chmod(0o755)
+        if output.exists():
+            old = output.with_name(f".{output.name}.old-{os.getpid()}")
+            output.rename(old)
+            tmp.rename(output)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
