@@ -1,0 +1,52 @@
+"""Every registered method's plan lowers to ONNX Runtime and tracks its own simulation."""
+
+import copy
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+
+from helpers import make_inputs
+from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
+from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
+from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
+from qdit4sr_export.passes.lower_ort import LowerOrtPass
+from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
+from qdit4sr_export.quant.calibration import CalibrationInputs
+from qdit4sr_export.quant.methods import get_method, make_config, method_names
+from qdit4sr_export.quant.simulate import apply_plan
+from qdit4sr_export.quant.variants import plan_variants
+from qdit4sr_export.trace import INPUT_NAMES
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
+    model, traced = traced_tiny
+    method = get_method(name)
+    calib = CalibrationInputs.with_null_prompt(
+        torch.randn(2, model.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0)), model.config)
+    options = {"steps": 3, "abits": 6, **({"wbits": 4} if name == "qdit4sr" else {}),
+               **({"min_mean_group": 32.0} if name == "qdit" else {})}  # tiny widths: 64 and 256
+    plan = method.build(copy.deepcopy(model), make_config(method, options), calibration=calib)
+    graph = traced.clone()
+    for p in (FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)):
+        p(graph)
+    schedule = plan_variants(plan)
+    variant = schedule.variants[0]
+    SplitTimestepVariantsPass(variant)(graph)
+    lower = LowerOrtPass(plan)
+    lower(graph)
+    ir.save(graph, tmp_path / "m.onnx")
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), so, providers=["CPUExecutionProvider"])
+    inputs = make_inputs(model, batch=1, side=8)[:4] + (torch.tensor([plan.timesteps[variant.steps[0]]]),)
+    got = sess.run(None, {n: v.numpy() for n, v in zip(INPUT_NAMES, inputs)})[0]
+    sim = copy.deepcopy(model)
+    apply_plan(sim, plan)
+    with torch.no_grad():
+        want = sim(*inputs, return_dict=False)[0].numpy()
+    assert 10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum()) >= 40.0
+    assert sum(lower.paths.values()) > 0
