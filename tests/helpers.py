@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
+from safetensors.torch import save_file
 
 from qdit4sr_export.model import DiT4SRTransformer, build_dit4sr
+from qdit4sr_export.model.autoencoder import PixelUnshuffleAutoencoder
+from qdit4sr_export.model.config import PRESETS
+from qdit4sr_export.model.loading import save_dit4sr
 
 
 def make_inputs(model: DiT4SRTransformer, *, batch: int = 2, side: int = 8, text_tokens: int = 5, seed: int = 0):
@@ -35,3 +43,23 @@ def heavy_tailed_model(preset: str = "dit4sr-small", seed: int = 0) -> DiT4SRTra
     from qdit4sr_export.model.synthetic import heavy_tailed_
 
     return heavy_tailed_(seeded_model(preset, seed), seed=seed)
+
+
+def make_pipeline_folder(root: Path, seed: int = 0, steps: int = 6) -> DiT4SRTransformer:
+    """A tiny DiT4SR pipeline folder: 12-channel transformer, pixel-unshuffle(2) vae/, prompt embeddings, pipeline.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(PRESETS["dit4sr-tiny"], in_channels=12, out_channels=12)
+    torch.manual_seed(seed)
+    model = build_dit4sr(cfg).eval()
+    save_dit4sr(model, root / "transformer")
+    PixelUnshuffleAutoencoder(2).save(root / "vae")
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(1, 4, cfg.joint_attention_dim, generator=g)
+    pooled = torch.randn(1, cfg.pooled_projection_dim, generator=g)
+    save_file({"prompt_embeds": text, "pooled_prompt_embeds": pooled,
+               "negative_prompt_embeds": torch.zeros_like(text), "negative_pooled_prompt_embeds": torch.zeros_like(pooled)},
+              str(root / "prompt_embeds.safetensors"))
+    (root / "pipeline.json").write_text(json.dumps({"format": "qdit4sr-export/pipeline", "version": 1, "steps": steps,
+                                                    "guidance_scale": 2.0, "start_sigma": 1.0, "color_fix": "adain", "min_lr_side": 16,
+                                                    "upscale": 4}))
+    return model

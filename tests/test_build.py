@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from helpers import make_inputs, seeded_model
+from helpers import make_inputs, make_pipeline_folder, seeded_model
 from qdit4sr_export.cli import main
 from qdit4sr_export.model.loading import save_dit4sr
 from qdit4sr_export.quant.plan import QuantPlan
@@ -160,3 +160,16 @@ def test_force_replaces(checkpoints, tmp_path):
     build([ckpt, "--method", "fp", "-o", tmp_path / "e", "--force"])
     assert not (tmp_path / "e" / "stray.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_default_calibration_is_the_packaged_photos(checkpoints, tmp_path):
+    """A model with vae/ calibrates VaTMP on the shipped LR photos; one without falls back to static bits, saying so."""
+    make_pipeline_folder(tmp_path / "pipe")
+    common = ["--wbits", 4, "--steps", 4, "--calib-count", 2]
+    with_vae = build([tmp_path / "pipe", *common, "--abits", 4.5, "-o", tmp_path / "a"])
+    assert with_vae["calibration"] == "packaged LR photo crops"
+    plan = QuantPlan.load(tmp_path / "a" / "plan.json")
+    assert any(len(set(lp.abits)) > 1 for lp in plan.layers.values())  # VaTMP varies bits over the steps
+    without = build([checkpoints["dit4sr-tiny"][1], *common, "--abits", 4, "-o", tmp_path / "b"])
+    assert without["calibration"] is None and without["variants"] == 1
+    assert any("no calibration data" in n for n in without["notices"])

@@ -130,6 +130,7 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
         "output": str(result.output),
         "method": method,
         "variants": len(manifest["variants"]),
+        "calibration": calibration_source,
         "variant_cap": manifest["variant_cap"],
         "lowering": {v["file"]: v["lowering"] for v in manifest["variants"]},
         "weights_bytes": weights,
@@ -145,6 +146,8 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     for note in summary["notices"]:
         click.echo(f"notice: {note}", err=True)
     click.echo(f"engine set: {summary['output']}  ({summary['variants']} variant(s), method {method})")
+    if calibration_source:
+        click.echo(f"calibration: {calibration_source}")
     if manifest["variant_cap"] is not None and max_variants is not None:
         cap = manifest["variant_cap"]
         click.echo(f"variant cap {max_variants}: distortion x{cap['distortion_ratio']:.3f} of the uncapped plan, "

@@ -36,7 +36,9 @@ def _calibration(calib: str, model_path: str, model, count: int, seed: int):
     from qdit4sr_export.quant.calibration import CalibrationInputs, load_calibration_file
 
     if Path(calib).is_dir():
-        latents = latents_from_folder(calib, model_path, count=count, seed=seed)
+        cfg = model.config
+        latents = latents_from_folder(calib, model_path, count=count, seed=seed,
+                                      max_latent_side=cfg.pos_embed_max_size * cfg.patch_size)
         return CalibrationInputs.with_null_prompt(latents, model.config)
     return load_calibration_file(calib, model.config)
 

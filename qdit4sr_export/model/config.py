@@ -113,6 +113,12 @@ PRESETS: dict[str, DiT4SRConfig] = {
         joint_attention_dim=64, caption_projection_dim=64, pooled_projection_dim=32,
         pos_embed_max_size=32, dual_attention_layers=(0,),
     ),
+    # The trained example model (examples/dit4sr-tiny): 12-channel pixel-unshuffle(2) latents, about 3 M parameters.
+    "dit4sr-example": DiT4SRConfig(
+        sample_size=64, in_channels=12, out_channels=12, num_layers=4, attention_head_dim=64, num_attention_heads=2,
+        joint_attention_dim=64, caption_projection_dim=128, pooled_projection_dim=64,
+        pos_embed_max_size=64, dual_attention_layers=(0, 1),
+    ),
 }
 
 

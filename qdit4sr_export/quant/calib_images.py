@@ -29,13 +29,10 @@ def find_autoencoder_folder(model_path: str | Path) -> Path | None:
 
 
 def load_autoencoder(folder: Path):
-    """diffusers' AutoencoderKL from a local folder (never the network)."""
-    from diffusers import AutoencoderKL
+    """The pipeline's autoencoder (pixel-unshuffle map or diffusers' AutoencoderKL), from a local folder only."""
+    from qdit4sr_export.model.autoencoder import load_autoencoder as _load
 
-    try:
-        return AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise UserError(f"{folder}: cannot load the autoencoder ({str(exc).splitlines()[0]})") from None
+    return _load(folder)
 
 
 def read_images(folder: str | Path) -> list[Image.Image]:
@@ -72,9 +69,7 @@ def random_crops(images: list[Image.Image], *, count: int, size: int, seed: int)
 
 
 def encode_images(vae, crops: list[Image.Image], *, upscale: int = 4, batch_size: int = 4) -> torch.Tensor:
-    """Bicubic x``upscale``, map to [-1, 1], encode (distribution mean, for determinism), shift and scale."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    scale = vae.config.scaling_factor
+    """Bicubic x``upscale``, map to [-1, 1], encode (deterministic, already ``(z - shift) * scale``)."""
     latents = []
     for start in range(0, len(crops), batch_size):
         batch = []
@@ -83,14 +78,16 @@ def encode_images(vae, crops: list[Image.Image], *, upscale: int = 4, batch_size
             arr = torch.from_numpy(np.asarray(up, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
             batch.append(arr)
         with torch.no_grad():
-            z = vae.encode(torch.stack(batch)).latent_dist.mode()
-        latents.append((z - shift) * scale)
+            latents.append(vae.encode(torch.stack(batch)))
     return torch.cat(latents)
 
 
 def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: int = 32, crop: int = 128,
-                        seed: int = 0) -> torch.Tensor:
-    """LR latents for calibration from a folder of images and the model's autoencoder."""
+                        seed: int = 0, max_latent_side: int | None = None, upscale: int = 4) -> torch.Tensor:
+    """LR latents for calibration from a folder of images and the model's autoencoder.
+
+    Crops are ``crop`` px LR squares, made smaller (a multiple of 8) when their x``upscale`` latent would exceed
+    ``max_latent_side`` (the model's positional table)."""
     if count < 1 or crop < 8:
         raise UserError(f"--calib-count must be >= 1 and the crop at least 8 px, got {count} and {crop}")
     vae_folder = find_autoencoder_folder(model_path)
@@ -99,5 +96,10 @@ def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: in
             f"calibration images need the model's autoencoder: no vae/ folder beside {model_path}; "
             "give a prepared latents file (.safetensors with 'lr_latent') instead"
         )
+    vae = load_autoencoder(vae_folder)
+    if max_latent_side is not None:
+        crop = min(crop, max_latent_side * vae.downscale // upscale // 8 * 8)
+        if crop < 8:
+            raise UserError(f"{model_path}: the positional table ({max_latent_side} latent px) is too small to calibrate on")
     images = read_images(folder)
-    return encode_images(load_autoencoder(vae_folder), random_crops(images, count=count, size=crop, seed=seed))
+    return encode_images(vae, random_crops(images, count=count, size=crop, seed=seed), upscale=upscale)
