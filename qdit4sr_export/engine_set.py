@@ -77,6 +77,14 @@ def externalize(model: ir.Model, layout: Mapping[str, tuple[int, int]], folder: 
                                               base_dir=str(folder))
 
 
+def strip_exporter_metadata(model: ir.Model) -> None:
+    """Drop the torch exporter's per-node metadata (stack traces, scopes: about 2 MB per variant file and as much
+    again in every ONNX Runtime session), keeping the ``qdit4sr.*`` annotations."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for key in [k for k in node.metadata_props if not k.startswith("qdit4sr.")]:
+            del node.metadata_props[key]
+
+
 def io_specs(model: ir.Model) -> dict[str, list[dict[str, Any]]]:
     """Graph inputs and outputs: name, element type, dims (symbolic dims by name)."""
     def spec(v: ir.Value) -> dict[str, Any]:
@@ -126,6 +134,7 @@ def write_engine_set(output: str | Path, variants: Sequence[tuple[str, ir.Model]
         layout = write_weights(tmp, tensors)
         for file, model in variants:
             externalize(model, layout, tmp)
+            strip_exporter_metadata(model)
             ir.save(model, tmp / file)
         extras(tmp)
         full = {"schema": SCHEMA, "version": VERSION, "tool_version": __version__, **manifest,

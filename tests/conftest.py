@@ -1,10 +1,14 @@
-"""Shared fixtures: small seeded DiT4SR models."""
+"""Shared fixtures: small seeded DiT4SR models; a tiny pipeline folder (12-channel pixel-unshuffle autoencoder)
+and FP and W8A8 engine sets built from it."""
 
 import pytest
+import torch
 
+from helpers import make_pipeline_folder, seeded_model
+from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.model import DiT4SRTransformer
-
-from helpers import seeded_model
+from qdit4sr_export.quant.calibration import CalibrationInputs
+from qdit4sr_export.quant.methods import get_method, make_config
 
 
 @pytest.fixture
@@ -15,3 +19,29 @@ def tiny_model() -> DiT4SRTransformer:
 @pytest.fixture
 def small_model() -> DiT4SRTransformer:
     return seeded_model("dit4sr-small")
+
+
+STEPS = 6
+
+
+@pytest.fixture(scope="session")
+def pipeline_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    model = make_pipeline_folder(root / "model")
+    return model, root / "model"
+
+
+@pytest.fixture(scope="session")
+def engine_sets(pipeline_folder, tmp_path_factory):
+    """FP and W8A8 (VaTMP at 7.5 average bits: several variants) engine sets of the tiny pipeline."""
+    model, folder = pipeline_folder
+    out = tmp_path_factory.mktemp("engines")
+    build_engine_set(model, folder, out / "fp", plan=None, steps=STEPS, max_variants=None, build_info={},
+                     progress=False)
+    method = get_method("qdit4sr")
+    calib = CalibrationInputs.with_null_prompt(
+        torch.randn(2, 12, 8, 8, generator=torch.Generator().manual_seed(1)), model.config)
+    plan = method.build(model, make_config(method, {"wbits": 8, "abits": 7.5, "steps": STEPS}), calibration=calib)
+    build_engine_set(model, folder, out / "w8", plan=plan, steps=STEPS, max_variants=None, build_info={},
+                     progress=False)
+    return out / "fp", out / "w8", plan

@@ -34,10 +34,12 @@ def _register() -> None:
     from qdit4sr_export.cli.build import build
     from qdit4sr_export.cli.info import info
     from qdit4sr_export.cli.plan import plan
+    from qdit4sr_export.cli.run import run
 
     main.add_command(info)
     main.add_command(plan)
     main.add_command(build)
+    main.add_command(run)
 
 
 _register()

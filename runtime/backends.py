@@ -1,0 +1,132 @@
+"""Backends behind one runner interface: ``activate(variant) / infer(...) / deactivate()``.
+
+``ort`` runs an engine set's variant graphs with ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is
+installed and asked for); ``torch`` runs the FP model or the fake-quant simulation of a plan (the oracle).
+A TensorRT runner slots in with the same three methods.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.runtime.engine_set import EngineSet
+
+#: Graph optimizers that would give each session a private copy of weights derived from shared initializers.
+NO_COPY_OPTIMIZERS = ["ConstantFolding"]
+INPUTS = ("hidden_states", "lr_latent", "encoder_hidden_states", "pooled_projections", "timestep")
+
+
+class Runner(Protocol):
+    """What the pipeline needs from a backend."""
+
+    name: str
+
+    def activate(self, variant: int) -> None: ...
+
+    def infer(self, hidden_states: torch.Tensor, lr_latent: torch.Tensor, encoder_hidden_states: torch.Tensor,
+              pooled_projections: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor: ...
+
+    def deactivate(self) -> None: ...
+
+
+def ort_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for ``device`` ("cpu" or "cuda"); asking for CUDA without it is an error."""
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UserError("--device cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OrtRunner:
+    """Variant sessions of an engine set, created on first use and kept (at most ``max_sessions``, LRU)."""
+
+    name = "ort"
+
+    def __init__(self, engine: EngineSet, *, device: str = "cpu", threads: int | None = None,
+                 max_sessions: int | None = None) -> None:
+        self.engine = engine
+        self.providers = ort_providers(device)
+        self.threads = threads
+        self.max_sessions = max_sessions
+        self.sessions: OrderedDict[int, object] = OrderedDict()
+        self.active: int | None = None
+
+    def _session(self, index: int):
+        import onnxruntime as ort
+
+        if index in self.sessions:
+            self.sessions.move_to_end(index)
+            return self.sessions[index]
+        so = ort.SessionOptions()
+        # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
+        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+        # Variants share weights: ORT maps weights.bin and uses it in place unless a session prepacks a weight or
+        # constant-folds it (INT4 -> INT8 casts) into a private copy; both off, at no measured speed cost.
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        path = self.engine.folder / self.engine.variants[index].file
+        session = ort.InferenceSession(str(path), so, providers=self.providers, disabled_optimizers=NO_COPY_OPTIMIZERS)
+        self.sessions[index] = session
+        while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
+            self.sessions.popitem(last=False)
+        return session
+
+    def load_all(self) -> None:
+        """Create every variant's session now (instead of on first use)."""
+        for v in self.engine.variants:
+            self._session(v.index)
+
+    def activate(self, variant: int) -> None:
+        if not 0 <= variant < len(self.engine.variants):
+            raise UserError(f"engine set has no variant {variant}")
+        self._session(variant)
+        self.active = variant
+
+    def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
+        if self.active is None:
+            raise RuntimeError("activate a variant before infer")
+        feeds = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in
+                 zip(INPUTS, (hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep))}
+        return torch.from_numpy(self._session(self.active).run(None, feeds)[0])
+
+    def deactivate(self) -> None:
+        self.active = None
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+
+class TorchRunner:
+    """The FP model, or the simulation of ``plan`` on a copy of it (it follows the timestep by itself)."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, plan=None) -> None:
+        if plan is not None:
+            from qdit4sr_export.quant.simulate import apply_plan
+
+            model = copy.deepcopy(model)
+            apply_plan(model, plan)
+        self.model = model.eval()
+        self.plan = plan
+
+    def activate(self, variant: int) -> None:
+        """No-op: the simulation picks each layer's bits from the timestep argument."""
+
+    def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep,
+                              return_dict=False)[0]
+
+    def deactivate(self) -> None:
+        """No-op."""

@@ -1,0 +1,55 @@
+"""Resize rules, tiling with Gaussian blending, colour fixes."""
+
+import pytest
+import torch
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.runtime.color_fix import adain, apply_color_fix, wavelet, wavelet_split
+from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
+from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles, tile_starts
+
+
+def test_resize_rule():
+    p = plan_resize(50, 100, min_side=128)
+    assert p.pre_scale == pytest.approx(128 / 50) and p.model_size == (512, 1024) and p.output_size == (200, 400)
+    q = plan_resize(300, 200, min_side=128)
+    assert q.pre_scale == 1.0 and q.model_size == (1200, 800) and q.output_size == (1200, 800)
+    img = torch.rand(3, 10, 12)
+    up = upscale_lr(img, plan_resize(12, 10, min_side=4))
+    assert up.shape == (3, 40, 48) and 0 <= float(up.min()) and float(up.max()) <= 1
+    assert to_output_size(up[:, :32, :40], plan_resize(12, 10, min_side=4)).shape == (3, 40, 48)
+
+
+def test_tile_starts_cover_with_overlap():
+    for length, tile, overlap in ((100, 32, 8), (64, 64, 8), (33, 32, 16), (200, 64, 24)):
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + min(tile, length) == length
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_of_an_elementwise_function_is_exact():
+    """Blending is a weighted average of tile results: for a per-pixel function it equals the untiled result."""
+    x = torch.randn(1, 4, 40, 72)
+    plan = plan_tiles(40, 72, 32, 8)
+    assert all(h == w == 32 for _, _, h, w in plan.boxes) and needs_tiling(40, 72, 64)
+    out = blend(lambda t, box: torch.tanh(t) * 3, x, plan)
+    assert torch.allclose(out, torch.tanh(x) * 3, atol=1e-6)
+    with pytest.raises(UserError, match="overlap"):
+        plan_tiles(40, 72, 32, 32)
+    with pytest.raises(UserError, match="--tile"):
+        plan_tiles(40, 72, 7, 2)
+
+
+def test_color_fixes():
+    ref = torch.rand(2, 3, 32, 32)
+    img = ref * 0.5 + 0.3 + 0.05 * torch.randn(2, 3, 32, 32)
+    fixed = adain(img, ref)
+    assert torch.allclose(fixed.mean((2, 3)), ref.mean((2, 3)), atol=1e-5)
+    assert torch.allclose(fixed.std((2, 3)), ref.std((2, 3)), atol=1e-4)
+    high, low = wavelet_split(img)
+    assert torch.allclose(high + low, img, atol=1e-5)
+    w = wavelet(img, ref)
+    assert torch.allclose(wavelet_split(w)[1], wavelet_split(ref)[1], atol=0.05)  # low band comes from ref
+    assert torch.equal(apply_color_fix("none", img, ref), img)
+    with pytest.raises(UserError, match="--color-fix"):
+        apply_color_fix("sepia", img, ref)
