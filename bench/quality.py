@@ -1,0 +1,152 @@
+"""Quality on held-out photos: the trained example model (examples/dit4sr-tiny) against bicubic, and every
+quantization method (Q-DiT4SR and its ablations, the comparators) at W4A6 and W4A4 against HR and FP.
+
+Held-out crops: 128 px HR crops of scikit-image photos never used in training (chelsea, rocket, camera,
+grass), degraded by the training chain (blur, bicubic /4, noise, JPEG). Quantized models run as the torch
+simulation of their plan (the oracle every lowering is tested against); calibration is the packaged LR
+photos through the model's autoencoder, as `build` does. Writes bench/results/quality.json, PNGs in
+bench/results/, and the "Quality" section of BENCHMARKS.md.
+Run: python bench/quality.py   (about 20 minutes on 2 CPU threads)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import ROOT, machine, update_benchmarks_md
+from PIL import Image
+
+sys.path.insert(0, str(ROOT / "examples"))
+from train_tiny import HELDOUT_PHOTOS, fixed_crops, load_photos  # noqa: E402
+
+from qdit4sr_export.metrics import image_metrics, psnr, to_255  # noqa: E402
+from qdit4sr_export.quant.accounting import account  # noqa: E402
+from qdit4sr_export.quant.calib_images import latents_from_folder  # noqa: E402
+from qdit4sr_export.quant.calibration import CalibrationInputs  # noqa: E402
+from qdit4sr_export.quant.methods import get_method, make_config, method_names  # noqa: E402
+from qdit4sr_export.runtime.backends import TorchRunner  # noqa: E402
+from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets  # noqa: E402
+from qdit4sr_export.runtime.resize import upscale_lr  # noqa: E402
+
+COMMAND = "python bench/quality.py"
+MODEL = ROOT / "examples" / "dit4sr-tiny"
+OUT = ROOT / "bench" / "results"
+#: Q-DiT4SR ablations as in the paper's Table 3: baseline = SVD-G only, 4-bit weights, static activation bits.
+ABLATIONS = (("qdit4sr baseline", {"wbits": 4, "local_rank": 0, "vatmp": False}),
+             ("qdit4sr +H-SVD", {"wbits": 4, "vatmp": False}),
+             ("qdit4sr +H-SVD+VaSMP", {"vatmp": False}),
+             ("qdit4sr +H-SVD+VaSMP+VaTMP", {}))
+
+
+def held_out() -> tuple[torch.Tensor, torch.Tensor]:
+    """(HR, LR) batches in [0, 1]: two seeded 128 px crops of each held-out photo."""
+    photos, _ = load_photos(HELDOUT_PHOTOS)
+    pairs = fixed_crops(photos, size=128, per_photo=2, seed=1234)
+    to_t = lambda arrs: torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255
+    return to_t([h for h, _ in pairs]), to_t([lr for _, lr in pairs])
+
+
+def super_resolve(pipe: SRPipeline, lrs: torch.Tensor) -> torch.Tensor:
+    return torch.stack([pipe.upscale(lr)[0] for lr in lrs])
+
+
+def configs() -> list[tuple[str, str, dict]]:
+    rows = []
+    for abits in (6, 4):
+        rows += [(label, "qdit4sr", {**opts, "abits": abits}) for label, opts in ABLATIONS]
+        rows += [(name, name, {"abits": abits}) for name in method_names() if name != "qdit4sr"]
+    return rows
+
+
+def side_by_side(lrs, bicubic, fp, hrs, path: Path, count: int = 3) -> None:
+    """Rows of crops: LR (nearest x4) | bicubic | FP model | HR."""
+    tiles = []
+    for i in range(count):
+        lr = torch.nn.functional.interpolate(lrs[i:i + 1], scale_factor=4, mode="nearest")[0]
+        tiles.append(torch.cat([lr, bicubic[i], fp[i], hrs[i]], dim=2))
+    grid = to_255(torch.cat(tiles, dim=1)[None])[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    Image.fromarray(grid).save(path, optimize=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; ``--methods a,b`` restricts the comparator list (for a quick look)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=MODEL, help="pipeline folder (default: the example model)")
+    parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
+    args = parser.parse_args(argv)
+    from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.plots import plot_abits_heatmap, plot_weight_bits
+
+    torch.manual_seed(0)
+    folder = args.model
+    model = load_dit4sr(folder / "transformer").eval()
+    config = json.loads((folder / "pipeline.json").read_text())
+    shift = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["shift"]
+    assets = load_assets(folder, shift=shift, config=config)
+    hrs, lrs = held_out()
+    bicubic = torch.stack([upscale_lr(lr, SRPipeline(None, assets).resize_plan(lr)) for lr in lrs])
+    start = time.perf_counter()
+    fp = super_resolve(SRPipeline(TorchRunner(model), assets), lrs)
+    fp_seconds = time.perf_counter() - start
+    result = {"command": COMMAND, "machine": machine(), "model": folder.name, "pipeline": config,
+              "crops": len(hrs), "bicubic": image_metrics(bicubic, hrs), "fp": image_metrics(fp, hrs),
+              "fp_seconds_per_image": round(fp_seconds / len(hrs), 2), "methods": []}
+    print(json.dumps({k: result[k] for k in ("bicubic", "fp")}), flush=True)
+    side_by_side(lrs, bicubic, fp, hrs, OUT / "quality_side_by_side.png")
+    cfg = model.config
+    latents = latents_from_folder(ROOT / "qdit4sr_export" / "data" / "calib", folder, count=4, crop=32,
+                                  max_latent_side=cfg.pos_embed_max_size * cfg.patch_size)
+    prompts = assets.prompt
+    calib = CalibrationInputs(lr_latent=latents, encoder_hidden_states=prompts["prompt_embeds"].expand(len(latents), -1, -1),
+                              pooled_projections=prompts["pooled_prompt_embeds"].expand(len(latents), -1))
+    chosen = None if args.methods is None else set(args.methods.split(","))
+    for label, name, options in configs():
+        if chosen is not None and name not in chosen:
+            continue
+        method = get_method(name)
+        t0 = time.perf_counter()
+        plan = method.build(model, make_config(method, {"steps": int(config["steps"]), **options}), calibration=calib)
+        out = super_resolve(SRPipeline(TorchRunner(model, plan), assets), lrs)
+        row = {"method": label, "setting": f"W4A{options['abits']}", **image_metrics(out, hrs),
+               "psnr_vs_fp": round(float(psnr(to_255(out), to_255(fp)).mean()), 2),
+               "params_m": round(account(plan, model).params_m, 3), "seconds": round(time.perf_counter() - t0, 1)}
+        result["methods"].append(row)
+        print(json.dumps(row), flush=True)
+        if label == "qdit4sr +H-SVD+VaSMP+VaTMP" and options["abits"] == 4:
+            plot_abits_heatmap(plan, OUT / "quality_vatmp_heatmap.png", title="VaTMP activation bits, W4A4, example model")
+            plot_weight_bits(plan, OUT / "quality_vasmp_bits.png", title="VaSMP weight bits, W4, example model")
+    (OUT / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_section(result)
+
+
+def write_section(result: dict) -> None:
+    b, f = result["bicubic"], result["fp"]
+    lines = ["## Quality on held-out photos (issue 8)", "", f"Command: `{COMMAND}`. Machine: {result['machine']}.", "",
+             f"{result['crops']} held-out 128 px crops (scikit-image chelsea, rocket, camera, grass; never used in "
+             f"training), LR by the training degradation chain. Pipeline: {result['pipeline']['steps']} steps, "
+             f"start sigma {result['pipeline']['start_sigma']}, guidance {result['pipeline']['guidance_scale']}, "
+             f"colour fix {result['pipeline']['color_fix']}. HF ratio: spectral energy above the LR Nyquist "
+             "limit, output / HR (1 = as much fine detail as the HR photo).", "",
+             "| | PSNR (dB) | SSIM | HF ratio |", "|---|---|---|---|",
+             f"| bicubic | {b['psnr']} | {b['ssim']} | {b['hf_ratio']} |",
+             f"| example model (FP) | {f['psnr']} | {f['ssim']} | {f['hf_ratio']} |", "",
+             "Side by side (LR nearest x4 | bicubic | FP model | HR): `bench/results/quality_side_by_side.png`.", "",
+             "Quantized (torch simulation of each plan; PSNR vs FP is against the FP model's output):", "",
+             "| setting | method | PSNR vs HR | SSIM | HF ratio | PSNR vs FP | Params (M) |", "|---|---|---|---|---|---|---|"]
+    for r in result["methods"]:
+        lines.append(f"| {r['setting']} | {r['method']} | {r['psnr']} | {r['ssim']} | {r['hf_ratio']} | "
+                     f"{r['psnr_vs_fp']} | {r['params_m']} |")
+    lines += ["", "Plots: `bench/results/quality_vatmp_heatmap.png` (VaTMP activation bits over blocks x timesteps, "
+              "W4A4), `bench/results/quality_vasmp_bits.png` (VaSMP weight bits per layer)."]
+    update_benchmarks_md("quality", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

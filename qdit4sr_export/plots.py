@@ -1,0 +1,83 @@
+"""PNG plots of a QuantPlan (needs the ``plots`` extra, matplotlib): the VaTMP activation-bit heatmap over
+blocks x timesteps (the paper's Fig. 9) and the per-layer VaSMP weight bits."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from qdit4sr_export.errors import UserError
+
+_BLOCK = re.compile(r"transformer_blocks\.(\d+)\.")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plots need matplotlib: pip install 'qdit4sr-export[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def block_abits(plan) -> tuple[list[int], np.ndarray]:
+    """(block indices, mean activation bits [blocks, steps]) over each block's layers with activation bits."""
+    rows: dict[int, list[tuple[float, ...]]] = {}
+    for name, lp in plan.layers.items():
+        m = _BLOCK.search(name)
+        if m is None or not lp.abits or any(b is None for b in lp.abits):
+            continue
+        rows.setdefault(int(m.group(1)), []).append(tuple(float(b) for b in lp.abits))
+    if not rows:
+        raise UserError("the plan has no per-step activation bits to plot")
+    blocks = sorted(rows)
+    return blocks, np.array([np.mean(rows[b], axis=0) for b in blocks])
+
+
+def plot_abits_heatmap(plan, path: str | Path, *, title: str = "") -> Path:
+    """Mean activation bits per block (rows) and denoising step (columns, timestep labels)."""
+    plt = _pyplot()
+    blocks, grid = block_abits(plan)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * grid.shape[1] + 2), max(2.5, 0.35 * len(blocks) + 1.5)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ticks = np.linspace(0, grid.shape[1] - 1, min(grid.shape[1], 8)).round().astype(int)
+    ax.set_xticks(ticks, [f"{plan.timesteps[i]:.0f}" for i in ticks])
+    ax.set_yticks(range(len(blocks)), [str(b) for b in blocks])
+    ax.set_xlabel("timestep (denoising proceeds to the right)")
+    ax.set_ylabel("block")
+    ax.set_title(title or "VaTMP activation bits (block mean)")
+    fig.colorbar(im, ax=ax, label="bits")
+    return _save(fig, plt, path)
+
+
+def plot_weight_bits(plan, path: str | Path, *, title: str = "") -> Path:
+    """VaSMP weight bits of every quantized layer, in model order."""
+    plt = _pyplot()
+    names = [n for n, lp in plan.layers.items() if lp.wbits is not None]
+    if not names:
+        raise UserError("the plan has no quantized weights to plot")
+    bits = [plan.layers[n].wbits for n in names]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.06 * len(names) + 2), 3))
+    ax.bar(range(len(names)), bits, width=1.0, color="tab:blue")
+    starts = [i for i, n in enumerate(names) if _BLOCK.search(n) and (i == 0 or _BLOCK.search(names[i - 1]) is None
+                                                                    or _BLOCK.search(n).group(1) != _BLOCK.search(names[i - 1]).group(1))]
+    for i in starts:
+        ax.axvline(i - 0.5, color="grey", lw=0.5)
+    ax.set_xlabel("layer (model order; lines separate blocks)")
+    ax.set_ylabel("weight bits")
+    ax.set_ylim(0, max(bits) + 1)
+    ax.set_title(title or f"VaSMP weight bits (mean {np.mean(bits):.2f})")
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
