@@ -46,6 +46,25 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None):
+    """An ORT session on one variant graph (a path, or serialized bytes whose external data lies in
+    ``external_folder``) with the runtime's settings."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if external_folder is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+    # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    # Variants share weights: ORT maps weights.bin and uses it in place unless a session prepacks a weight or
+    # constant-folds it (INT4 -> INT8 casts) into a private copy; both off, at no measured speed cost.
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    if threads:
+        so.intra_op_num_threads = threads
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=providers, disabled_optimizers=NO_COPY_OPTIMIZERS)
+
+
 class OrtRunner:
     """Variant sessions of an engine set, created on first use and kept (at most ``max_sessions``, LRU)."""
 
@@ -61,21 +80,11 @@ class OrtRunner:
         self.active: int | None = None
 
     def _session(self, index: int):
-        import onnxruntime as ort
-
         if index in self.sessions:
             self.sessions.move_to_end(index)
             return self.sessions[index]
-        so = ort.SessionOptions()
-        # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
-        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-        # Variants share weights: ORT maps weights.bin and uses it in place unless a session prepacks a weight or
-        # constant-folds it (INT4 -> INT8 casts) into a private copy; both off, at no measured speed cost.
-        so.add_session_config_entry("session.disable_prepacking", "1")
-        if self.threads:
-            so.intra_op_num_threads = self.threads
         path = self.engine.folder / self.engine.variants[index].file
-        session = ort.InferenceSession(str(path), so, providers=self.providers, disabled_optimizers=NO_COPY_OPTIMIZERS)
+        session = make_session(path, self.providers, self.threads)
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)

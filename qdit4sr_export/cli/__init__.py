@@ -32,6 +32,7 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     from qdit4sr_export.cli.build import build
+    from qdit4sr_export.cli.compare import compare
     from qdit4sr_export.cli.info import info
     from qdit4sr_export.cli.plan import plan
     from qdit4sr_export.cli.run import run
@@ -40,6 +41,7 @@ def _register() -> None:
     main.add_command(plan)
     main.add_command(build)
     main.add_command(run)
+    main.add_command(compare)
 
 
 _register()

@@ -1,0 +1,115 @@
+"""``qdit4sr-export compare FP_MODEL ENGINE_DIR``: accuracy of every engine variant against the FP model."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from tqdm import tqdm
+
+from qdit4sr_export.errors import UserError
+
+SCHEMA = "qdit4sr-export/compare"
+VERSION = 1
+
+
+def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: bool) -> list[dict]:
+    """Both pipelines end to end on every image of ``folder``: PSNR/SSIM of the engine's output against FP's."""
+    from qdit4sr_export.metrics import psnr, ssim, to_255
+    from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner
+    from qdit4sr_export.runtime.images import find_inputs, load_image
+    from qdit4sr_export.runtime.pipeline import PipelineOptions, SRPipeline, load_assets
+
+    files = find_inputs([folder])
+    if not files:
+        raise UserError(f"--images {folder}: no image files")
+    assets = load_assets(engine.folder, shift=engine.shift(), config=engine.pipeline_config())
+    fp_pipe = SRPipeline(TorchRunner(model), assets, patch_size=model.config.patch_size)
+    q_pipe = SRPipeline(OrtRunner(engine), assets, engine, patch_size=model.config.patch_size)
+    options = PipelineOptions(steps=steps, seed=seed)
+    rows = []
+    for path in tqdm(files, desc="images", unit="img", leave=False, disable=quiet):
+        rgb = load_image(path).rgb
+        a, _ = fp_pipe.upscale(rgb, options)
+        b, _ = q_pipe.upscale(rgb, options)
+        a8, b8 = to_255(a[None]), to_255(b[None])
+        rows.append({"image": path.name, "psnr_db": round(float(psnr(b8, a8)[0]), 2),
+                     "ssim": round(float(ssim(b8, a8)[0]), 4)})
+    return rows
+
+
+def _table(result: dict) -> str:
+    lines = [f"{'variant':<16}{'timesteps':<22}{'max abs':>10}{'mean abs':>10}{'cosine':>10}{'SQNR dB':>9}  result"]
+    for v in result["variants"]:
+        ts = ",".join(f"{t:.0f}" for t in v["timesteps"])
+        lines.append(f"{v['file']:<16}{ts:<22}{v['max_abs']:>10.4g}{v['mean_abs']:>10.4g}{v['cosine']:>10.5f}"
+                     f"{v['sqnr_db']:>9.2f}  {'pass' if v['passed'] else 'FAIL'}")
+    for index, onset in result.get("layers", {}).items():
+        first, drop = onset["first_below_threshold"], onset["largest_drop"]
+        where = f"{first['layer']} (call {first['call']}, {first['sqnr_db']} dB)" if first else "none"
+        lines.append(f"variant {index}: first layer below {onset['threshold_db']} dB: {where}; largest drop: "
+                     f"{drop['layer']} (-{drop['drop_db']} dB)" if drop else f"variant {index}: first below: {where}")
+        lines.extend(f"    {w['sqnr_db']:>8.2f} dB  {w['layer']} (call {w['call']})" for w in onset["worst"])
+    for row in result.get("images", []):
+        lines.append(f"image {row['image']}: PSNR {row['psnr_db']} dB, SSIM {row['ssim']} (engine vs FP pipeline)")
+    lines.append("PASS" if result["passed"] else "FAIL: tolerance not met")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("fp_model", metavar="FP_MODEL")
+@click.argument("engine_dir", metavar="ENGINE_DIR")
+@click.option("--inputs", "inputs_file", default=None,
+              help="Inputs (.safetensors/.npz with the five model inputs); default: generated per variant.")
+@click.option("--per-variant", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Generated input sets per variant, at that variant's timesteps.")
+@click.option("--side", type=click.IntRange(min=2), default=16, show_default=True, help="Generated latent side.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-sqnr", type=float, default=20.0, show_default=True, help="Tolerance: output SQNR (dB) per variant.")
+@click.option("--min-cosine", type=float, default=0.99, show_default=True, help="Tolerance: output cosine per variant.")
+@click.option("--atol", type=float, default=None, help="Tolerance: polygraphy's elementwise absolute check.")
+@click.option("--layers", is_flag=True, help="Localise error: per-layer SQNR against the FP model's layers.")
+@click.option("--layer-threshold", type=float, default=None,
+              help="--layers: SQNR (dB) below which a layer counts as where the error starts (default --min-sqnr).")
+@click.option("--images", "images_dir", default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="--images: denoising steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr, min_cosine, atol, layers,
+            layer_threshold, images_dir, steps, as_json) -> None:
+    """Compare every variant of ENGINE_DIR with the FP model FP_MODEL (polygraphy; exit 1 if a tolerance fails)."""
+    from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
+                                        load_inputs, torch_outputs)
+    from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
+    from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.runtime.engine_set import EngineSet
+
+    engine = EngineSet.load(engine_dir)
+    model = load_dit4sr(fp_model).eval()
+    check_engine_matches(engine, model)
+    if inputs_file:
+        given = load_inputs(inputs_file, model)
+        feeds = {v.index: given for v in engine.variants}
+    else:
+        feeds = generated_inputs(engine, model, per_variant=per_variant, side=side, seed=seed)
+    tolerance = Tolerance(min_sqnr, min_cosine, atol)
+    result = {"schema": SCHEMA, "version": VERSION, "engine_set": str(engine_dir), "fp_model": str(fp_model),
+              "tolerance": {"min_sqnr": min_sqnr, "min_cosine": min_cosine, "atol": atol}, "variants": []}
+    for v in tqdm(engine.variants, desc="variants", unit="variant", disable=as_json):
+        reference = torch_outputs(model, feeds[v.index])
+        result["variants"].append(compare_variant(engine, v.index, feeds[v.index], reference, tolerance).to_dict())
+    if layers:
+        threshold = min_sqnr if layer_threshold is None else layer_threshold
+        result["layers"] = {}
+        for v in tqdm(engine.variants, desc="layers", unit="variant", disable=as_json):
+            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0])
+            result["layers"][str(v.index)] = {**error_onset(errors, threshold),
+                                              "all": [e.to_dict() for e in errors]}
+    if images_dir:
+        result["images"] = _images(model, engine, images_dir, steps, seed, as_json)
+    result["passed"] = all(v["passed"] for v in result["variants"])
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        click.echo(_table(result))
+    if not result["passed"]:
+        raise SystemExit(1)
