@@ -45,7 +45,7 @@ def plot_abits_heatmap(plan, path: str | Path, *, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * grid.shape[1] + 2), max(2.5, 0.35 * len(blocks) + 1.5)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     ticks = np.linspace(0, grid.shape[1] - 1, min(grid.shape[1], 8)).round().astype(int)
-    ax.set_xticks(ticks, [f"{plan.timesteps[i]:.0f}" for i in ticks])
+    ax.set_xticks(ticks, [f"{plan.timesteps[i]:.0f}" for i in ticks], rotation=45)
     ax.set_yticks(range(len(blocks)), [str(b) for b in blocks])
     ax.set_xlabel("timestep (denoising proceeds to the right)")
     ax.set_ylabel("block")
@@ -71,6 +71,33 @@ def plot_weight_bits(plan, path: str | Path, *, title: str = "") -> Path:
     ax.set_ylabel("weight bits")
     ax.set_ylim(0, max(bits) + 1)
     ax.set_title(title or f"VaSMP weight bits (mean {np.mean(bits):.2f})")
+    return _save(fig, plt, path)
+
+
+def plot_act_variance(plan, layer: str, path: str | Path) -> Path:
+    """VaTMP's activation variance v(l, t) of ``layer`` over the timesteps, with the chosen bits shaded (Fig. 6)."""
+    plt = _pyplot()
+    lp = plan.layers.get(layer)
+    if lp is None:
+        raise UserError(f"--layer {layer}: not a layer of the plan")
+    if lp.act_variance is None:
+        raise UserError(f"--layer {layer}: the plan has no activation variance for it (VaTMP did not run)")
+    steps = np.arange(len(lp.act_variance))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    bits = [b if b is not None else 0 for b in lp.abits]
+    levels = sorted(set(bits))
+    cmap = plt.get_cmap("Blues", len(levels) + 2)
+    for i, b in enumerate(bits):
+        ax.axvspan(i - 0.5, i + 0.5, color=cmap(levels.index(b) + 1), alpha=0.6, lw=0)
+    ax.plot(steps, lp.act_variance, color="black", marker="o", ms=3)
+    ax.set_yscale("log")
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
+    ax.set_xticks(ticks, [f"{plan.timesteps[i]:.0f}" for i in ticks])
+    ax.set_xlabel("timestep")
+    ax.set_ylabel("activation variance")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(levels.index(b) + 1), alpha=0.6) for b in levels]
+    ax.legend(handles, [f"{b} bits" if b else "float" for b in levels], fontsize=7, loc="best")
+    ax.set_title(f"{layer}: variance and VaTMP bits")
     return _save(fig, plt, path)
 
 

@@ -23,7 +23,7 @@ from qdit4sr_export.runtime.color_fix import apply_color_fix
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
 from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles
-from qdit4sr_export.sampling import euler_sample
+from qdit4sr_export.sampling import euler_sample, flow_schedule, start_index
 
 PROMPT_KEYS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 
@@ -154,10 +154,13 @@ class SRPipeline:
             report.steps.append(StepRecord(state["step"], t, variant, time.perf_counter() - start))
             return v
 
+        first = start_index(flow_schedule(opts.steps, shift=self.assets.shift)[1], opts.start_sigma)
+        report.info["steps_run"] = opts.steps - first
+
         def step(i, t):
             state["step"] = i
             if on_step is not None:
-                on_step(i, opts.steps)
+                on_step(i - first, opts.steps - first)
 
         g = torch.Generator().manual_seed(opts.seed)
         z = euler_sample(velocity, z_lr, steps=opts.steps, shift=self.assets.shift, start_sigma=opts.start_sigma,

@@ -34,6 +34,7 @@ def _register() -> None:
     from qdit4sr_export.cli.build import build
     from qdit4sr_export.cli.compare import compare
     from qdit4sr_export.cli.info import info
+    from qdit4sr_export.cli.inspect import inspect
     from qdit4sr_export.cli.plan import plan
     from qdit4sr_export.cli.run import run
 
@@ -42,6 +43,7 @@ def _register() -> None:
     main.add_command(build)
     main.add_command(run)
     main.add_command(compare)
+    main.add_command(inspect)
 
 
 _register()

@@ -152,6 +152,8 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
         cap = manifest["variant_cap"]
         click.echo(f"variant cap {max_variants}: distortion x{cap['distortion_ratio']:.3f} of the uncapped plan, "
                    f"mean activation bits {cap['mean_abits_uncapped']} -> {cap['mean_abits']}")
-    click.echo(f"weights: {weights / 1e6:.2f} MB (FP checkpoint {fp_bytes / 1e6:.2f} MB, "
-               f"{summary['compression']}x smaller); whole set {summary['engine_set_bytes'] / 1e6:.2f} MB")
+    ratio = summary["compression"]
+    relation = "" if not ratio else (f", {ratio}x smaller" if ratio >= 1 else f", {round(1 / ratio, 3)}x larger")
+    click.echo(f"weights: {weights / 1e6:.2f} MB (FP checkpoint on disk {fp_bytes / 1e6:.2f} MB{relation}); "
+               f"whole set {summary['engine_set_bytes'] / 1e6:.2f} MB")
     click.echo(f"time: {summary['seconds']} s")

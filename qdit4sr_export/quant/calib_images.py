@@ -83,10 +83,12 @@ def encode_images(vae, crops: list[Image.Image], *, upscale: int = 4, batch_size
 
 
 def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: int = 32, crop: int = 128,
-                        seed: int = 0, max_latent_side: int | None = None, upscale: int = 4) -> torch.Tensor:
+                        seed: int = 0, max_latent_side: int | None = None, upscale: int = 4,
+                        latent_side: int = 64) -> torch.Tensor:
     """LR latents for calibration from a folder of images and the model's autoencoder.
 
-    Crops are ``crop`` px LR squares, made smaller (a multiple of 8) when their x``upscale`` latent would exceed
+    Crops are ``crop`` px LR squares, made smaller (a multiple of 8) so that their x``upscale`` latent is at most
+    ``latent_side`` (64: DiT4SR's 512 px working size, 128 px LR crops through SD3's /8 VAE) and at most
     ``max_latent_side`` (the model's positional table)."""
     if count < 1 or crop < 8:
         raise UserError(f"--calib-count must be >= 1 and the crop at least 8 px, got {count} and {crop}")
@@ -97,9 +99,9 @@ def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: in
             "give a prepared latents file (.safetensors with 'lr_latent') instead"
         )
     vae = load_autoencoder(vae_folder)
-    if max_latent_side is not None:
-        crop = min(crop, max_latent_side * vae.downscale // upscale // 8 * 8)
-        if crop < 8:
-            raise UserError(f"{model_path}: the positional table ({max_latent_side} latent px) is too small to calibrate on")
+    limit = latent_side if max_latent_side is None else min(latent_side, max_latent_side)
+    crop = min(crop, limit * vae.downscale // upscale // 8 * 8)
+    if crop < 8:
+        raise UserError(f"{model_path}: a {limit}-px latent is too small for calibration crops (at least 8 px)")
     images = read_images(folder)
     return encode_images(vae, random_crops(images, count=count, size=crop, seed=seed), upscale=upscale)

@@ -1,0 +1,56 @@
+"""``qdit4sr-export inspect``: per-layer report, totals, variant timeline, plots; FP sets and bad targets."""
+
+import json
+
+from click.testing import CliRunner
+from PIL import Image
+
+from qdit4sr_export.cli import main
+from qdit4sr_export.passes.storage import layer_bytes
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["inspect", *map(str, args)])
+
+
+def test_engine_set_report_and_plots(engine_sets, tmp_path):
+    _, w8, plan = engine_sets
+    result = invoke(w8, "--json", "--plots", tmp_path / "plots")
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.output)
+    assert rep["schema"] == "qdit4sr-export/inspect" and rep["plan"]["method"] == "qdit4sr"
+    by_name = {r["layer"]: r for r in rep["layers"]}
+    assert set(by_name) == set(plan.layers)
+    for name, lp in plan.layers.items():
+        r = by_name[name]
+        assert r["wbits"] == lp.wbits and r["abits"] == list(lp.abits) and r["bytes"] == layer_bytes(lp)
+        assert r["svd_rank"] == lp.svd_rank
+    assert abs(rep["plan"]["stored_mb"] * 1e6 - sum(r["bytes"] for r in rep["layers"])) <= 500  # MB, 3 decimals
+    manifest = json.loads((w8 / "manifest.json").read_text())
+    assert [t["variant"] for t in rep["timeline"]] == manifest["step_variant"]
+    assert len(rep["plots"]) == 3
+    for path in rep["plots"]:
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+    text = invoke(w8).output
+    assert "variant(s):" in text and "timeline:" in text and "Params" in text
+
+
+def test_fp_engine_set_and_bad_targets(engine_sets, tmp_path):
+    fp, _, _ = engine_sets
+    result = invoke(fp)
+    assert result.exit_code == 0 and "no quantization plan" in result.output
+    result = invoke(fp, "--plots", tmp_path / "p")
+    assert result.exit_code == 2 and "no plan to plot" in result.output
+    (tmp_path / "empty").mkdir()
+    assert "not an engine set" in invoke(tmp_path / "empty").output
+    assert "no such engine set or plan file" in invoke(tmp_path / "nothing.json").output
+
+
+def test_plan_file_with_a_chosen_layer(engine_sets, tmp_path):
+    _, w8, plan = engine_sets
+    layer = next(n for n, lp in plan.layers.items() if lp.act_variance)
+    result = invoke(w8 / "plan.json", "--plots", tmp_path, "--layer", layer, "--no-layers")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "act_variance.png").is_file() and "variant(s)" not in result.output
+    assert "not a layer of the plan" in invoke(w8 / "plan.json", "--plots", tmp_path, "--layer", "nope").output
