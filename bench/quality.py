@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=MODEL, help="pipeline folder (default: the example model)")
+    parser.add_argument("--start-sigma", type=float, default=None,
+                        help="override the model's start sigma (a larger one gives the model more of the output); "
+                             "results then go to quality_s<sigma>.json and their own BENCHMARKS.md section")
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     args = parser.parse_args(argv)
     from qdit4sr_export.model import load_dit4sr
@@ -88,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     folder = args.model
     model = load_dit4sr(folder / "transformer").eval()
     config = json.loads((folder / "pipeline.json").read_text())
+    suffix = ""
+    if args.start_sigma is not None:
+        config["start_sigma"] = args.start_sigma
+        suffix = f"_s{args.start_sigma}"
     shift = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["shift"]
     assets = load_assets(folder, shift=shift, config=config)
     hrs, lrs = held_out()
@@ -97,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     fp_seconds = time.perf_counter() - start
     result = {"command": COMMAND, "machine": machine(), "model": folder.name, "pipeline": config,
               "crops": len(hrs), "bicubic": image_metrics(bicubic, hrs), "fp": image_metrics(fp, hrs),
-              "fp_seconds_per_image": round(fp_seconds / len(hrs), 2), "methods": []}
+              "fp_seconds_per_image": round(fp_seconds / len(hrs), 2), "methods_arg": args.methods, "methods": []}
     print(json.dumps({k: result[k] for k in ("bicubic", "fp")}), flush=True)
-    side_by_side(lrs, bicubic, fp, hrs, OUT / "quality_side_by_side.png")
+    if not suffix:
+        side_by_side(lrs, bicubic, fp, hrs, OUT / "quality_side_by_side.png")
     cfg = model.config
     latents = latents_from_folder(ROOT / "qdit4sr_export" / "data" / "calib", folder, count=4, crop=32,
                                   max_latent_side=cfg.pos_embed_max_size * cfg.patch_size)
@@ -119,16 +127,19 @@ def main(argv: list[str] | None = None) -> None:
                "params_m": round(account(plan, model).params_m, 3), "seconds": round(time.perf_counter() - t0, 1)}
         result["methods"].append(row)
         print(json.dumps(row), flush=True)
-        if label == "qdit4sr +H-SVD+VaSMP+VaTMP" and options["abits"] == 4:
+        if label == "qdit4sr +H-SVD+VaSMP+VaTMP" and options["abits"] == 4 and not suffix:
             plot_abits_heatmap(plan, OUT / "quality_vatmp_heatmap.png", title="VaTMP activation bits, W4A4, example model")
             plot_weight_bits(plan, OUT / "quality_vasmp_bits.png", title="VaSMP weight bits, W4, example model")
-    (OUT / "quality.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_section(result)
+    (OUT / f"quality{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_section(result, suffix)
 
 
-def write_section(result: dict) -> None:
+def write_section(result: dict, suffix: str = "") -> None:
     b, f = result["bicubic"], result["fp"]
-    lines = ["## Quality on held-out photos (issue 8)", "", f"Command: `{COMMAND}`. Machine: {result['machine']}.", "",
+    command = COMMAND + (f" --methods {result['methods_arg']}" if result.get("methods_arg") else "") + \
+        (f" --start-sigma {result['pipeline']['start_sigma']}" if suffix else "")
+    title = "## Quality on held-out photos (issue 8)" + (f", start sigma {result['pipeline']['start_sigma']}" if suffix else "")
+    lines = [title, "", f"Command: `{command}`. Machine: {result['machine']}.", "",
              f"{result['crops']} held-out 128 px crops (scikit-image chelsea, rocket, camera, grass; never used in "
              f"training), LR by the training degradation chain. Pipeline: {result['pipeline']['steps']} steps, "
              f"start sigma {result['pipeline']['start_sigma']}, guidance {result['pipeline']['guidance_scale']}, "
@@ -137,15 +148,17 @@ def write_section(result: dict) -> None:
              "| | PSNR (dB) | SSIM | HF ratio |", "|---|---|---|---|",
              f"| bicubic | {b['psnr']} | {b['ssim']} | {b['hf_ratio']} |",
              f"| example model (FP) | {f['psnr']} | {f['ssim']} | {f['hf_ratio']} |", "",
-             "Side by side (LR nearest x4 | bicubic | FP model | HR): `bench/results/quality_side_by_side.png`.", "",
+             *(["Side by side (LR nearest x4 | bicubic | FP model | HR): `bench/results/quality_side_by_side.png`.", ""]
+               if not suffix else []),
              "Quantized (torch simulation of each plan; PSNR vs FP is against the FP model's output):", "",
              "| setting | method | PSNR vs HR | SSIM | HF ratio | PSNR vs FP | Params (M) |", "|---|---|---|---|---|---|---|"]
     for r in result["methods"]:
         lines.append(f"| {r['setting']} | {r['method']} | {r['psnr']} | {r['ssim']} | {r['hf_ratio']} | "
                      f"{r['psnr_vs_fp']} | {r['params_m']} |")
-    lines += ["", "Plots: `bench/results/quality_vatmp_heatmap.png` (VaTMP activation bits over blocks x timesteps, "
-              "W4A4), `bench/results/quality_vasmp_bits.png` (VaSMP weight bits per layer)."]
-    update_benchmarks_md("quality", "\n".join(lines) + "\n")
+    if not suffix:
+        lines += ["", "Plots: `bench/results/quality_vatmp_heatmap.png` (VaTMP activation bits over blocks x timesteps, "
+                  "W4A4), `bench/results/quality_vasmp_bits.png` (VaSMP weight bits per layer)."]
+    update_benchmarks_md("quality" + suffix.replace(".", ""), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
