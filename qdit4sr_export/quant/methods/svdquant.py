@@ -18,20 +18,22 @@ from qdit4sr_export.quant.smoothing import search_smoothing
 @dataclass(frozen=True)
 class SVDQuantConfig(MethodConfig):
     svd_rank: int = 32
-    group_size: int = 64
+    group_size: int = 64  # 0: per-row weight and per-token activation scales (Q-DiT4SR's granularity)
     alpha_points: int = 20  # alphas i/alpha_points for i = 1..alpha_points (SVDQuant: about 20)
     rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the search
     calib_seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.svd_rank < 0 or self.group_size < 1 or self.alpha_points < 1 or self.rows_per_step < 1:
-            raise UserError("svdquant: svd_rank >= 0, group_size >= 1, alpha_points >= 1 and rows_per_step >= 1")
+        if self.svd_rank < 0 or self.group_size < 0 or self.alpha_points < 1 or self.rows_per_step < 1:
+            raise UserError("svdquant: svd_rank >= 0, group_size >= 0 (0: per-row scales), alpha_points >= 1 "
+                            "and rows_per_step >= 1")
 
 
 def _group(size: int, width: int) -> int | None:
-    """The configured group size when it divides the layer width, else per-row scales (said in the notes)."""
-    return size if width % size == 0 else None
+    """The configured group size when it divides the layer width, else per-row scales (said in the notes);
+    size 0 asks for per-row scales everywhere."""
+    return size if size and width % size == 0 else None
 
 
 @register("svdquant", summary="smoothing (alpha search on calibration data) + FP rank-32 branch + INT4 g64 "
@@ -57,7 +59,9 @@ def build_svdquant(model, config: SVDQuantConfig, *, calibration=None, progress:
             tensors[f"{name}.smooth"] = found.scales.float()
         layers[name] = LayerPlan(in_features=inp, out_features=out, wbits=config.wbits, abits=abits, clip="minmax",
                                  svd_rank=config.svd_rank, group_size=group, smoothing=smoothing)
-    if per_row:
+    if per_row and config.group_size == 0:
+        notes.append("group size 0: per-row weight and per-token activation scales")
+    elif per_row:
         notes.append(f"{len(per_row)} layer(s) use per-row scales: group size {config.group_size} does not divide "
                      f"their width (first: {per_row[0]})")
     unseen = [n for n in names if n not in samples]

@@ -98,6 +98,12 @@ def test_method_specific_plan_contents(tiny_model):
     assert smoothed and all(plan.tensors[f"{n}.smooth"].shape == (plan.layers[n].in_features,) for n in smoothed)
     assert all(lp.group_size == 32 and lp.svd_rank == 8 for lp in plan.layers.values())
     assert not plan.layers["transformer_blocks.0.attn2.add_q_proj"].smoothing  # never runs: no statistics
+    per_row = svdq.build(tiny_model, make_config(svdq, {"steps": 2, "svd_rank": 8, "group_size": 0}),
+                         calibration=calibration(tiny_model))
+    assert all(lp.group_size is None for lp in per_row.layers.values())
+    assert "group size 0: per-row weight and per-token activation scales" in per_row.notes
+    with pytest.raises(UserError, match="group_size >= 0"):
+        make_config(svdq, {"group_size": -1})
     ptq = get_method("ptq4dit")
     plan = ptq.build(tiny_model, make_config(ptq, {"steps": 3}), calibration=calibration(tiny_model))
     b = plan.tensors["transformer_blocks.0.ff.net.2.smooth"]
