@@ -89,7 +89,8 @@ def plot_act_variance(plan, layer: str, path: str | Path) -> Path:
     cmap = plt.get_cmap("Blues", len(levels) + 2)
     for i, b in enumerate(bits):
         ax.axvspan(i - 0.5, i + 0.5, color=cmap(levels.index(b) + 1), alpha=0.6, lw=0)
-    ax.plot(steps, lp.act_variance, color="black", marker="o", ms=3)
+    variance = [np.nan if x is None else x for x in lp.act_variance]  # None: a step calibration never ran
+    ax.plot(steps, variance, color="black", marker="o", ms=3)
     ax.set_yscale("log")
     ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
     ax.set_xticks(ticks, [f"{plan.timesteps[i]:.0f}" for i in ticks])

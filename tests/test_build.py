@@ -173,3 +173,34 @@ def test_default_calibration_is_the_packaged_photos(checkpoints, tmp_path):
     without = build([checkpoints["dit4sr-tiny"][1], *common, "--abits", 4, "-o", tmp_path / "b"])
     assert without["calibration"] is None and without["variants"] == 1
     assert any("no calibration data" in n for n in without["notices"])
+
+
+def test_vatmp_follows_the_pipelines_start_sigma(tmp_path):
+    """A folder whose pipeline.json starts runs at sigma 0.5: VaTMP budgets only the steps that run; the skipped
+    steps keep static bits; --start-sigma overrides; the plan's None variances go through variants and plots."""
+    from qdit4sr_export.cli.build import packaged_calibration_folder
+    from qdit4sr_export.sampling import flow_schedule, start_index
+
+    make_pipeline_folder(tmp_path / "pipe")
+    settings = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({**settings, "start_sigma": 0.5}))
+    common = ["--wbits", 4, "--steps", 6, "--calib-count", 2, "--abits", 4.5]
+    build([tmp_path / "pipe", *common, "-o", tmp_path / "a"])
+    plan = QuantPlan.load(tmp_path / "a" / "plan.json")
+    first = start_index(flow_schedule(6)[1], 0.5)
+    assert plan.method_config["start_sigma"] == 0.5 and 0 < first < 5
+    active = [lp for lp in plan.layers.values() if lp.active]
+    assert all(lp.abits[:first] == (4,) * first and lp.act_variance[0] is None for lp in active)
+    assert any(len(set(lp.abits[first:])) > 1 for lp in active)
+    plots = CliRunner().invoke(main, ["inspect", str(tmp_path / "a"), "--plots", str(tmp_path / "plots"), "--json"])
+    assert plots.exit_code == 0, plots.output
+    assert (tmp_path / "plots" / "act_variance.png").stat().st_size > 1000
+    planned = CliRunner().invoke(main, ["plan", str(tmp_path / "pipe"), *map(str, common), "--start-sigma", "1",
+                                        "--calib", str(packaged_calibration_folder()), "-o", str(tmp_path / "b.json")])
+    assert planned.exit_code == 0, planned.output
+    every = QuantPlan.load(tmp_path / "b.json")
+    assert every.method_config["start_sigma"] == 1 and all(None not in lp.act_variance
+                                                           for lp in every.layers.values() if lp.active)
+    error = build([tmp_path / "pipe", "--method", "rtn", "--wbits", 4, "--start-sigma", 0.5, "-o", tmp_path / "c"],
+                  expect_ok=False)
+    assert "--start-sigma does not apply to method 'rtn'" in error

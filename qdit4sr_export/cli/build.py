@@ -70,7 +70,7 @@ def _load_plan(path: str, net):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
-          wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, max_segments, hadamard, rotation_seed,
+          wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
           hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, output, force, as_json) -> None:
     """Build an engine set for MODEL (a DiT4SR checkpoint file or folder) into -o OUT.
 

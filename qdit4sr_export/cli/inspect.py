@@ -14,8 +14,8 @@ def _variance_layer(plan) -> str:
     """The layer whose activation variance changes most over the trajectory (the most telling Fig. 6 plot)."""
     import numpy as np
 
-    spread = {n: float(np.log(max(lp.act_variance)) - np.log(max(min(lp.act_variance), 1e-30)))
-              for n, lp in plan.layers.items() if lp.act_variance}
+    measured = {n: [x for x in lp.act_variance if x is not None] for n, lp in plan.layers.items() if lp.act_variance}
+    spread = {n: float(np.log(max(v)) - np.log(max(min(v), 1e-30))) for n, v in measured.items() if v}
     if not spread:
         raise UserError("the plan has no activation variances (VaTMP did not run): no variance plot")
     return max(spread, key=spread.get)

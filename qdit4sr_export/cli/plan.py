@@ -71,7 +71,7 @@ def _method_options(ctx: click.Context, method, raw_options: tuple[str, ...]) ->
     flag_fields = {"wbits_budget": "wbits_budget", "wbits_min": "wbits_min", "wbits_max": "wbits_max",
                    "abits": "abits", "svd_rank": "svd_rank", "local_rank": "local_rank", "steps": "steps",
                    "max_segments": "max_segments", "rotation_seed": "rotation_seed",
-                   "hadamard_block": "rotation_block", "seed": "calib_seed"}
+                   "hadamard_block": "rotation_block", "seed": "calib_seed", "start_sigma": "start_sigma"}
     for flag, field in flag_fields.items():
         if flag in given:
             options[field] = p[flag]
@@ -93,7 +93,23 @@ def _method_options(ctx: click.Context, method, raw_options: tuple[str, ...]) ->
         if not sep or not key:
             raise UserError(f"--method-option expects KEY=VALUE, got {item!r}")
         options[key.strip().replace("-", "_")] = value
+    if "start_sigma" not in options and "start_sigma" in method.options() and p.get("model"):
+        sigma = _pipeline_start_sigma(Path(p["model"]))
+        if sigma is not None:
+            options["start_sigma"] = sigma
     return options
+
+
+def _pipeline_start_sigma(model: Path) -> float | None:
+    """The start sigma of the model folder's pipeline.json, when it has one (runs begin there)."""
+    from qdit4sr_export.build import model_root
+    from qdit4sr_export.jsonfile import read_json_object
+
+    root = model_root(model) if model.exists() else None
+    if root is None or not (root / "pipeline.json").is_file():
+        return None
+    value = read_json_object(root / "pipeline.json", "pipeline settings").get("start_sigma")
+    return float(value) if isinstance(value, (int, float)) and value < 1 else None
 
 
 def _list_methods() -> str:
@@ -124,6 +140,9 @@ PLAN_OPTIONS = [
     click.option("--calib", default=None, help="Folder of LR images (needs vae/ beside the model) or a latents file."),
     click.option("--calib-count", type=click.IntRange(min=1), default=32, show_default=True, help="Random 128x128 crops from --calib images."),
     click.option("--steps", type=int, default=40, help="Sampling steps of the timestep grid."),
+    click.option("--start-sigma", type=float, default=None,
+                  help="Q-DiT4SR: runs start from the LR latent at this sigma, so VaTMP schedules only the steps "
+                       "that run (default: the model folder's pipeline.json, else 1: every step)."),
     click.option("--max-segments", type=int, default=3, help="VaTMP: constant segments per layer."),
     click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed",
                   help="signed: Hadamard with seeded random signs; plain: the bare Hadamard (see README)."),
@@ -152,7 +171,7 @@ def plan_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def plan(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
-         wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, max_segments, hadamard, rotation_seed,
+         wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, output, force, as_json) -> None:
     """Make a QuantPlan for MODEL (a checkpoint, or a preset name for shape-only accounting).
 

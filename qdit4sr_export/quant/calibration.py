@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.config import DiT4SRConfig
-from qdit4sr_export.sampling import flow_schedule
+from qdit4sr_export.sampling import flow_schedule, start_index
 
 #: Text tokens used when a calibration file carries no prompt embeddings (a zero "null" prompt).
 NULL_TEXT_TOKENS = 1
@@ -101,21 +101,23 @@ def run_trajectory(
     """Sample every calibration input with flow-matching Euler and return the final latents.
 
     ``on_step(step, model_args)`` sees the model's inputs ``(x_t, lr, text, pooled, t)`` before each step.
-    The trajectory starts from seeded noise (or from ``(1 - sigma) * lr + sigma * noise`` when
-    ``start_sigma`` is given) and follows the model's own predictions, as inference does.
+    The trajectory starts from seeded noise, or, with ``start_sigma``, as the SR pipeline does: at the first
+    grid step with sigma <= start_sigma, from ``(1 - sigma) * lr + sigma * noise`` (earlier steps do not run).
+    It follows the model's own predictions, as inference does.
     """
     timesteps, sigmas = flow_schedule(steps, shift=shift)
+    first = 0 if start_sigma is None else start_index(sigmas, start_sigma)
     generator = torch.Generator().manual_seed(seed)
     finals = []
     batches = range(0, len(inputs), batch_size)
-    bar = tqdm(total=len(batches) * steps, desc="calibration", disable=not progress, leave=False)
+    bar = tqdm(total=len(batches) * (steps - first), desc="calibration", disable=not progress, leave=False)
     for start in batches:
         sl = slice(start, start + batch_size)
         lr = inputs.lr_latent[sl]
         ctx, pooled = inputs.encoder_hidden_states[sl], inputs.pooled_projections[sl]
         noise = torch.randn(lr.shape, generator=generator)
-        x = noise if start_sigma is None else (1 - start_sigma) * lr + start_sigma * noise
-        for i in range(steps):
+        x = noise if start_sigma is None else (1 - sigmas[first]) * lr + sigmas[first] * noise
+        for i in range(first, steps):
             args = (x, lr, ctx, pooled, timesteps[i].expand(lr.shape[0]))
             if on_step is not None:
                 on_step(i, args)

@@ -46,7 +46,7 @@ class LayerPlan:
     wbits_schedule: tuple[int, ...] | None = None  # per-timestep weight bits (AdaTSQ); None: `wbits` always
     stored_weight: bool = False  # quantized residual stored in the plan tensors ("<layer>.weight.<bits>")
     weight_variance: float | None = None  # VaSMP's statistic (mean output-channel variance of W_H)
-    act_variance: tuple[float, ...] | None = None  # VaTMP's v(l, t) per grid timestep
+    act_variance: tuple[float | None, ...] | None = None  # VaTMP's v(l, t) per grid timestep (None: step not run)
 
     def __post_init__(self) -> None:
         problems = []

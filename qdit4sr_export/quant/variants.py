@@ -57,12 +57,13 @@ def _step_config(plan: QuantPlan, names: list[str], step: int) -> tuple:
 
 
 def _variances(plan: QuantPlan, names: list[str], steps: int) -> np.ndarray:
-    """v(l, t) from the plan (VaTMP statistics), or ones when the plan has none."""
+    """v(l, t) from the plan (VaTMP statistics), or ones when the plan has none; 0 at steps calibration never
+    ran (before the plan's start sigma), whose error costs nothing."""
     v = np.ones((len(names), steps))
     for i, n in enumerate(names):
         av = plan.layers[n].act_variance
         if av is not None and len(av) == steps:
-            v[i] = np.asarray(av, dtype=np.float64)
+            v[i] = np.asarray([0.0 if x is None else x for x in av], dtype=np.float64)
     return v
 
 

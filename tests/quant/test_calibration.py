@@ -57,3 +57,21 @@ def test_activation_variance_is_mean_square_per_step(tiny_model):
     assert np.isnan(v[1]).all()  # attn2's text projection never runs
     again = collect_activation_variance(tiny_model, names, inputs, steps=4, batch_size=2)
     np.testing.assert_allclose(again[0], v[0], rtol=0.5)  # batching changes the noise draw, not the scale
+
+
+def test_trajectory_from_start_sigma_runs_the_pipelines_steps(tiny_model):
+    from qdit4sr_export.quant.calibration import run_trajectory
+    from qdit4sr_export.sampling import flow_schedule, start_index
+
+    inputs = CalibrationInputs.with_null_prompt(torch.randn(2, 16, 8, 8), tiny_model.config)
+    timesteps, sigmas = flow_schedule(10)
+    first = start_index(sigmas, 0.4)
+    seen = []
+    run_trajectory(tiny_model, inputs, steps=10, start_sigma=0.4, on_step=lambda i, args: seen.append((i, args)))
+    assert first > 0 and [i for i, _ in seen] == list(range(first, 10))
+    assert float(seen[0][1][4][0]) == float(timesteps[first])
+    noise = torch.randn(inputs.lr_latent.shape, generator=torch.Generator().manual_seed(0))
+    expected = (1 - sigmas[first]) * inputs.lr_latent + sigmas[first] * noise  # as the SR pipeline starts
+    torch.testing.assert_close(seen[0][1][0], expected)
+    v = collect_activation_variance(tiny_model, ["transformer_blocks.0.ff.net.2"], inputs, steps=10, start_sigma=0.4)
+    assert np.isnan(v[0, :first]).all() and np.isfinite(v[0, first:]).all()

@@ -22,7 +22,7 @@ from qdit4sr_export.quant.plan import LayerPlan, QuantPlan
 from qdit4sr_export.quant.simulate import apply_plan
 from qdit4sr_export.quant.vasmp import allocate_weight_bits
 from qdit4sr_export.quant.vatmp import schedule_layers
-from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
+from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, flow_schedule, start_index
 
 #: Layers whose output never reaches the model output: attn2's text projections and to_k_control.
 _INACTIVE = re.compile(r"(\.attn2\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)|\.to_k_control)$")
@@ -53,6 +53,9 @@ class QDiT4SRConfig:
     rotation_block: int | None = None  # block-diagonal Hadamard of this power-of-two size (None: full K * 2^m)
     steps: int = DEFAULT_STEPS
     shift: float = DEFAULT_SHIFT
+    # The pipeline's start sigma: runs from the LR latent skip the steps above it, so VaTMP calibrates and
+    # budgets only the steps that run; skipped steps keep static floor(abits) bits.
+    start_sigma: float = 1.0
     calib_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class QDiT4SRConfig:
             raise UserError(f"--max-segments must be >= 1, got {self.max_segments}")
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if not 0 < self.start_sigma <= 1:
+            raise UserError(f"--start-sigma must be in (0, 1], got {self.start_sigma}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -144,20 +149,24 @@ def make_plan(
     weights_only = plan_with({n: (None,) * steps for n in names}, [])
     sim = apply_plan(copy.deepcopy(model), weights_only, check=False)
     sim.weights_only()
+    first = start_index(flow_schedule(steps, shift=config.shift)[1], config.start_sigma)
     variance = collect_activation_variance(sim.model, active, calibration, steps=steps, shift=config.shift,
-                                           seed=config.calib_seed, progress=progress)
-    seen = ~np.isnan(variance).any(axis=1)
-    schedule = schedule_layers(variance[seen], budget=config.abits, kappa=kappa_table("integer"), bits=ACT_BITS,
-                               max_segments=config.max_segments)
+                                           seed=config.calib_seed, progress=progress,
+                                           start_sigma=config.start_sigma if first > 0 else None)
+    seen = ~np.isnan(variance[:, first:]).any(axis=1)
+    schedule = schedule_layers(variance[seen, first:], budget=config.abits, kappa=kappa_table("integer"),
+                               bits=ACT_BITS, max_segments=config.max_segments)
     abits: dict[str, tuple[int | None, ...]] = {}
     fallback = int(np.floor(config.abits))
     measured = [name for name, ok in zip(active, seen) if ok]  # layers that ran (all active ones, normally)
     for name, row, v in zip(measured, schedule, variance[seen]):
-        abits[name] = tuple(int(b) for b in row)
-        act_var[name] = tuple(float(x) for x in v)
+        abits[name] = (fallback,) * first + tuple(int(b) for b in row)
+        act_var[name] = tuple(None if np.isnan(x) else float(x) for x in v)
     for name in names:
         abits.setdefault(name, (fallback,) * steps)
-    notes.append(f"VaTMP on {len(calibration)} calibration samples, {steps} steps, max {config.max_segments} segments")
+    ran = f"steps {first}-{steps - 1} of {steps} (start sigma {config.start_sigma}; earlier steps static " \
+        f"{fallback} bits)" if first > 0 else f"{steps} steps"
+    notes.append(f"VaTMP on {len(calibration)} calibration samples, {ran}, max {config.max_segments} segments")
     return plan_with(abits, notes)
 
 

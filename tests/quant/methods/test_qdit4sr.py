@@ -58,6 +58,24 @@ def test_vatmp_puts_extra_bits_where_variance_is_high(tiny_model):
     assert any("VaTMP on 4 calibration samples" in note for note in plan.notes)
 
 
+def test_vatmp_schedules_only_the_steps_a_run_from_start_sigma_executes(tiny_model, tmp_path):
+    from qdit4sr_export.sampling import flow_schedule, start_index
+
+    first = start_index(flow_schedule(8)[1], 0.5)
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4.5, svd_rank=8, local_rank=2, steps=8, start_sigma=0.5),
+                     calibration=calibration_for(tiny_model))
+    active = [lp for lp in plan.layers.values() if lp.active]
+    assert 0 < first < 7
+    for lp in active:
+        assert lp.abits[:first] == (4,) * first  # never run: static floor(budget) bits
+        assert sum(lp.abits[first:]) <= int(4.5 * (8 - first))  # the budget covers the steps that run
+        assert lp.act_variance[:first] == (None,) * first and all(v > 0 for v in lp.act_variance[first:])
+    assert sum(len(set(lp.abits[first:])) > 1 for lp in active) > len(active) // 2  # VaTMP used the spare bits
+    assert any(f"steps {first}-7 of 8 (start sigma 0.5" in note for note in plan.notes)
+    from qdit4sr_export.quant.plan import QuantPlan
+    assert QuantPlan.load(plan.save(tmp_path / "plan.json")) == plan  # None variances survive the JSON
+
+
 def test_no_calibration_means_static_bits_with_a_note(tiny_model):
     plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=6, svd_rank=8, local_rank=2, steps=5))
     assert all(lp.abits == (6,) * 5 for lp in plan.layers.values())
@@ -96,6 +114,8 @@ def test_planning_does_not_touch_the_model(tiny_model):
         ({"wbits_budget": 9.0}, "--wbits-budget"),
         ({"svd_rank": -1}, "--svd-rank"),
         ({"max_segments": 0}, "--max-segments"),
+        ({"start_sigma": 0.0}, "--start-sigma"),
+        ({"start_sigma": 1.5}, "--start-sigma"),
     ],
 )
 def test_bad_options(kwargs, message):
