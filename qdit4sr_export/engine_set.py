@@ -9,7 +9,6 @@ name beside the destination and renamed into place, so a failed build leaves not
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx_ir as ir
 
 from qdit4sr_export import __version__
+from qdit4sr_export.checksum import sha256_file
 from qdit4sr_export.errors import UserError
 
 SCHEMA = "qdit4sr-export/engine-set"
@@ -27,14 +27,6 @@ WEIGHTS_FILE = "weights.bin"
 ALIGN = 64
 #: Initializers at most this large stay inside each graph (shape constants, scalars).
 INLINE_BYTES = 1024
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shared_initializers(models: Sequence[ir.Model]) -> dict[str, ir.TensorProtocol]:
@@ -98,7 +90,7 @@ def file_table(folder: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
         rows.append({"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
-                     "sha256": _sha256(path)})
+                     "sha256": sha256_file(path)})
     return rows
 
 

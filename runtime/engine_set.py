@@ -7,12 +7,12 @@ Validation on load: the manifest's schema and version, every listed file present
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qdit4sr_export.checksum import sha256_file
 from qdit4sr_export.errors import UserError
 
 SCHEMA = "qdit4sr-export/engine-set"
@@ -27,14 +27,6 @@ class VariantInfo:
     file: str
     steps: tuple[int, ...]
     ranges: tuple[tuple[float, float], ...]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class EngineSet:
@@ -74,7 +66,7 @@ class EngineSet:
             if file.stat().st_size != entry["bytes"]:
                 raise UserError(f"{folder}: file {entry['path']} has {file.stat().st_size} bytes, "
                                 f"the manifest says {entry['bytes']}")
-            if verify and _sha256(file) != entry["sha256"]:
+            if verify and sha256_file(file) != entry["sha256"]:
                 raise UserError(f"{folder}: file {entry['path']} does not match its sha256 in the manifest")
         return cls(folder, manifest)
 
