@@ -57,7 +57,7 @@ def sqnr(ref, x):
     return 10 * np.log10((ref ** 2).sum() / ((ref - x) ** 2).sum())
 
 
-def test_fp_build_matches_torch_and_survives_a_move(checkpoints, tmp_path):
+def test_fp_build_matches_torch_survives_a_move_and_force_replaces(checkpoints, tmp_path):
     model, ckpt = checkpoints["dit4sr-tiny"]
     build([ckpt, "--method", "fp", "-o", tmp_path / "fp"])
     shutil.move(tmp_path / "fp", tmp_path / "moved")
@@ -68,6 +68,12 @@ def test_fp_build_matches_torch_and_survives_a_move(checkpoints, tmp_path):
     assert {f["path"] for f in manifest["files"]} >= {"weights.bin", "variant_00.onnx", "pipeline.json",
                                                        "prompt_embeds.safetensors", "scheduler/scheduler_config.json"}
     assert [i["name"] for i in manifest["inputs"]] == list(INPUT_NAMES)
+    # --force replaces an existing set whole (nothing of the old one stays)
+    (tmp_path / "moved" / "stray.txt").write_text("old")
+    build([ckpt, "--method", "fp", "-o", tmp_path / "moved", "--force"])
+    assert not (tmp_path / "moved" / "stray.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]
+    assert np.abs(run_variant(tmp_path / "moved", inputs) - torch_out(model, inputs)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -151,15 +157,6 @@ def test_bad_input_leaves_nothing(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(sh, "disk_usage", lambda p: sh._ntuple_diskusage(10, 10, 1000))
     assert "disk" in build([ckpt, "--method", "fp", "-o", tmp_path / "x"], expect_ok=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "junk.safetensors"]
-
-
-def test_force_replaces(checkpoints, tmp_path):
-    _, ckpt = checkpoints["dit4sr-tiny"]
-    build([ckpt, "--method", "fp", "-o", tmp_path / "e"])
-    (tmp_path / "e" / "stray.txt").write_text("old")
-    build([ckpt, "--method", "fp", "-o", tmp_path / "e", "--force"])
-    assert not (tmp_path / "e" / "stray.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
 def test_default_calibration_is_the_packaged_photos(checkpoints, tmp_path):
