@@ -201,3 +201,6 @@ def test_vatmp_follows_the_pipelines_start_sigma(tmp_path):
     error = build([tmp_path / "pipe", "--method", "rtn", "--wbits", 4, "--start-sigma", 0.5, "-o", tmp_path / "c"],
                   expect_ok=False)
     assert "--start-sigma does not apply to method 'rtn'" in error
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({**settings, "start_sigma": 2}))
+    error = build([tmp_path / "pipe", *common, "-o", tmp_path / "d"], expect_ok=False)
+    assert "pipeline.json: start_sigma must be a number in (0, 1], got 2" in error and not (tmp_path / "d").exists()

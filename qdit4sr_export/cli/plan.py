@@ -108,8 +108,13 @@ def _pipeline_start_sigma(model: Path) -> float | None:
     root = model_root(model) if model.exists() else None
     if root is None or not (root / "pipeline.json").is_file():
         return None
-    value = read_json_object(root / "pipeline.json", "pipeline settings").get("start_sigma")
-    return float(value) if isinstance(value, (int, float)) and value < 1 else None
+    path = root / "pipeline.json"
+    value = read_json_object(path, "pipeline settings").get("start_sigma")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise UserError(f"{path}: start_sigma must be a number in (0, 1], got {value!r}")
+    return float(value)
 
 
 def _list_methods() -> str:

@@ -151,8 +151,7 @@ def make_plan(
     sim.weights_only()
     first = start_index(flow_schedule(steps, shift=config.shift)[1], config.start_sigma)
     variance = collect_activation_variance(sim.model, active, calibration, steps=steps, shift=config.shift,
-                                           seed=config.calib_seed, progress=progress,
-                                           start_sigma=config.start_sigma if first > 0 else None)
+                                           seed=config.calib_seed, progress=progress, start_sigma=config.start_sigma)
     seen = ~np.isnan(variance[:, first:]).any(axis=1)
     schedule = schedule_layers(variance[seen, first:], budget=config.abits, kappa=kappa_table("integer"),
                                bits=ACT_BITS, max_segments=config.max_segments)
