@@ -177,7 +177,7 @@ class LowbitGemm:
                 raise UserError(f"{where}: float activations need z")
             a, a_mode, scales = act.z.reshape(-1, w.k).float().contiguous(), 2, self._dummy
         else:
-            a, a_mode, scales = act.codes, 0 if act.bits <= 4 else 1, act.scales
+            a, a_mode, scales = act.codes.contiguous(), 0 if act.bits <= 4 else 1, act.scales.contiguous()
             if scales.shape[1] != w.groups:
                 raise UserError(f"{where}: {scales.shape[1]} activation scale groups but {w.groups} weight groups")
         m = a.shape[0]
@@ -193,8 +193,8 @@ class LowbitGemm:
         lp, lq, so = (self.u.shape[0], self.u.shape[1], self.u.shape[2]) if self.u is not None else (0, 1, 1)
         extra = {} if interpreting() else {"num_warps": warps, "num_stages": stages}
         _lowbit_gemm_kernel[grid](
-            a, scales, self.codes, self.scale, act.h if w.rank else d, self.ga if self.ga is not None else d,
-            act.t if self.u is not None else d, self.u if self.u is not None else d,
+            a, scales, self.codes, self.scale, act.h.contiguous() if w.rank else d,
+            self.ga if self.ga is not None else d, act.t.contiguous() if self.u is not None else d, self.u if self.u is not None else d,
             self.bias if self.bias is not None else d, out, m,
             N=w.n, K=w.k, GS=gs, NG=w.groups, A_MODE=a_mode, W_MODE=self.w_mode, RANK=w.rank,
             RP=max(16, next_pow2(w.rank)), L_P=lp, L_Q=lq, S_O=so, HAS_BIAS=self.bias is not None,

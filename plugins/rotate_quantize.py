@@ -254,5 +254,5 @@ class RotateQuantize:
                 L_NS=loc.slots if fuse_l else 1, STORE_Z=need_z, PREC=dot_precision(dev.type),
             )
         if self.v is not None and not fuse_l:
-            t = svd_l_down(z, self.v)  # torch fallback: block width with a small power-of-two part
+            t = svd_l_down(z, self.v).contiguous()  # torch fallback: block width with a small power-of-two part
         return ActivationCodes(codes, scales, bits, h, t, z if store_z else None)

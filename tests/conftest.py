@@ -1,10 +1,19 @@
 """Shared fixtures: small seeded DiT4SR models; a tiny pipeline folder (12-channel pixel-unshuffle autoencoder)
-and FP and W8A8 engine sets built from it."""
+and FP and W8A8 engine sets built from it.
 
-import pytest
+Without CUDA the Triton kernels run in Triton's CPU interpreter, which must be chosen before triton is first
+imported (diffusers imports it), hence here, first."""
+
+import os
+
 import torch
 
-from helpers import make_pipeline_folder, seeded_model
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from helpers import make_pipeline_folder, seeded_model  # noqa: E402
 from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.model import DiT4SRTransformer
 from qdit4sr_export.quant.calibration import CalibrationInputs
