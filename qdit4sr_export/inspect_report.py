@@ -3,7 +3,6 @@ the paper's Params (M) and bit-operations; the engine set's variant timeline."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
