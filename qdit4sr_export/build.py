@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from qdit4sr_export.engine_set import io_specs, write_engine_set
+from qdit4sr_export.engine_writer import io_specs, write_engine_set
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
@@ -114,14 +114,33 @@ def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, progress: 
         lower = LowerOrtPass(plan, store)
         lower(model)
         out.append((v, model, dict(sorted(lower.paths.items()))))
-    return out
+    return out, store
+
+
+def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str, dict[str, Any]]:
+    """Per planned layer, what the engine set stores for it and under which names (what backends read)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for (layer, bits), lw in sorted(store.entries.items()):
+        row = rows.setdefault(layer, {"kind": lw.kind, "codes": {}, "scales": {}})
+        row["codes"][str(bits)] = lw.codes.name
+        if lw.scale is not None:
+            row["scales"][str(bits)] = lw.scale.name
+    for layer, row in rows.items():
+        lp = plan.layers[layer]
+        named = lambda *names: list(names) if all(n in initializers for n in names) else None
+        row.update({"group_size": lp.group_size, "clip": lp.clip, "rotation": lp.rotation,
+                    "smooth": f"{layer}.smooth" if f"{layer}.smooth" in initializers else None,
+                    "svd_g": named(f"{layer}.svd_g.b", f"{layer}.svd_g.a"),
+                    "svd_l": named(f"{layer}.svd_l.v", f"{layer}.svd_l.u"),
+                    "bias": f"{layer}.bias" if f"{layer}.bias" in initializers else None})
+    return rows
 
 
 def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
                      max_variants: int | None, build_info: dict[str, Any], force: bool = False,
                      progress: bool = True) -> BuildResult:
     """Trace ``model``, apply the passes for ``plan`` (None: FP), lower every variant, write the engine set."""
-    from qdit4sr_export.engine_set import check_destination
+    from qdit4sr_export.engine_writer import check_destination
     from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
     from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
     from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
@@ -138,6 +157,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         lowered = [(None, base, {})]
         step_variant = [0] * len(timesteps)
         cap = None
+        layers_stored: dict[str, Any] = {}
     else:
         timesteps = list(plan.timesteps)
         stages.set_description("folding rotations, H-SVD branches")
@@ -147,7 +167,9 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         schedule = plan_variants(plan, max_variants)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
-        lowered = _variant_models(base, plan, schedule, progress)
+        lowered, store = _variant_models(base, plan, schedule, progress)
+        names = {n for _, g, _ in lowered for n in g.graph.initializers}
+        layers_stored = quantized_layers(plan, store, names)
         stages.update()
     stages.close()
     variants = []
@@ -162,6 +184,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
             bits = [b for b in v.abits.values() if b is not None]
             entry["mean_abits"] = sum(bits) / len(bits) if bits else None
             entry["float_activation_layers"] = sum(b is None for b in v.abits.values())
+            entry["layers"] = {n: {"wbits": v.wbits[n], "abits": v.abits[n]} for n in sorted(v.abits)}
         variants.append(entry)
     linears = quantizable_linears(model)
     manifest = {
@@ -174,6 +197,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         "step_variant": step_variant,
         "variants": variants,
         "variant_cap": cap,
+        "quantized_layers": layers_stored,
         **io_specs(files[0][1]),
         "notices": notices,
     }

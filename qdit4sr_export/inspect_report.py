@@ -3,7 +3,6 @@ the paper's Params (M) and bit-operations; the engine set's variant timeline."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ def load_target(path: str | Path) -> tuple[QuantPlan | None, dict[str, Any] | No
     """(plan, engine manifest) of an engine-set folder (plan None for an FP set) or of a plan file."""
     path = Path(path)
     if path.is_dir():
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise UserError(f"{path}: not an engine set (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
+        from qdit4sr_export.engine_format import read_manifest
+
+        manifest = read_manifest(path)
         plan_file = manifest.get("plan")
         return (QuantPlan.load(path / plan_file) if plan_file else None), manifest
     if not path.is_file():

@@ -1,8 +1,8 @@
-"""Backends behind one runner interface: ``activate(variant) / infer(...) / deactivate()``.
+"""Runners behind one interface: ``activate(variant) / infer(...) / deactivate()`` (registered by name in
+:mod:`qdit4sr_export.runtime.registry`).
 
-``ort`` runs an engine set's variant graphs with ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is
-installed and asked for); ``torch`` runs the FP model or the fake-quant simulation of a plan (the oracle).
-A TensorRT runner slots in with the same three methods.
+``OrtRunner`` runs an engine set's variant graphs with ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is
+installed and asked for); ``TorchRunner`` runs the FP model or the fake-quant simulation of a plan (the oracle).
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ class TorchRunner:
             apply_plan(model, plan)
         self.model = model.eval()
         self.plan = plan
+        self.patch_size = model.config.patch_size
 
     def activate(self, variant: int) -> None:
         """No-op: the simulation picks each layer's bits from the timestep argument."""

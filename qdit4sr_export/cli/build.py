@@ -79,7 +79,7 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     """
     from qdit4sr_export.build import build_engine_set
     from qdit4sr_export.cli.plan import _load_model
-    from qdit4sr_export.engine_set import check_destination
+    from qdit4sr_export.engine_writer import check_destination
     from qdit4sr_export.model.config import PRESETS
     from qdit4sr_export.quant.methods import get_method, make_config
 

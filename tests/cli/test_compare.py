@@ -4,11 +4,11 @@ import json
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
+from helpers import overwrite_tensor
 from qdit4sr_export.cli import main
 
 
@@ -34,26 +34,16 @@ def test_w8a8_passes_with_layers(pipeline_folder, engine_sets):
 
 
 def damage(engine, tmp_path, layer):
-    """Copy of the engine set with ``layer``'s weight scale multiplied by 10 in every variant graph."""
+    """Copy of the engine set with ``layer``'s weight scales multiplied by 10 (manifest rehashed, as if built so)."""
+    from qdit4sr_export.runtime.engine_set import EngineSet
+
     out = tmp_path / "damaged"
     shutil.copytree(engine, out)
-    raw = bytearray((out / "weights.bin").read_bytes())
-    hit = 0
-    for path in out.glob("variant_*.onnx"):
-        proto = onnx.load(str(path), load_external_data=False)
-        for t in proto.graph.initializer:
-            if t.name.startswith(f"{layer}.wscale"):
-                if t.data_location == onnx.TensorProto.EXTERNAL:
-                    info = {e.key: e.value for e in t.external_data}
-                    off, n = int(info["offset"]), int(info["length"])
-                    if path.name == "variant_00.onnx":
-                        raw[off:off + n] = (np.frombuffer(raw[off:off + n], np.float32) * 10).tobytes()
-                else:
-                    t.raw_data = (np.frombuffer(t.raw_data, np.float32) * 10).tobytes()
-                hit += 1
-        onnx.save(proto, str(path))
-    (out / "weights.bin").write_bytes(bytes(raw))
-    assert hit
+    weights = EngineSet.load(out).weights
+    names = [n for n in weights.names() if n.startswith(f"{layer}.wscale")]
+    assert names
+    for name in names:
+        overwrite_tensor(out, name, np.array(weights.array(name)) * 10)
     return out
 
 

@@ -1,0 +1,28 @@
+"""The built-in backends: ``ort`` (engine sets on ONNX Runtime, the embedded default) and ``torch`` (an FP
+checkpoint, or the fake-quant simulation of a plan on it: the oracle). Heavy imports happen when one is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qdit4sr_export.runtime.registry import CHECKPOINT, ENGINE_SET, register_backend
+
+
+@register_backend("ort", summary="ONNX Runtime on the engine set's variant graphs (CPU; CUDA with onnxruntime-gpu)",
+                  reads=ENGINE_SET, devices=("cpu", "cuda"), runs_graphs=True)
+def open_ort(engine, *, device: str = "cpu", threads: int | None = None, **_: Any):
+    from qdit4sr_export.runtime.backends import OrtRunner
+
+    return OrtRunner(engine, device=device, threads=threads)
+
+
+@register_backend("torch", summary="PyTorch on an FP checkpoint, or the simulation of --plan on it (the oracle)",
+                  reads=CHECKPOINT, devices=("cpu",))
+def open_torch(model_path: str | Path, *, plan: str | None = None, **_: Any):
+    from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.quant.plan import QuantPlan
+    from qdit4sr_export.runtime.backends import TorchRunner
+
+    net = load_dit4sr(model_path)
+    return TorchRunner(net, QuantPlan.load(plan) if plan else None)
