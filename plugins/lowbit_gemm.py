@@ -57,7 +57,8 @@ def _lowbit_gemm_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, h_ptr, ga_ptr, t_ptr, u_ptr, bias_ptr, out_ptr, M,
     N: tl.constexpr, K: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
     A_MODE: tl.constexpr, W_MODE: tl.constexpr, RANK: tl.constexpr, RP: tl.constexpr,
-    L_P: tl.constexpr, L_Q: tl.constexpr, S_O: tl.constexpr, HAS_BIAS: tl.constexpr,
+    L_P: tl.constexpr, L_Q: tl.constexpr, L_QP: tl.constexpr, S_O: tl.constexpr, L_VEC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     IN_T: tl.constexpr, ACC_T: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PREC: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row tiles share the weight columns they read while in L2.
@@ -129,11 +130,20 @@ def _lowbit_gemm_kernel(
     if L_P > 0:  # SVD-L up: out[m, p s_o + o] += sum_q t[m, p, q] u[p, q, o]
         pc = cols // S_O
         oc = cols % S_O
-        both = mmask[:, None] & cmask[None, :]
-        for q in range(L_Q):
-            tq = tl.load(t_ptr + rm64[:, None] * (L_P * L_Q) + (pc * L_Q + q)[None, :], mask=both, other=0.0)
-            uq = tl.load(u_ptr + pc * (L_Q * S_O) + q * S_O + oc, mask=cmask, other=0.0)
-            y += tq * uq[None, :]
+        if L_VEC:  # all q at once: (BM, Q, BN) gathers (small tiles, and the interpreter)
+            q = tl.arange(0, L_QP)
+            qm = q < L_Q
+            t3 = tl.load(t_ptr + rm64[:, None, None] * (L_P * L_Q) + (pc[None, :] * L_Q + q[:, None])[None, :, :],
+                         mask=mmask[:, None, None] & (qm[:, None] & cmask[None, :])[None, :, :], other=0.0)
+            u2 = tl.load(u_ptr + pc[None, :] * (L_Q * S_O) + q[:, None] * S_O + oc[None, :],
+                         mask=qm[:, None] & cmask[None, :], other=0.0)
+            y += tl.sum(t3 * u2[None, :, :], axis=1)
+        else:
+            both = mmask[:, None] & cmask[None, :]
+            for qi in range(L_Q):
+                tq = tl.load(t_ptr + rm64[:, None] * (L_P * L_Q) + (pc * L_Q + qi)[None, :], mask=both, other=0.0)
+                uq = tl.load(u_ptr + pc * (L_Q * S_O) + qi * S_O + oc, mask=cmask, other=0.0)
+                y += tq * uq[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
     tl.store(out_ptr + rm64[:, None] * N + cols[None, :], y.to(out_ptr.dtype.element_ty),
@@ -143,12 +153,14 @@ def _lowbit_gemm_kernel(
 _W_MODES = {INT4: 0, INT8: 1, "UINT8": 2}
 
 
-def _tiles(m: int, gs: int) -> tuple[int, int, int, int, int]:
-    """(BM, BN, BK, warps, stages): H100/H200 INT8 MMA tiles on a GPU; large tiles interpreted (few programs)."""
+def _tiles(m: int, n: int, k: int, gs: int) -> tuple[int, int, int, int, int]:
+    """(BM, BN, BK, warps, stages): H100/H200 INT8 MMA tiles on a GPU; interpreted, the largest tiles (the
+    interpreter's cost is per operation, not per element)."""
     if interpreting():
-        bm, bn, bk, warps, stages = min(64, max(16, next_pow2(m))), 64, 64, 4, 1
+        bm, bn, bk, warps, stages = min(128, max(16, next_pow2(m))), min(256, max(32, next_pow2(n))), 256, 4, 1
     else:
         bm, bn, bk, warps, stages = (128 if m > 64 else 64), 128, 128, 8, 3
+    bk = min(bk, max(32, next_pow2(k)))
     pow2_part = gs & -gs
     return bm, bn, max(32, min(bk, pow2_part)), warps, stages
 
@@ -156,9 +168,10 @@ def _tiles(m: int, gs: int) -> tuple[int, int, int, int, int]:
 class LowbitGemm:
     """One layer's weight on one device (the engine set's bytes, moved once); call it per activation."""
 
-    def __init__(self, w: WeightSpec, device: torch.device | str) -> None:
+    def __init__(self, w: WeightSpec, device: torch.device | str, *, l_vec: bool | None = None) -> None:
         dev = torch.device(device)
         self.w = w
+        self.l_vec = l_vec  # SVD-L epilogue over all input blocks at once (None: by tile size)
         f32 = dict(device=dev, dtype=torch.float32)
         self.codes = w.codes.to(dev)
         self.scale = w.scale.to(**f32).contiguous()
@@ -187,7 +200,7 @@ class LowbitGemm:
         if m == 0:
             return out
         gs = w.group_size or w.k
-        bm, bn, bk, warps, stages = _tiles(m, gs)
+        bm, bn, bk, warps, stages = _tiles(m, w.n, w.k, gs)
         d = self._dummy
         grid = (triton.cdiv(m, bm) * triton.cdiv(w.n, bn),)
         lp, lq, so = (self.u.shape[0], self.u.shape[1], self.u.shape[2]) if self.u is not None else (0, 1, 1)
@@ -197,7 +210,9 @@ class LowbitGemm:
             self.ga if self.ga is not None else d, act.t.contiguous() if self.u is not None else d, self.u if self.u is not None else d,
             self.bias if self.bias is not None else d, out, m,
             N=w.n, K=w.k, GS=gs, NG=w.groups, A_MODE=a_mode, W_MODE=self.w_mode, RANK=w.rank,
-            RP=max(16, next_pow2(w.rank)), L_P=lp, L_Q=lq, S_O=so, HAS_BIAS=self.bias is not None,
+            RP=max(16, next_pow2(w.rank)), L_P=lp, L_Q=lq, L_QP=next_pow2(lq), S_O=so,
+            L_VEC=self.l_vec if self.l_vec is not None else (interpreting() or bm * next_pow2(lq) * bn <= 8192),
+            HAS_BIAS=self.bias is not None,
             IN_T=tl.float32 if a_mode == 2 else tl.int8, ACC_T=tl.float32 if a_mode == 2 else tl.int32,
             BM=bm, BN=bn, BK=bk, GROUP_M=8, PREC=dot_precision(a.device.type), **extra,
         )

@@ -6,8 +6,8 @@ with one ``tl.dot`` per Kronecker factor on a reshaped view (``activation_layout
 scale, divided (correctly rounded ``div_rn``), clamped and rounded half to even with the fp32 magic number
 1.5 * 2^23 (exact for |v| < 2^22; ``rint`` is libdevice, which the interpreter cannot run). Codes of <= 4
 bits are packed two per byte (channel 2j in the low nibble). SVD-G down ``h = z B``: one reduction per
-rank column over the register tile (B^T rows, contiguous); SVD-L down: the tile times v[p] summed per input
-block (``Segments``). Falls back to torch (by the caller, see ``RotateQuantize``): LRQ-DiT's outlier block
+rank column over the register tile (B^T rows, contiguous), or one ``tl.dot`` with B when its tile fits;
+SVD-L down: the tile times v[p] summed per input block (``Segments``), per p or all p at once when small. Falls back to torch (by the caller, see ``RotateQuantize``): LRQ-DiT's outlier block
 rotation (permutations and learned blocks: applied in torch, the kernel then quantizes), and SVD-L blocks
 whose width has too small a power-of-two part to combine in registers (the kernel writes z, torch sums).
 """
@@ -22,7 +22,7 @@ from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.activation_layout import Segments, factor_matrices, rotation_layout
 from qdit4sr_export.plugins.activation_spec import ActivationCodes, ActivationSpec
 from qdit4sr_export.plugins.rotate_quantize_reference import svd_l_down
-from qdit4sr_export.plugins.triton_env import dot_precision, interpreting
+from qdit4sr_export.plugins.triton_env import dot_precision, interpreting, next_pow2
 from qdit4sr_export.quant.gaussian import check_bits, optimal_clip, qmax
 from qdit4sr_export.quant.hadamard import Rotation
 
@@ -52,28 +52,33 @@ def _load_square(ptr, F: tl.constexpr):
 
 @triton.jit
 def _segments(part, NB: tl.constexpr, C: tl.constexpr, NS: tl.constexpr, IS_MAX: tl.constexpr):
-    """(BM, NB) sub-block values -> (BM, NS): C consecutive sub-blocks combined (sum, or max of values >= 0)."""
+    """(R, NB) sub-block values -> (R, NS): C consecutive sub-blocks combined (sum, or max of values >= 0)."""
     if C == 1:
-        return part
-    b = tl.arange(0, NB)
-    s = tl.arange(0, NS)
-    hit = (b[:, None] // C) == s[None, :]
-    picked = tl.where(hit[None, :, :], part[:, :, None], 0.0)
-    if IS_MAX:
-        return tl.max(picked, axis=1)
-    return tl.sum(picked, axis=1)
+        out = part
+    else:
+        b = tl.arange(0, NB)
+        s = tl.arange(0, NS)
+        hit = (b[:, None] // C) == s[None, :]
+        picked = tl.where(hit[None, :, :], part[:, :, None], 0.0)
+        if IS_MAX:
+            out = tl.max(picked, axis=1)
+        else:
+            out = tl.sum(picked, axis=1)
+    return out
 
 
 @triton.jit
 def _expand(seg, NB: tl.constexpr, C: tl.constexpr, NS: tl.constexpr):
-    """(BM, NS) -> (BM, NB): sub-block b takes segment b // C (1.0 past the last segment: padding)."""
+    """(R, NS) -> (R, NB): sub-block b takes segment b // C (1.0 past the last segment: padding)."""
     if C == 1:
-        return seg
-    b = tl.arange(0, NB)
-    s = tl.arange(0, NS)
-    hit = (b[:, None] // C) == s[None, :]
-    val = tl.sum(tl.where(hit[None, :, :], seg[:, None, :], 0.0), axis=2)
-    return tl.where((b // C < NS)[None, :], val, 1.0)
+        out = seg
+    else:
+        b = tl.arange(0, NB)
+        s = tl.arange(0, NS)
+        hit = (b[:, None] // C) == s[None, :]
+        val = tl.sum(tl.where(hit[None, :, :], seg[:, None, :], 0.0), axis=2)
+        out = tl.where((b // C < NS)[None, :], val, 1.0)
+    return out
 
 
 @triton.jit
@@ -94,15 +99,16 @@ def _round_codes(v, QMAX: tl.constexpr):
 
 @triton.jit
 def _rotate_quantize_kernel(
-    x_ptr, smooth_ptr, signs_ptr, hk_ptr, h1_ptr, h2_ptr, bt_ptr, v_ptr,
+    x_ptr, smooth_ptr, signs_ptr, hk_ptr, h1_ptr, h2_ptr, b_ptr, v_ptr,
     codes_ptr, scale_ptr, h_ptr, t_ptr, z_ptr, M, step,
     N: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, KP: tl.constexpr, P: tl.constexpr,
     F1: tl.constexpr, F2: tl.constexpr, HAS_SMOOTH: tl.constexpr, HAS_SIGNS: tl.constexpr, HAS_HK: tl.constexpr,
     BITS: tl.constexpr, QMAX: tl.constexpr, MINMAX: tl.constexpr,
     GROUPED: tl.constexpr, G: tl.constexpr, G_SUB: tl.constexpr, G_C: tl.constexpr, G_NB: tl.constexpr,
     G_NS: tl.constexpr, N_GROUPS: tl.constexpr,
-    RANK: tl.constexpr, L_P: tl.constexpr, L_Q: tl.constexpr, L_SUB: tl.constexpr, L_C: tl.constexpr,
-    L_NB: tl.constexpr, L_NS: tl.constexpr, STORE_Z: tl.constexpr, PREC: tl.constexpr,
+    RANK: tl.constexpr, RP: tl.constexpr, H_DOT: tl.constexpr, L_P: tl.constexpr, L_PP: tl.constexpr,
+    L_Q: tl.constexpr, L_SUB: tl.constexpr, L_C: tl.constexpr, L_NB: tl.constexpr, L_NS: tl.constexpr,
+    L_VEC: tl.constexpr, STORE_Z: tl.constexpr, PREC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
@@ -155,23 +161,40 @@ def _rotate_quantize_kernel(
 
     if STORE_Z:
         tl.store(z_ptr + row_off * N + cols[None, :], z, mask=mask)
-    for j in range(RANK):  # SVD-G down: h[:, j] = z . B[:, j]
-        b = tl.load(bt_ptr + j * N + cols, mask=cmask, other=0.0)
-        tl.store(h_ptr + rows * RANK + j, tl.sum(z * b[None, :], axis=1), mask=rmask)
-    for p in range(L_P):  # SVD-L down: t[:, p, q] = sum over input block q of z * v[p]
-        vp = tl.load(v_ptr + p * N + cols, mask=cmask, other=0.0)
-        part = tl.sum(tl.reshape(z * vp[None, :], (BM, L_NB, L_SUB)), axis=2)
-        tq = _segments(part, L_NB, L_C, L_NS, False)
+    if RANK > 0:  # SVD-G down: h = z B
+        if H_DOT:  # one dot against the (T, r) tile of B: small layers, and the interpreter
+            r = tl.arange(0, RP)
+            bmat = tl.load(b_ptr + cols[:, None] * RANK + r[None, :], mask=cmask[:, None] & (r < RANK)[None, :],
+                           other=0.0)
+            h = tl.dot(z, bmat, input_precision=PREC)
+            tl.store(h_ptr + rows[:, None] * RANK + r[None, :], h, mask=rmask[:, None] & (r < RANK)[None, :])
+        else:  # one register-tile reduction per rank column (B^T rows, contiguous): any width
+            for j in range(RANK):
+                b = tl.load(b_ptr + j * N + cols, mask=cmask, other=0.0)
+                tl.store(h_ptr + rows * RANK + j, tl.sum(z * b[None, :], axis=1), mask=rmask)
+    if L_P > 0:  # SVD-L down: t[:, p, q] = sum over input block q of z * v[p]
         q = tl.arange(0, L_NS)
-        tl.store(t_ptr + rows[:, None] * (L_P * L_Q) + p * L_Q + q[None, :], tq,
-                 mask=rmask[:, None] & (q < L_Q)[None, :])
+        if L_VEC:  # all p at once: (BM, P, T) products
+            p = tl.arange(0, L_PP)
+            vm = tl.load(v_ptr + p[:, None] * N + cols[None, :], mask=(p < L_P)[:, None] & cmask[None, :], other=0.0)
+            part = tl.sum(tl.reshape(z[:, None, :] * vm[None, :, :], (BM * L_PP, L_NB, L_SUB)), axis=2)
+            tq = tl.reshape(_segments(part, L_NB, L_C, L_NS, False), (BM, L_PP, L_NS))
+            tl.store(t_ptr + rows[:, None, None] * (L_P * L_Q) + p[None, :, None] * L_Q + q[None, None, :], tq,
+                     mask=rmask[:, None, None] & (p < L_P)[None, :, None] & (q < L_Q)[None, None, :])
+        else:
+            for pi in range(L_P):
+                vp = tl.load(v_ptr + pi * N + cols, mask=cmask, other=0.0)
+                part = tl.sum(tl.reshape(z * vp[None, :], (BM, L_NB, L_SUB)), axis=2)
+                tq = _segments(part, L_NB, L_C, L_NS, False)
+                tl.store(t_ptr + rows[:, None] * (L_P * L_Q) + pi * L_Q + q[None, :], tq,
+                         mask=rmask[:, None] & (q < L_Q)[None, :])
 
 
 def _block_rows(tile: int) -> int:
     """Tokens per program: BM * T floats stay in registers on a GPU (8K); the interpreter wants few programs."""
-    budget = (1 << 16) if interpreting() else (1 << 13)
+    budget, cap = ((1 << 18), 256) if interpreting() else ((1 << 13), 64)
     bm = 1
-    while bm < 64 and bm * 2 * tile <= budget:
+    while bm < cap and bm * 2 * tile <= budget:
         bm *= 2
     return bm
 
@@ -179,7 +202,8 @@ def _block_rows(tile: int) -> int:
 class RotateQuantize:
     """A layer's prepared input path on one device (factor matrices, B^T, layouts); call it per activation."""
 
-    def __init__(self, spec: ActivationSpec, device: torch.device | str) -> None:
+    def __init__(self, spec: ActivationSpec, device: torch.device | str, *, h_dot: bool | None = None,
+                 l_vec: bool | None = None) -> None:
         self.spec = spec
         self.device = torch.device(device)
         rot = spec.rotation
@@ -191,7 +215,13 @@ class RotateQuantize:
         self.factors = {k: v.to(**f32).contiguous() for k, v in factor_matrices(self.layout).items()}
         self.signs = rot.signs().to(**f32) if isinstance(rot, Rotation) and rot.seed is not None else None
         self.smooth = spec.smooth.to(**f32).contiguous() if spec.smooth is not None else None
-        self.bt = spec.svd_g_b.to(**f32).t().contiguous() if spec.svd_g_b is not None else None
+        self.bm = _block_rows(tile)
+        rp = max(16, next_pow2(spec.rank))
+        # SVD-G down as one dot when the (T, r) tile of B fits in registers (and the dot has >= 16 rows), else a
+        # reduction per rank column over B^T; the interpreter always takes the dot (fewer operations).
+        self.h_dot = h_dot if h_dot is not None else (interpreting() or (tile * rp <= 8192 and self.bm >= 16))
+        b = spec.svd_g_b.to(**f32) if spec.svd_g_b is not None else None
+        self.b = None if b is None else (b.contiguous() if self.h_dot else b.t().contiguous())
         self.groups = None
         if spec.group_size is not None:
             self.groups = Segments.of(spec.group_size, spec.n, tile)
@@ -200,7 +230,8 @@ class RotateQuantize:
                                 f"for the rotate_quantize kernel")
         self.v = spec.svd_l_v.to(**f32).contiguous() if spec.svd_l_v is not None else None
         self.local = Segments.of(int(spec.svd_l_v.shape[2]), spec.n, tile) if self.v is not None else None
-        self.bm = _block_rows(tile)
+        n_p = int(spec.svd_l_v.shape[0]) if spec.svd_l_v is not None else 0
+        self.l_vec = l_vec if l_vec is not None else (interpreting() or self.bm * next_pow2(n_p) * tile <= 8192)
         self._dummy = torch.empty(1, **f32)
 
     def _check_bits(self, bits: int | None) -> None:
@@ -230,7 +261,7 @@ class RotateQuantize:
         fuse_l = self.local is not None
         need_z = store_z or (self.v is not None and not fuse_l)
         z = torch.empty(m, spec.n, **f32) if need_z else None
-        h = torch.empty(m, spec.rank, **f32) if self.bt is not None else None
+        h = torch.empty(m, spec.rank, **f32) if self.b is not None else None
         t = torch.empty(m, self.v.shape[0], self.v.shape[1], **f32) if fuse_l else None
         g, loc = self.groups, self.local
         step = optimal_clip(bits, "integer") / qmax(bits) if bits is not None else 0.0
@@ -239,7 +270,7 @@ class RotateQuantize:
             _rotate_quantize_kernel[grid](
                 x2, self.smooth if self.smooth is not None and self.torch_rotation is None else d,
                 self.signs if self.signs is not None else d, self.factors.get("hk", d), self.factors.get("h1", d),
-                self.factors.get("h2", d), self.bt if self.bt is not None else d, self.v if fuse_l else d,
+                self.factors.get("h2", d), self.b if self.b is not None else d, self.v if fuse_l else d,
                 codes if codes is not None else d, scales if scales is not None else d,
                 h if h is not None else d, t if t is not None else d, z if z is not None else d,
                 m, float(torch.tensor(step, dtype=torch.float32)),
@@ -249,9 +280,11 @@ class RotateQuantize:
                 BITS=bits or 0, QMAX=qmax(bits) if bits else 0, MINMAX=spec.clip == "minmax",
                 GROUPED=g is not None, G=g.width if g else 1, G_SUB=g.sub if g else 1, G_C=g.combine if g else 1,
                 G_NB=g.nb if g else 1, G_NS=g.slots if g else 1, N_GROUPS=g.count if g else 1,
-                RANK=spec.rank, L_P=self.v.shape[0] if fuse_l else 0, L_Q=loc.count if fuse_l else 1,
+                RANK=spec.rank, RP=max(16, next_pow2(spec.rank)), H_DOT=self.h_dot,
+                L_P=self.v.shape[0] if fuse_l else 0, L_PP=next_pow2(self.v.shape[0]) if fuse_l else 1,
+                L_Q=loc.count if fuse_l else 1,
                 L_SUB=loc.sub if fuse_l else 1, L_C=loc.combine if fuse_l else 1, L_NB=loc.nb if fuse_l else 1,
-                L_NS=loc.slots if fuse_l else 1, STORE_Z=need_z, PREC=dot_precision(dev.type),
+                L_NS=loc.slots if fuse_l else 1, L_VEC=self.l_vec, STORE_Z=need_z, PREC=dot_precision(dev.type),
             )
         if self.v is not None and not fuse_l:
             t = svd_l_down(z, self.v).contiguous()  # torch fallback: block width with a small power-of-two part

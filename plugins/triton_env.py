@@ -1,18 +1,18 @@
 """Where the Triton kernels run: compiled on a CUDA GPU, or interpreted on the CPU (``TRITON_INTERPRET=1``).
 
-Triton decides compiled vs interpreted when a kernel is decorated, i.e. when a kernel module is imported, so
-CPU execution needs the variable set before the first import of ``rotate_quantize`` / ``lowbit_gemm``:
-:func:`prepare` does that for the runtime and says so in one line when it is too late.
+Triton decides compiled vs interpreted when a function is decorated, its own ``triton.language`` helpers
+(``tl.sum``, ``tl.max``...) included, so CPU execution needs the variable set before triton is first imported
+(diffusers imports it): :func:`prepare` sets it when it still can and says so in one line when it is too late.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 from qdit4sr_export.errors import UserError
 
-KERNEL_MODULES = ("qdit4sr_export.plugins.rotate_quantize", "qdit4sr_export.plugins.lowbit_gemm")
 INSTALL_HINT = "pip install 'qdit4sr-export[gpu]'"
 
 
@@ -22,11 +22,9 @@ def interpreting() -> bool:
 
 
 def require_triton() -> None:
-    """One-line error when triton is not installed."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        raise UserError(f"the triton backend needs the triton package, which is not installed ({INSTALL_HINT})") from None
+    """One-line error when triton is not installed (checked without importing it)."""
+    if importlib.util.find_spec("triton") is None:
+        raise UserError(f"the triton backend needs the triton package, which is not installed ({INSTALL_HINT})")
 
 
 def prepare(device: str) -> None:
@@ -44,10 +42,9 @@ def prepare(device: str) -> None:
     if device != "cpu":
         raise UserError(f"unknown device {device!r} (cpu or cuda)")
     if not interpreting():
-        loaded = [m for m in KERNEL_MODULES if m in sys.modules]
-        if loaded:
-            raise UserError("--device cpu needs TRITON_INTERPRET=1 before the kernels are imported; set it in the "
-                            "environment")
+        if "triton" in sys.modules:
+            raise UserError("--device cpu runs the kernels in Triton's interpreter, which must be chosen before "
+                            "triton is imported: set TRITON_INTERPRET=1 in the environment")
         os.environ["TRITON_INTERPRET"] = "1"
 
 

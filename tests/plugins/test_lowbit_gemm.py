@@ -74,6 +74,14 @@ def test_float_epilogue_matches_reference(device, case):
     assert rel_err(got, lowbit_gemm_reference(act, w)) < 1e-5
 
 
+def test_svd_l_epilogue_one_block_at_a_time(device):
+    """The per-q SVD-L epilogue loop (what large tiles take on a GPU)."""
+    spec = activation_spec(192, rank=3, block=(24, 48), out=96)
+    act = _acts(spec, 4, device)
+    w = weight_spec(192, 96, 4, rank=3, block=(24, 48))
+    assert rel_err(LowbitGemm(w, device, l_vec=False)(act), lowbit_gemm_reference(act, w)) < 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_outputs(device, dtype):
     spec = activation_spec(96, rank=2)

@@ -87,3 +87,22 @@ def test_odd_width_cannot_pack(device):
     with pytest.raises(UserError, match="odd"):
         rq(torch.zeros(2, 45, device=device), 4)
     assert rq(torch.ones(2, 45, device=device), 5).codes.shape == (2, 45)
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[4]], ids=["n384-g192", "n256-block64"])
+def test_register_bounded_branch_paths(device, case):
+    """The per-rank-column SVD-G reduction and the per-p SVD-L loop (the paths wide layers take on a GPU)."""
+    n, rot, clip, group, smooth, rank, block, out = case
+    spec = activation_spec(n, rotation=rot, clip=clip, group=group, smooth=smooth, rank=rank, block=block, out=out)
+    x = tokens(40, n, seed=9)
+    got = RotateQuantize(spec, device, h_dot=False, l_vec=False)(x.to(device), 4, store_z=True)
+    _check(got, rotate_quantize_reference(spec, x, 4, store_z=True), spec, 4)
+
+
+def test_svd_l_blocks_too_narrow_to_combine_fall_back_to_torch(device):
+    """s_i = 3: a one-hot combination of 2^0-wide sub-blocks would not fit; z is written and torch sums blocks."""
+    spec = activation_spec(384, rank=0, block=(8, 3), out=16)
+    rq = RotateQuantize(spec, device)
+    assert rq.local is None
+    x = tokens(20, 384)
+    _check(rq(x.to(device), 6, store_z=True), rotate_quantize_reference(spec, x, 6, store_z=True), spec, 6)
