@@ -154,23 +154,59 @@ class VariantResult:
         return asdict(self)
 
 
+def polygraphy_runner(runner, index: int, name: str):
+    """A polygraphy runner over one of our runners (``activate / infer / deactivate``) at variant ``index``, so
+    backends that do not run the ONNX graphs (triton) are compared by the same Comparator."""
+    import time
+    from collections import OrderedDict
+
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class BackendRunner(BaseRunner):
+        def activate_impl(self) -> None:
+            runner.activate(index)
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for n, rank in zip(INPUTS, (4, 4, 3, 2, 1)):
+                meta.add(n, np.float32, [None] * rank)
+            return meta
+
+        def infer_impl(self, feed_dict):
+            start = time.perf_counter()
+            out = runner.infer(*(torch.from_numpy(np.asarray(feed_dict[n])) for n in INPUTS))
+            self.inference_time = time.perf_counter() - start
+            return OrderedDict([(OUTPUT, out.numpy())])
+
+        def deactivate_impl(self) -> None:
+            runner.deactivate()
+
+    return BackendRunner(name=name)
+
+
 def compare_variant(engine: EngineSet, index: int, feeds: list[Feed], reference: list[np.ndarray],
-                    tolerance: Tolerance, *, providers: list[str] | None = None) -> VariantResult:
-    """Run variant ``index`` in polygraphy's OnnxrtRunner and compare against the torch results."""
+                    tolerance: Tolerance, *, providers: list[str] | None = None, runner=None) -> VariantResult:
+    """Run variant ``index`` in polygraphy's OnnxrtRunner (or, given ``runner``, through that backend's runner)
+    and compare against the torch results."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator, CompareFunc, IterationResult, RunResults
     from polygraphy.logger import G_LOGGER
 
+    variant = engine.variants[index]
+    if runner is None:
+        path = engine.folder / variant.file
+        poly = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"]), name=variant.file)
+    else:
+        poly = polygraphy_runner(runner, index, f"{runner.name}:{variant.file}")
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # polygraphy logs every inference to stdout
-        return _compare_variant(engine, index, feeds, reference, tolerance, providers, OnnxrtRunner, Comparator,
-                                CompareFunc, IterationResult, RunResults)
+        return _compare_variant(engine, index, feeds, reference, tolerance, poly, Comparator, CompareFunc,
+                                IterationResult, RunResults)
 
 
-def _compare_variant(engine, index, feeds, reference, tolerance, providers, OnnxrtRunner, Comparator, CompareFunc,
+def _compare_variant(engine, index, feeds, reference, tolerance, runner, Comparator, CompareFunc,
                      IterationResult, RunResults) -> VariantResult:
     variant = engine.variants[index]
-    path = engine.folder / variant.file
-    runner = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"]), name=variant.file)
     results = Comparator.run([runner], data_loader=feeds, warm_up=0)
     ran = results[0][1]
     outs = [np.asarray(it[OUTPUT]) for it in ran]

@@ -13,7 +13,7 @@ SCHEMA = "qdit4sr-export/compare"
 VERSION = 1
 
 
-def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: bool) -> list[dict]:
+def _images(model, engine, runner, folder: str, steps: int | None, seed: int, quiet: bool) -> list[dict]:
     """Both pipelines end to end on every image of ``folder``: PSNR/SSIM of the engine's output against FP's."""
     from qdit4sr_export.metrics import psnr, ssim, to_255
     from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner
@@ -25,7 +25,7 @@ def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: boo
         raise UserError(f"--images {folder}: no image files")
     assets = load_assets(engine.folder, shift=engine.shift(), config=engine.pipeline_config())
     fp_pipe = SRPipeline(TorchRunner(model), assets, patch_size=model.config.patch_size)
-    q_pipe = SRPipeline(OrtRunner(engine), assets, engine, patch_size=model.config.patch_size)
+    q_pipe = SRPipeline(runner or OrtRunner(engine), assets, engine, patch_size=model.config.patch_size)
     options = PipelineOptions(steps=steps, seed=seed)
     rows = []
     for path in tqdm(files, desc="images", unit="img", leave=False, disable=quiet):
@@ -73,14 +73,27 @@ def _table(result: dict) -> str:
               help="--layers: SQNR (dB) below which a layer counts as where the error starts (default --min-sqnr).")
 @click.option("--images", "images_dir", default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="--images: denoising steps.")
+@click.option("--backend", default="ort", show_default=True, metavar="NAME",
+              help="Engine-set backend that runs the variants (`run --list-backends`).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr, min_cosine, atol, layers,
-            layer_threshold, images_dir, steps, as_json) -> None:
+            layer_threshold, images_dir, steps, backend, device, as_json) -> None:
     """Compare every variant of ENGINE_DIR with the FP model FP_MODEL (polygraphy; exit 1 if a tolerance fails)."""
+    from qdit4sr_export.runtime.registry import ENGINE_SET, get_backend
+
+    chosen = get_backend(backend)  # before the model imports: a backend may need to prepare first (triton)
+    if chosen.reads != ENGINE_SET:
+        raise UserError(f"--backend {backend} does not run engine sets")
+    chosen.check_device(device)
+    if layers and not chosen.runs_graphs:
+        raise UserError(f"--layers reads the variant graphs' intermediate outputs; --backend {backend} does not run "
+                        "the graphs (use --backend ort)")
     from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.runtime.backends import ort_providers
     from qdit4sr_export.runtime.engine_set import EngineSet
 
     engine = EngineSet.load(engine_dir)
@@ -92,11 +105,15 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     else:
         feeds = generated_inputs(engine, model, per_variant=per_variant, side=side, seed=seed)
     tolerance = Tolerance(min_sqnr, min_cosine, atol)
+    runner = None if chosen.runs_graphs else chosen.open(engine, device=device)
+    providers = ort_providers(device) if chosen.runs_graphs else None
     result = {"schema": SCHEMA, "version": VERSION, "engine_set": str(engine_dir), "fp_model": str(fp_model),
+              "backend": backend, "device": device,
               "tolerance": {"min_sqnr": min_sqnr, "min_cosine": min_cosine, "atol": atol}, "variants": []}
     for v in tqdm(engine.variants, desc="variants", unit="variant", disable=as_json):
         reference = torch_outputs(model, feeds[v.index])
-        result["variants"].append(compare_variant(engine, v.index, feeds[v.index], reference, tolerance).to_dict())
+        result["variants"].append(compare_variant(engine, v.index, feeds[v.index], reference, tolerance,
+                                                  providers=providers, runner=runner).to_dict())
     if layers:
         threshold = min_sqnr if layer_threshold is None else layer_threshold
         result["layers"] = {}
@@ -105,7 +122,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
             result["layers"][str(v.index)] = {**error_onset(errors, threshold),
                                               "all": [e.to_dict() for e in errors]}
     if images_dir:
-        result["images"] = _images(model, engine, images_dir, steps, seed, as_json)
+        result["images"] = _images(model, engine, runner, images_dir, steps, seed, as_json)
     result["passed"] = all(v["passed"] for v in result["variants"])
     if as_json:
         click.echo(json.dumps(result, indent=1))
