@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.runtime.cuda_graphs import GraphCache
 from qdit4sr_export.runtime.registry import ENGINE_SET, register_backend
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class TritonRunner:
         self.model, self.layers = build_kernel_model(engine, device=self.device, dtype=self.dtype)
         self.patch_size = self.model.config.patch_size
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self.graphs: dict[tuple, tuple[Any, list[torch.Tensor], torch.Tensor]] = {}
+        self.graphs = GraphCache(self._forward)
         self.active: int | None = None
 
     def activate(self, variant: int) -> None:
@@ -59,26 +60,6 @@ class TritonRunner:
         with torch.no_grad():
             return self.model(*args, return_dict=False)[0]
 
-    def _graphed(self, args: list[torch.Tensor]) -> torch.Tensor:
-        """Replay (capturing on first use) the CUDA graph of the active variant at these input shapes."""
-        key = (self.active, *(tuple(a.shape) for a in args))
-        if key not in self.graphs:
-            static = [a.clone() for a in args]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # warm-up: Triton compiles, allocator settles
-                self._forward(*static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self._forward(*static)
-            self.graphs[key] = (graph, static, out)
-        graph, static, out = self.graphs[key]
-        for s, a in zip(static, args):
-            s.copy_(a)
-        graph.replay()
-        return out.clone()
-
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
@@ -87,7 +68,7 @@ class TritonRunner:
         args.append(timestep.to(self.device, torch.float32))
         if self.use_graphs:
             try:
-                out = self._graphed(args)
+                out = self.graphs((self.active, *(tuple(a.shape) for a in args)), args)
             except RuntimeError as exc:  # a capture failure: keep running, eagerly, and say so once
                 log.warning("CUDA graph capture failed (%s); running eagerly", str(exc).splitlines()[0])
                 self.use_graphs = False

@@ -4,7 +4,6 @@ set, refusals up front, and the registry/CLI hooks."""
 import importlib.util
 import json
 import shutil
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,12 +14,15 @@ from click.testing import CliRunner
 from helpers import rehash_engine_set
 from qdit4sr_export.cli import main
 from qdit4sr_export.compare import error_stats, polygraphy_runner
-from qdit4sr_export.engine_format import TensorEntry, WeightsFile
+from qdit4sr_export.engine_format import WeightsFile
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.plugins.triton_env import interpreting
 from qdit4sr_export.runtime.backends import OrtRunner
 from qdit4sr_export.runtime.engine_set import EngineSet, VariantInfo
 from qdit4sr_export.runtime.registry import get_backend
 
+#: These tests run the kernels in Triton's CPU interpreter (CI); on a GPU the -m gpu tests cover the backend.
+on_cpu = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
 MIN_SQNR_VS_ORT = 95.0  # measured 102.8 and 133.0 dB (variants 0 and 5): float rounding only
 
 
@@ -40,6 +42,7 @@ def w8_runners(engine_sets):
     return engine, backend.open(engine, device="cpu"), OrtRunner(engine)
 
 
+@on_cpu
 def test_matches_ort_on_the_first_and_last_variant(w8_runners):
     """VaTMP W8A7/8 engine set: each variant's bits, UINT8 weights, int8 activations, H-SVD branches."""
     engine, triton_runner, ort = w8_runners
@@ -54,6 +57,7 @@ def test_matches_ort_on_the_first_and_last_variant(w8_runners):
     assert {layer.abits for layer in triton_runner.layers.values()} <= {7, 8}
 
 
+@on_cpu
 def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
     """A W4A4 layer stored by the ORT lowering and read back through weights.bin's index: packed INT4 (K, N/2)
     weights, rotation, H-SVD branches, bias; matches the simulation's FakeQuantLinear."""
@@ -112,6 +116,7 @@ def _edited_copy(src, dst, edit):
     return EngineSet.load(dst)
 
 
+@on_cpu
 def test_uncovered_paths_are_refused_naming_the_layer(engine_sets, tmp_path):
     fp, w8, _ = engine_sets
     backend = get_backend("triton")
