@@ -3,6 +3,7 @@ and kernel layers with random codes of a plan's shapes (latency does not depend 
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -17,6 +18,23 @@ def choose_device(interpret: bool) -> torch.device:
     device = "cpu" if interpret or not torch.cuda.is_available() else "cuda"
     prepare(device)
     return torch.device(device)
+
+
+def parse_args(doc: str, what: str, tiny_help: str) -> tuple[argparse.Namespace, torch.device]:
+    """--tiny / --interpret / --reps, and the device (full-size runs need CUDA: ``what`` names them)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help=tiny_help)
+    ap.add_argument("--interpret", action="store_true", help="Run the kernels in Triton's CPU interpreter.")
+    ap.add_argument("--reps", type=int, default=None)
+    args = ap.parse_args()
+    device = choose_device(args.interpret)
+    if not args.tiny and device.type != "cuda":
+        raise SystemExit(f"{what} needs a CUDA GPU; use --tiny to check the script on the CPU")
+    return args, device
+
+
+def command(script: str, args: argparse.Namespace) -> str:
+    return script + (" --tiny" if args.tiny else "") + (" --interpret" if args.interpret else "")
 
 
 def device_name(device: torch.device) -> str:

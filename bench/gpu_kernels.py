@@ -16,13 +16,12 @@ Run: python bench/gpu_kernels.py   (H100/H200: a few minutes, most of it Triton 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
 import torch
 from common import ROOT, machine, sqnr_db, update_benchmarks_md
-from gpu_common import choose_device, device_name, random_specs, time_ms
+from gpu_common import command, device_name, parse_args, random_specs, time_ms
 
 COMMAND = "python bench/gpu_kernels.py"
 MEDIUM = dict(tokens=8192, dims=(1536, 6144), rank=32, local_rank=8)
@@ -107,18 +106,11 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true", help="Small shapes: prove the script runs (no BENCHMARKS.md).")
-    ap.add_argument("--interpret", action="store_true", help="Run the kernels in Triton's CPU interpreter.")
-    ap.add_argument("--reps", type=int, default=None)
-    args = ap.parse_args()
-    device = choose_device(args.interpret)
-    if not args.tiny and device.type != "cuda":
-        raise SystemExit("the dit4sr-medium shapes need a CUDA GPU; use --tiny to check the script on the CPU")
+    args, device = parse_args(__doc__, "the dit4sr-medium shapes", "Small shapes: prove the script runs.")
     cfg = TINY if args.tiny else MEDIUM
     reps = args.reps or (2 if device.type == "cpu" else 20)
     rows = [bench_shape(k, n, cfg["tokens"], cfg, device, reps) for k in cfg["dims"] for n in cfg["dims"]]
-    result = {"command": COMMAND + (" --tiny" if args.tiny else "") + (" --interpret" if args.interpret else ""),
+    result = {"command": command(COMMAND, args),
               "machine": machine(), "device": device_name(device), "interpreted": device.type == "cpu",
               "torch_matmul_dtype": "bfloat16" if device.type == "cuda" else "float32",
               "tiny": args.tiny, "reps": reps, "rows": rows}

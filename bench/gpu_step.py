@@ -17,12 +17,11 @@ Run: python bench/gpu_step.py   (H100/H200: a few minutes, most of it Triton com
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 from common import ROOT, machine, update_benchmarks_md
-from gpu_common import choose_device, device_name, random_specs, time_ms
+from gpu_common import command, device_name, parse_args, random_specs, time_ms
 
 COMMAND = "python bench/gpu_step.py"
 
@@ -60,14 +59,7 @@ def timed(model, args, device, reps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiny", action="store_true", help="dit4sr-tiny, 8x8 latent: prove the script runs.")
-    ap.add_argument("--interpret", action="store_true", help="Run the kernels in Triton's CPU interpreter.")
-    ap.add_argument("--reps", type=int, default=None)
-    args = ap.parse_args()
-    device = choose_device(args.interpret)
-    if not args.tiny and device.type != "cuda":
-        raise SystemExit("a dit4sr-medium step needs a CUDA GPU; use --tiny to check the script on the CPU")
+    args, device = parse_args(__doc__, "a dit4sr-medium step", "dit4sr-tiny, 8x8 latent: prove the script runs.")
     from qdit4sr_export.model import build_dit4sr
     from qdit4sr_export.runtime.kernel_linear import DeadLinear, KernelLinear
     from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
@@ -100,7 +92,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     quant = timed(model, inputs, device, reps)
-    result = {"command": COMMAND + (" --tiny" if args.tiny else "") + (" --interpret" if args.interpret else ""),
+    result = {"command": command(COMMAND, args),
               "machine": machine(), "device": device_name(device), "interpreted": device.type == "cpu",
               "tiny": args.tiny, "preset": preset, "latent": side, "tokens": {"image": (side // 2) ** 2,
               "lr": (side // 2) ** 2, "text": text}, "torch_dtype": str(dtype).removeprefix("torch."),

@@ -106,3 +106,18 @@ def test_svd_l_blocks_too_narrow_to_combine_fall_back_to_torch(device):
     assert rq.local is None
     x = tokens(20, 384)
     _check(rq(x.to(device), 6, store_z=True), rotate_quantize_reference(spec, x, 6, store_z=True), spec, 6)
+
+
+def test_outlier_block_rotation_runs_in_torch_then_the_kernel_quantizes(device):
+    """LRQ-DiT's learned block rotation is not a Kronecker Hadamard: torch applies it (after smoothing)."""
+    from qdit4sr_export.plugins.activation_spec import ActivationSpec
+    from qdit4sr_export.quant.outlier_rotation import outlier_rotation
+
+    act_max = tokens(64, 128).abs().amax(0)
+    rot = outlier_rotation(act_max, block=32, greedy_steps=4, seed=0)
+    base = activation_spec(128, smooth=True, rank=3, group=64)
+    spec = ActivationSpec(128, rot, "gaussian", 64, base.smooth, base.svd_g_b)
+    rq = RotateQuantize(spec, device)
+    assert rq.torch_rotation is rot and rq.layout.tile == 128
+    x = tokens(30, 128, seed=4)
+    _check(rq(x.to(device), 4, store_z=True), rotate_quantize_reference(spec, x, 4, store_z=True), spec, 4)

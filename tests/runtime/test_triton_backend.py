@@ -57,19 +57,31 @@ def test_matches_ort_on_the_first_and_last_variant(w8_runners):
     assert {layer.abits for layer in triton_runner.layers.values()} <= {7, 8}
 
 
+def _stored_layer(folder, tensors, row, name, k, n, bits):
+    """One layer's tensors written as the engine writer writes weights.bin, read back into a KernelLinear."""
+    from qdit4sr_export.engine_writer import write_weights
+    from qdit4sr_export.runtime.kernel_model import WeightReader, kernel_linear
+
+    layout = write_weights(folder, dict(sorted(tensors.items())))
+    weights = WeightsFile(folder / "weights.bin", layout.values())
+    engine = SimpleNamespace(weights=weights, folder=folder, plan_path=None,
+                             variants=(VariantInfo(0, "v.onnx", (0,), ((0.0, 1000.0),), {name: bits}),))
+    layer = kernel_linear(engine, WeightReader(engine), name, row, n, k, torch.device("cpu"), {})
+    layer.select(*bits)
+    return layer, weights
+
+
 @on_cpu
 def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
     """A W4A4 layer stored by the ORT lowering and read back through weights.bin's index: packed INT4 (K, N/2)
     weights, rotation, H-SVD branches, bias; matches the simulation's FakeQuantLinear."""
     import onnx_ir as ir
 
-    from qdit4sr_export.engine_writer import write_weights
     from qdit4sr_export.passes.lower_ort import _quantize
     from qdit4sr_export.quant.hadamard import Rotation
     from qdit4sr_export.quant.hsvd import hsvd, select_block
     from qdit4sr_export.quant.plan import LayerPlan, QuantPlan
     from qdit4sr_export.quant.simulate import FakeQuantLinear, StepState
-    from qdit4sr_export.runtime.kernel_model import WeightReader, kernel_linear
 
     k, n, name = 192, 96, "blk.lin"
     g = torch.Generator().manual_seed(3)
@@ -86,17 +98,12 @@ def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
                f"{name}.svd_g.b": f32(dec.global_.b.T), f"{name}.svd_g.a": f32(dec.global_.a.T),
                f"{name}.svd_l.v": f32(dec.local.v), f"{name}.svd_l.u": f32(dec.local.u * dec.local.s[..., None]),
                f"{name}.bias": f32(linear.bias)}
-    layout = write_weights(tmp_path, dict(sorted(tensors.items())))
-    assert layout[stored.codes.name].dtype == "INT4"
-    weights = WeightsFile(tmp_path / "weights.bin", layout.values())
-    assert weights.array(stored.codes.name).shape == (k, n // 2)
     row = {"kind": "int", "codes": {"4": stored.codes.name}, "scales": {"4": stored.scale.name}, "group_size": None,
            "clip": "gaussian", "rotation": lp.rotation, "smooth": None, "svd_g": [f"{name}.svd_g.b", f"{name}.svd_g.a"],
            "svd_l": [f"{name}.svd_l.v", f"{name}.svd_l.u"], "bias": f"{name}.bias"}
-    engine = SimpleNamespace(weights=weights, folder=tmp_path, plan_path=None,
-                             variants=(VariantInfo(0, "v.onnx", (0,), ((0.0, 1000.0),), {name: (4, 4)}),))
-    layer = kernel_linear(engine, WeightReader(engine), name, row, n, k, torch.device("cpu"), {})
-    layer.select(4, 4)
+    layer, weights = _stored_layer(tmp_path, tensors, row, name, k, n, (4, 4))
+    assert weights.entries[stored.codes.name].dtype == "INT4"
+    assert weights.array(stored.codes.name).shape == (k, n // 2)
     state = StepState()
     state.step = 0
     sim = FakeQuantLinear(linear, lp, state, name=name)
@@ -105,6 +112,37 @@ def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
         got, want = layer(x), sim(x)
     assert got.shape == (2, 37, n)
     assert error_stats(want.numpy(), got.numpy())["sqnr_db"] > 120  # float rounding only (measured 131.5 dB)
+
+
+@on_cpu
+def test_float_stored_weights_run_the_torch_gemm_fallback(tmp_path):
+    """A float-stored weight (TLQ levels, stored GPTQ weights): the kernel quantizes the activations per group,
+    torch multiplies (dequantized codes @ W) and adds the same epilogue."""
+    import onnx_ir as ir
+
+    from qdit4sr_export.plugins.activation_spec import ActivationSpec
+    from qdit4sr_export.plugins.rotate_quantize_reference import rotate_quantize_reference
+    from qdit4sr_export.quant.gaussian import fake_quantize_tokens
+    from qdit4sr_export.quant.hadamard import Rotation
+    from qdit4sr_export.runtime.kernel_linear import KernelLinear
+
+    k, n, name = 128, 48, "blk.tlq"
+    g = torch.Generator().manual_seed(5)
+    w, b, a, bias = (torch.randn(k, n, generator=g), torch.randn(k, 4, generator=g), torch.randn(4, n, generator=g),
+                     torch.randn(n, generator=g))
+    f32 = lambda t: ir.tensor(np.ascontiguousarray(t.numpy()))
+    tensors = {f"{name}.wq3": f32(w), f"{name}.svd_g.b": f32(b), f"{name}.svd_g.a": f32(a), f"{name}.bias": f32(bias)}
+    rot = Rotation(k, seed=2)
+    row = {"kind": "float", "codes": {"3": f"{name}.wq3"}, "scales": {}, "group_size": 32, "clip": "minmax",
+           "rotation": rot.to_dict(), "smooth": None, "svd_g": [f"{name}.svd_g.b", f"{name}.svd_g.a"], "svd_l": None,
+           "bias": f"{name}.bias"}
+    layer, _ = _stored_layer(tmp_path, tensors, row, name, k, n, (3, 6))
+    assert isinstance(layer, KernelLinear)
+    x = torch.randn(21, k, generator=g)
+    z = rotate_quantize_reference(ActivationSpec(k, rot), x, None, store_z=True).z
+    want = fake_quantize_tokens(z, 6, clip="minmax", group_size=32) @ w + (z @ b) @ a + bias
+    with torch.no_grad():
+        assert error_stats(want.numpy(), layer(x).numpy())["sqnr_db"] > 120  # float rounding (measured 129.5 dB)
 
 
 def _edited_copy(src, dst, edit):
