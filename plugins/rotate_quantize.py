@@ -285,6 +285,7 @@ class RotateQuantize:
                 L_Q=loc.count if fuse_l else 1,
                 L_SUB=loc.sub if fuse_l else 1, L_C=loc.combine if fuse_l else 1, L_NB=loc.nb if fuse_l else 1,
                 L_NS=loc.slots if fuse_l else 1, L_VEC=self.l_vec, STORE_Z=need_z, PREC=dot_precision(dev.type),
+                **({} if interpreting() else {"num_warps": 8 if self.bm * lay.tile >= 4096 else 4}),
             )
         if self.v is not None and not fuse_l:
             t = svd_l_down(z, self.v).contiguous()  # torch fallback: block width with a small power-of-two part
