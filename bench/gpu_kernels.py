@@ -93,8 +93,9 @@ def table(result: dict) -> str:
     lines = [f"Command: `{result['command']}`. Device: {result['device']}. Machine: {result['machine']}.",
              f"Median of {result['reps']} after warm-up; every ratio is against the torch matmul timed in the same "
              "run. Kernel outputs checked against their torch references first (columns: SQNR, codes equal).", "",
-             f"| M x K x N | torch {result['torch_matmul_dtype']} matmul ms | W4A4 GEMM | W8A8 GEMM | W4A4 linear (quantize + GEMM) | + fused SVD-G/SVD-L "
-             "| low-rank overhead (linear / GEMM epilogue) | check |",
+             f"| M x K x N | torch {result['torch_matmul_dtype']} matmul ms | W4A4 GEMM | W8A8 GEMM "
+             "| W4A4 linear (quantize + GEMM) | + fused SVD-G/SVD-L | low-rank overhead (linear / GEMM epilogue) "
+             "| check |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         s, o = r["speedup_vs_bf16"], r["lowrank_overhead"]
