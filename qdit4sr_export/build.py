@@ -22,6 +22,7 @@ from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
 from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule
+from qdit4sr_export.size_report import checkpoint_bytes
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         variants.append(entry)
     linears = quantizable_linears(model)
     manifest = {
-        "model": {"config": model.config.to_dict(),
+        "model": {"config": model.config.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+                  "checkpoint_bytes": checkpoint_bytes(model_path),
                   "architecture_fingerprint": architecture_fingerprint(model.config, linears),
                   "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
         "build": build_info,

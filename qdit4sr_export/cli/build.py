@@ -20,14 +20,6 @@ def packaged_calibration_folder() -> Path | None:
     return folder if folder.is_dir() and any(folder.glob("*.png")) else None
 
 
-def checkpoint_bytes(model_path: Path) -> int:
-    """Bytes of the FP transformer weights on disk (the file, or the weight files of the folder)."""
-    if model_path.is_file():
-        return model_path.stat().st_size
-    folder = model_path / "transformer" if (model_path / "transformer").is_dir() else model_path
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-
-
 def _calibration_inputs(chosen, calib, model_path, net, count, seed, no_vatmp, notices):
     """Calibration for the plan: --calib, else the packaged crops through the model's autoencoder."""
     from qdit4sr_export.quant.calib_images import find_autoencoder_folder
@@ -122,10 +114,10 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
             "steps": plan_steps, "max_variants": max_variants, "calibration": calibration_source}
     result = build_engine_set(net, model, output, plan=plan, steps=plan_steps, max_variants=max_variants,
                               build_info=info, force=force, progress=not as_json)
+    from qdit4sr_export.size_report import format_breakdown, size_breakdown
+
     manifest = result.manifest
-    files = {f["path"]: f["bytes"] for f in manifest["files"]}
-    fp_bytes = checkpoint_bytes(Path(model))
-    weights = files.get("weights.bin", 0)
+    sizes = size_breakdown(manifest)
     summary = {
         "output": str(result.output),
         "method": method,
@@ -133,10 +125,7 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
         "calibration": calibration_source,
         "variant_cap": manifest["variant_cap"],
         "lowering": {v["file"]: v["lowering"] for v in manifest["variants"]},
-        "weights_bytes": weights,
-        "engine_set_bytes": sum(files.values()),
-        "fp_checkpoint_bytes": fp_bytes,
-        "compression": round(fp_bytes / weights, 3) if weights else None,
+        "sizes": sizes,
         "seconds": round(time.perf_counter() - started, 1),
         "notices": notices + result.notices,
     }
@@ -152,8 +141,6 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
         cap = manifest["variant_cap"]
         click.echo(f"variant cap {max_variants}: distortion x{cap['distortion_ratio']:.3f} of the uncapped plan, "
                    f"mean activation bits {cap['mean_abits_uncapped']} -> {cap['mean_abits']}")
-    ratio = summary["compression"]
-    relation = "" if not ratio else (f", {ratio}x smaller" if ratio >= 1 else f", {round(1 / ratio, 3)}x larger")
-    click.echo(f"weights: {weights / 1e6:.2f} MB (FP checkpoint on disk {fp_bytes / 1e6:.2f} MB{relation}); "
-               f"whole set {summary['engine_set_bytes'] / 1e6:.2f} MB")
+    for line in format_breakdown(sizes):
+        click.echo(line)
     click.echo(f"time: {summary['seconds']} s")
