@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from helpers import rehash_engine_set
 from qdit4sr_export.cli import main
-from qdit4sr_export.compare import error_stats, polygraphy_runner
+from qdit4sr_export.compare import error_stats
 from qdit4sr_export.engine_format import WeightsFile
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.triton_env import interpreting
@@ -197,33 +197,6 @@ def test_missing_cuda_or_triton_is_one_line(engine_sets, monkeypatch):
     assert "triton" in result.output and "engine set" in result.output
 
 
-def test_polygraphy_adapter_activates_and_infers():
-    calls = []
-
-    class Fake:
-        name = "fake"
-
-        def activate(self, v):
-            calls.append(("activate", v))
-
-        def infer(self, *args):
-            calls.append(("infer", tuple(a.shape for a in args)))
-            return args[0] * 2
-
-        def deactivate(self):
-            calls.append(("deactivate",))
-
-    feed = {"hidden_states": np.ones((1, 2, 4, 4), np.float32), "lr_latent": np.ones((1, 2, 4, 4), np.float32),
-            "encoder_hidden_states": np.ones((1, 3, 5), np.float32),
-            "pooled_projections": np.ones((1, 6), np.float32), "timestep": np.ones(1, np.float32)}
-    with polygraphy_runner(Fake(), 3, "x") as runner:
-        out = runner.infer(feed)
-    assert np.array_equal(out["sample"], 2 * feed["hidden_states"])
-    assert calls[0] == ("activate", 3) and calls[-1] == ("deactivate",)
-
-
-def test_compare_options_for_a_backend_that_runs_no_graphs():
-    result = CliRunner().invoke(main, ["compare", "fp", "engine", "--backend", "triton", "--layers"])
-    assert result.exit_code == 2 and "--layers reads the variant graphs" in result.output
+def test_compare_resolves_the_backend_before_loading_anything():
     result = CliRunner().invoke(main, ["compare", "fp", "engine", "--backend", "torch"])
-    assert result.exit_code == 2 and "does not run engine sets" in result.output
+    assert result.exit_code == 2 and "not engine sets" in result.output

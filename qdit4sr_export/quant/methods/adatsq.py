@@ -100,10 +100,12 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
     alpha = _fisher_weights(model, fp_args, final, sigmas, config)
     hessians = collect_hessians(model, active, calibration, steps=steps, shift=config.shift,
                                 seed=config.calib_seed, step_weights=alpha, progress=progress)
-    tensors = {f"{n}.weight.{config.wbits}": gptq_quantize(ctx.weight(n), h, config.wbits, clip="minmax",
-                                                           damp=config.damp).weight
-               for n, h in hessians.items()}
-    stored = {k.rsplit(".weight.", 1)[0] for k in tensors}
+    tensors = {}
+    for n, h in hessians.items():
+        q = gptq_quantize(ctx.weight(n), h, config.wbits, clip="minmax", damp=config.damp)
+        tensors[f"{n}.weight.{config.wbits}"] = q.weight
+        tensors[f"{n}.weight_scale.{config.wbits}"] = q.scales  # codes x scales: stored as INT4 codes
+    stored = {k.rsplit(".weight.", 1)[0] for k in tensors if ".weight." in k}
 
     def layers_for(schedule: list[dict[str, int]]) -> dict[str, LayerPlan]:
         padded = schedule + [candidates[1]] * (steps - len(schedule))
