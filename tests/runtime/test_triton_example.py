@@ -62,7 +62,7 @@ def test_compare_cli_triton_reports_what_ort_reports(example_sets):
     runs = {}
     for backend in ("ort", "triton"):
         result = CliRunner().invoke(main, ["compare", str(EXAMPLE), str(example_sets / "w4a4"), "--backend", backend,
-                                           "--per-variant", "1", "--side", "8", "--min-sqnr", "0", "--min-cosine",
+                                           "--per-variant", "1", "--min-sqnr", "0", "--min-cosine",
                                            "0", "--json"])
         assert result.exit_code == 0, result.output
         runs[backend] = json.loads(result.output)
