@@ -67,16 +67,21 @@ def main() -> None:
     result = {"command": COMMAND + " " + " ".join(args.engines), "machine": machine(), "device": device_name(device),
               "model": args.model, "rows": rows}
     (ROOT / "bench" / "results" / "gpu_agreement.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"Command: `{result['command']}` (engine sets built from {args.model} with `qdit4sr-export build "
+    update_benchmarks_md("gpu_agreement", table(result))
+
+
+def table(result: dict) -> str:
+    """The BENCHMARKS.md section of a result."""
+    model = result["model"].removeprefix(str(ROOT) + "/")
+    lines = [f"Command: `{result['command']}` (engine sets built from {model} with `qdit4sr-export build "
              "... --wbits W --abits A`). Device: " + result["device"] + ". Machine: " + result["machine"] + ".",
              "One step, batch 1, seeded inputs, 4 text tokens; output SQNR of each pair of runners of the same plan.",
              "", "| engine set (wbits, abits) | latent | timestep | triton vs ORT | ORT vs simulation | "
              "triton vs simulation |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['engine_set'].rstrip('/').split('/')[-1]} ({r['wbits']}, {r['abits']}) | {r['latent']} | "
-              f"{r['timestep']:.0f} | {r['triton_vs_ort_db']} dB | {r['ort_vs_simulation_db']} dB | "
-              f"{r['triton_vs_simulation_db']} dB |" for r in rows]
-    update_benchmarks_md("gpu_agreement", "## Triton backend agreement (issue 14)\n\n" + "\n".join(lines) + "\n")
-
+    lines += [f"| {r['engine_set'].rstrip('/').split('/')[-1]} ({r['wbits'] or 'auto'}, {r['abits']:g}) | "
+              f"{r['latent']} | {r['timestep']:.0f} | {r['triton_vs_ort_db']} dB | {r['ort_vs_simulation_db']} dB | "
+              f"{r['triton_vs_simulation_db']} dB |" for r in result["rows"]]
+    return "## Triton backend agreement (issue 14)\n\n" + "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

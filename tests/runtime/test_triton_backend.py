@@ -116,7 +116,7 @@ def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
 
 @on_cpu
 def test_float_stored_weights_run_the_torch_gemm_fallback(tmp_path):
-    """A float-stored weight (TLQ levels, stored GPTQ weights): the kernel quantizes the activations per group,
+    """A float-stored weight (LRQ-DiT's twin-log levels): the kernel quantizes the activations per group,
     torch multiplies (dequantized codes @ W) and adds the same epilogue."""
     import onnx_ir as ir
 
