@@ -70,14 +70,14 @@ def traced_graph_cache():
     original = trace.trace_to_onnx
     cache = {}
 
-    def cached(model, *, dynamic=True):
-        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode() + str(dynamic).encode())
+    def cached(model, *, dynamic=True, dtype=torch.float32):
+        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode() + f"{dynamic}{dtype}".encode())
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
         key = h.hexdigest()
         if key not in cache:
-            cache[key] = original(model, dynamic=dynamic)
+            cache[key] = original(model, dynamic=dynamic, dtype=dtype)
         return cache[key].clone()
 
     with pytest.MonkeyPatch.context() as mp:

@@ -59,6 +59,8 @@ def _load_plan(path: str, net):
               help="Cap the engine variants (shared timestep boundaries chosen by a DP; the cost is reported).")
 @click.option("--target", default="ort", show_default=True, metavar="NAME",
               help="Lowering target (--list-targets).")
+@click.option("-T", "--target-option", "target_option", multiple=True, metavar="KEY=VALUE",
+              help="Set an option of the target (repeatable; --list-targets shows them), e.g. -T precision=fp32.")
 @click.option("--list-targets", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda c, p, v: _list_targets(c, v), help="List the lowering targets, then exit.")
 @click.option("-o", "--output", default=None, help="Engine set folder to write.")
@@ -67,7 +69,8 @@ def _load_plan(path: str, net):
 @click.pass_context
 def build(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
           wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
-          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, output, force, as_json) -> None:
+          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, target_option, output, force,
+          as_json) -> None:
     """Build an engine set for MODEL (a DiT4SR checkpoint file or folder) into -o OUT.
 
     --method fp packages the unquantized model (the FP baseline). --abits is the average activation budget;
@@ -91,14 +94,15 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     check_destination(Path(output), force)
     from qdit4sr_export.targets import get_target
 
-    get_target(target)  # an unknown target is an error before any work
+    target_options = get_target(target).configure(_key_values(target_option, "--target-option"))
     started = time.perf_counter()
     notices: list[str] = []
     if method == FP_METHOD and plan_file is not None:
         raise UserError("--plan and --method fp exclude each other")
     if method == FP_METHOD:
         given = [n for n in ctx.params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
-                 and n not in ("model", "method", "config", "steps", "target", "output", "force", "as_json")]
+                 and n not in ("model", "method", "config", "steps", "target", "target_option", "output", "force",
+                              "as_json")]
         if given:
             raise UserError(f"--method fp takes no quantization options (got --{given[0].replace('_', '-')})")
         chosen, cfg = None, None
@@ -120,7 +124,8 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     info = {"method": method, "method_config": plan.method_config if plan is not None else None,
             "steps": plan_steps, "max_variants": max_variants, "calibration": calibration_source}
     result = build_engine_set(net, model, output, plan=plan, steps=plan_steps, max_variants=max_variants,
-                              build_info=info, force=force, progress=not as_json, target=target)
+                              build_info=info, force=force, progress=not as_json, target=target,
+                              target_options=target_options)
     from qdit4sr_export.size_report import format_breakdown, size_breakdown
 
     manifest = result.manifest
@@ -160,5 +165,17 @@ def _list_targets(ctx: click.Context, value: bool) -> None:
     from qdit4sr_export.targets import get_target, target_names
 
     for name in target_names():
-        click.echo(f"{name:<6} {get_target(name).summary}")
+        t = get_target(name)
+        opts = ", ".join(f"{k}={v}" for k, v in t.options.items()) or "none"
+        click.echo(f"{name:<6} {t.summary}\n{'':<6} options: {opts}")
     ctx.exit()
+
+
+def _key_values(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

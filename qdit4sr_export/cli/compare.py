@@ -101,6 +101,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.runtime.backends import uses_plugin_ops
     from qdit4sr_export.runtime.engine_set import EngineSet
     engine = EngineSet.load(engine_dir)
     model = load_dit4sr(fp_model).eval()
@@ -134,7 +135,8 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
         threshold = min_sqnr if layer_threshold is None else layer_threshold
         result["layers"] = {}
         for v in tqdm(engine.variants, desc="layers", unit="variant", disable=as_json):
-            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0])
+            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0],
+                                          plugin_ops=uses_plugin_ops(engine))
             result["layers"][str(v.index)] = {**error_onset(errors, threshold),
                                               "all": [e.to_dict() for e in errors]}
     if images_dir:
