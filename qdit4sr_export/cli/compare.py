@@ -81,7 +81,8 @@ def _table(result: dict) -> str:
 @click.option("--backend", default="ort", show_default=True, metavar="NAME",
               help="Backend that runs the engine set (`run --list-backends`); ort runs the variant graphs in "
                    "polygraphy's OnnxrtRunner.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where the backend runs (default: its first device: cpu, cuda for trt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr, min_cosine, atol, layers,
             layer_threshold, images_dir, steps, backend, device, as_json) -> None:
@@ -96,7 +97,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     chosen = get_backend(backend)
     if chosen.reads != ENGINE_SET:
         raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
-    chosen.check_device(device)
+    device = chosen.check_device(device)
     from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors

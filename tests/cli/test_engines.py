@@ -62,3 +62,18 @@ def test_tensorrt_only_paths_are_one_line_errors(trt_set, engine_sets, tmp_path)
     assert result.exit_code == 2 and "precision must be one of fp16, fp32" in result.output
     result = invoke("build", trt_set, "--target", "trt", "-T", "precison=fp32", "-o", tmp_path / "y")
     assert result.exit_code == 2 and "has no option 'precison'" in result.output
+
+
+@pytest.mark.slow
+def test_example_model_trt_graph_passes_compare_like_its_ort_build(tmp_path):
+    """The example model's W4A4 plugin graph (fp16, the default) on the reference ops meets the tolerances README
+    gives for its ort build."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "dit4sr-tiny"
+    out = tmp_path / "tiny-trt"
+    result = invoke("build", example, "--wbits", "auto", "--abits", 4, "--calib-count", 8, "--target", "trt", "-o", out)
+    assert result.exit_code == 0, result.output
+    result = invoke("compare", example / "transformer", out, "--min-sqnr", 12, "--min-cosine", 0.98, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["passed"]
