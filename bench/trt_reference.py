@@ -11,45 +11,23 @@ Run: python bench/trt_reference.py   (about 15 minutes on 2 CPU threads)
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 from common import ROOT, machine, update_benchmarks_md
 
 from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.quant.methods import get_method, make_config
-from qdit4sr_export.quant.simulate import apply_plan
-from qdit4sr_export.runtime.backends import OrtRunner
-from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.targets import get_target
 
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import make_inputs, seeded_model  # noqa: E402
+from helpers import seeded_model, simulation_sqnr_per_step  # noqa: E402
 
 COMMAND = "python bench/trt_reference.py"
 STEPS = 4
 BUILDS = (("ort", None), ("trt", "fp32"), ("trt", "fp16"))
-
-
-def step_sqnrs(model, folder: Path, plan) -> list[float]:
-    engine = EngineSet.load(folder)
-    runner = OrtRunner(engine)
-    sim = copy.deepcopy(model)
-    apply_plan(sim, plan)
-    x, lr, ctx, pooled, _ = make_inputs(model, batch=1, side=16)
-    out = []
-    for t in plan.timesteps:
-        runner.activate(engine.variant_for_timestep(t).index)
-        got = runner.infer(x, lr, ctx, pooled, torch.tensor([t])).numpy()
-        with torch.no_grad():
-            want = sim(x, lr, ctx, pooled, torch.tensor([t]), return_dict=False)[0].numpy()
-        out.append(round(float(10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum())), 1))
-    return out
 
 
 def main() -> None:
@@ -64,8 +42,9 @@ def main() -> None:
                 options = get_target(target).configure({"precision": precision} if precision else {})
                 build_engine_set(model, "in-memory", folder, plan=plan, steps=STEPS, max_variants=None,
                                  build_info={}, progress=False, target=target, target_options=options)
+                sqnrs = simulation_sqnr_per_step(model, folder, plan, side=16)
                 rows.append({"bits": f"W{bits}A{bits}", "target": target, "precision": precision or "fp32",
-                             "sqnr_db_per_step": step_sqnrs(model, folder, plan)})
+                             "sqnr_db_per_step": [round(v, 1) for v in sqnrs]})
                 print(rows[-1], flush=True)
     result = {"command": COMMAND, "machine": machine(), "model": "dit4sr-small (seeded)", "latent_side": 16,
               "timesteps": STEPS, "rows": rows}

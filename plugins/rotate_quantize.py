@@ -266,7 +266,7 @@ class RotateQuantize:
 
     def __call__(self, x: torch.Tensor, bits: int | None, *, store_z: bool = False) -> ActivationCodes:
         """Codes/scales at ``bits`` (None: rotate only) plus h, t (and z when asked) for x (..., n)."""
-        spec, lay = self.spec, self.layout
+        spec = self.spec
         self._check_bits(bits)
         x2 = x.reshape(-1, spec.n)
         if self.torch_rotation is not None:

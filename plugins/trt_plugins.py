@@ -38,6 +38,18 @@ def _tokens(desc, width: int):
     return desc.shape_expr.numel() // width
 
 
+def _aot(launch: trt_launch.KernelLaunch, m, grid_x):
+    """What an AOT implementation returns: kernel name, PTX, launch parameters, and the token count argument."""
+    kernel = trt_launch.compile_ptx(launch, _arch())
+    params = trtp.KernelLaunchParams()
+    params.grid_x = grid_x
+    params.block_x = kernel.num_warps * 32
+    params.shared_mem = kernel.shared_bytes
+    extra = trtp.SymIntExprs(1)
+    extra[0] = trtp.SymInt32(m)
+    return kernel.name.encode(), kernel.ptx.encode(), params, extra
+
+
 # ---------------------------------------------------------------------------------------------------- RotateQuantize
 
 @trtp.register(RQ_ID)
@@ -65,15 +77,8 @@ def rotate_quantize_aot(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, n: in
     a = RotateQuantizeAttrs(n, bits, clip, group_size, rotation_n, rotation_seed, rotation_block, smooth, rank,
                             svd_l_p, svd_l_q, b_transposed)
     launch = trt_launch.rotate_quantize_launch(a)
-    kernel = trt_launch.compile_ptx(launch, _arch())
     m = _tokens(x, n)
-    params = trtp.KernelLaunchParams()
-    params.grid_x = trtp.cdiv(m, launch.rows_per_program)
-    params.block_x = kernel.num_warps * 32
-    params.shared_mem = kernel.shared_bytes
-    extra = trtp.SymIntExprs(1)
-    extra[0] = trtp.SymInt32(m)
-    return kernel.name.encode(), kernel.ptx.encode(), params, extra
+    return _aot(launch, m, trtp.cdiv(m, launch.rows_per_program))
 
 
 @trtp.impl(RQ_ID)
@@ -120,15 +125,8 @@ def lowbit_gemm_aot(codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u,
                     bias: int, outputs, tactic: int):
     a = LowbitGemmAttrs(k, n, abits, wbits, group_size, rank, svd_l_p, svd_l_q, svd_l_so, bias)
     launch = trt_launch.lowbit_gemm_launch(a)
-    kernel = trt_launch.compile_ptx(launch, _arch())
     m = _tokens(codes, k // 2 if 0 < abits <= 4 else k) if abits else _tokens(z, k)
-    params = trtp.KernelLaunchParams()
-    params.grid_x = trtp.cdiv(m, launch.rows_per_program) * -(-n // launch.cols_per_program)
-    params.block_x = kernel.num_warps * 32
-    params.shared_mem = kernel.shared_bytes
-    extra = trtp.SymIntExprs(1)
-    extra[0] = trtp.SymInt32(m)
-    return kernel.name.encode(), kernel.ptx.encode(), params, extra
+    return _aot(launch, m, trtp.cdiv(m, launch.rows_per_program) * -(-n // launch.cols_per_program))
 
 
 @trtp.impl(GEMM_ID)

@@ -35,6 +35,11 @@ class Runner(Protocol):
     def deactivate(self) -> None: ...
 
 
+def numpy_feeds(*inputs: torch.Tensor) -> dict[str, np.ndarray]:
+    """The five model inputs as contiguous float32 numpy arrays by graph input name."""
+    return {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in zip(INPUTS, inputs)}
+
+
 def ort_providers(device: str) -> list[str]:
     """ONNX Runtime providers for ``device`` ("cpu" or "cuda"); asking for CUDA without it is an error."""
     import onnxruntime as ort
@@ -116,8 +121,7 @@ class OrtRunner:
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
-        feeds = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in
-                 zip(INPUTS, (hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep))}
+        feeds = numpy_feeds(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep)
         return torch.from_numpy(self._session(self.active).run(None, feeds)[0])
 
     def deactivate(self) -> None:

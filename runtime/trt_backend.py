@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.runtime.backends import INPUTS
+from qdit4sr_export.runtime.backends import numpy_feeds
 
 
 class TrtRunner:
@@ -65,8 +65,7 @@ class TrtRunner:
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
-        feeds = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in
-                 zip(INPUTS, (hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep))}
+        feeds = numpy_feeds(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep)
         out = self._runner(self.active).infer(feeds)["sample"]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 

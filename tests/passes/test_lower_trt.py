@@ -1,22 +1,17 @@
 """LowerTrtPass and the ``trt`` target: the plugin graph's structure, and its numbers through the ONNX Runtime
 reference ops against the simulation of the same plan (what TensorRT would parse, checked without TensorRT)."""
 
-import copy
 import dataclasses
 
-import numpy as np
 import onnx
 import pytest
-import torch
 
-from helpers import make_inputs, seeded_model
+from helpers import seeded_model, simulation_sqnr_per_step
 from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.passes.lower_trt import check_supported
 from qdit4sr_export.plugins.trt_ops import DOMAIN, LOWBIT_GEMM, NONE, ROTATE_QUANTIZE
 from qdit4sr_export.quant.methods import get_method, make_config
-from qdit4sr_export.quant.simulate import apply_plan
-from qdit4sr_export.runtime.backends import OrtRunner
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.targets import get_target
 
@@ -46,22 +41,6 @@ def trt_sets(tiny, tmp_path_factory):
                              {"precision": precision}))
         sets[(bits, precision)] = (folder, plan)
     return sets
-
-
-def _step_sqnrs(model, folder, plan):
-    engine = EngineSet.load(folder)
-    runner = OrtRunner(engine)
-    sim = copy.deepcopy(model)
-    apply_plan(sim, plan)
-    x, lr, ctx, pooled, _ = make_inputs(model, batch=1, side=8)
-    out = []
-    for t in plan.timesteps:
-        runner.activate(engine.variant_for_timestep(t).index)
-        got = runner.infer(x, lr, ctx, pooled, torch.tensor([t])).numpy()
-        with torch.no_grad():
-            want = sim(x, lr, ctx, pooled, torch.tensor([t]), return_dict=False)[0].numpy()
-        out.append(float(10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum())))
-    return out
 
 
 def test_every_quantized_linear_becomes_two_plugin_nodes(trt_sets):
@@ -97,7 +76,7 @@ def test_reference_graph_tracks_the_simulation(tiny, trt_sets, bits, bound):
     """fp32 plugin graph through the reference ops: measured 126-127 dB at W4A4 (the same arithmetic), 63-127 dB at
     W8A8 (one step has an 8-bit code on a rounding tie that float summation order flips)."""
     folder, plan = trt_sets[(bits, "fp32")]
-    assert min(_step_sqnrs(tiny, folder, plan)) >= bound
+    assert min(simulation_sqnr_per_step(tiny, folder, plan)) >= bound
 
 
 def test_fp16_graph(tiny, trt_sets):
@@ -109,7 +88,7 @@ def test_fp16_graph(tiny, trt_sets):
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in proto.graph.input)
     casts = [n for n in proto.graph.node if n.op_type == "Cast" and n.name.endswith(("/x32", "/y16"))]
     assert len(casts) == 2 * sum(n.op_type == LOWBIT_GEMM for n in proto.graph.node)
-    assert min(_step_sqnrs(tiny, folder, plan)) >= 28.0
+    assert min(simulation_sqnr_per_step(tiny, folder, plan)) >= 28.0
 
 
 def test_plans_the_plugins_do_not_cover_are_refused(tiny):
