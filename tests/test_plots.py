@@ -89,5 +89,5 @@ def test_weight_bits_mean_matches_the_text_report(late_plan, tmp_path, monkeypat
     title = figs[0][0].axes[0].get_title()
     text = format_report(report(plan, None, target=path), layers=False)
     mean = title.split("mean ")[1].split()[0]
-    assert f"mean weight bits {mean}," in text
+    assert f"mean weight bits {mean}\n" in text
     assert "a run executes grid steps" in text
