@@ -64,9 +64,9 @@ def _outputs(inputs: list[Path], output: Path, many: bool) -> list[Path]:
 
 
 @click.command()
-@click.argument("model", metavar="MODEL_OR_ENGINE_DIR")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-o", "--output", required=True, help="Output image (one input) or folder (a folder or several inputs).")
+@click.argument("model", metavar="MODEL_OR_ENGINE_DIR", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), required=True, help="Output image (one input) or folder (a folder or several inputs).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (default: the model's pipeline.json).")
 @click.option("--cfg", "guidance", type=float, default=None, help="Classifier-free guidance scale (1 = off).")
 @click.option("--start-sigma", type=click.FloatRange(0, 1, min_open=True), default=None,
@@ -78,13 +78,14 @@ def _outputs(inputs: list[Path], output: Path, many: bool) -> list[Path]:
               help="Colour correction against the bicubic image (default: the model's pipeline.json, else adain).")
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default=None,
               help="ort for engine sets (default), torch for checkpoints (default).")
-@click.option("--plan", "plan_file", default=None, help="torch backend: simulate this QuantPlan.")
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="torch backend: simulate this QuantPlan.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--verify", is_flag=True, help="Check every engine-set file's sha256 before running.")
 @click.option("--alpha", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
               help="Images with transparency: upscale the alpha channel bicubically and keep it, or drop it.")
-@click.option("--report", "report_file", default=None, help="Write a JSON report (per image and step: variant, time).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), default=None, help="Write a JSON report (per image and step: variant, time).")
 def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap, color_fix, backend, plan_file,
         device, threads, verify, alpha, report_file) -> None:
     """Super-resolve INPUT images (files or folders) x4 with an engine set or an FP checkpoint folder.
@@ -92,20 +93,21 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
     Outputs keep the input names (in the -o folder) and formats; greyscale stays greyscale, 16-bit PNG stays
     16-bit. A file that cannot be read is reported and skipped; the others still run (exit status 1 then).
     """
-    from qdit4sr_export.runtime.images import find_inputs, load_image, save_image
-    from qdit4sr_export.runtime.pipeline import PipelineOptions
-    from qdit4sr_export.runtime.resize import to_output_size
-
     if tile <= overlap:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     is_engine = (Path(model) / "manifest.json").is_file()
     if plan_file and is_engine:
         raise UserError("--plan is for the torch backend on a checkpoint, not for an engine set")
+    if not is_engine and backend == "ort":
+        raise UserError(f"{model}: --backend ort needs an engine set (build one with `qdit4sr-export build`)")
+
+    from qdit4sr_export.runtime.images import find_inputs, load_image, save_image
+    from qdit4sr_export.runtime.pipeline import PipelineOptions
+    from qdit4sr_export.runtime.resize import to_output_size
+
     if is_engine:
         pipe, info = _engine_pipeline(Path(model), backend or "ort", device, threads, verify)
     else:
-        if backend == "ort":
-            raise UserError(f"{model}: --backend ort needs an engine set (build one with `qdit4sr-export build`)")
         pipe, info = _model_pipeline(model, plan_file, device)
     files = find_inputs(list(inputs))
     many = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
