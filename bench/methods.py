@@ -2,8 +2,10 @@
 `qdit4sr-export plan` command with the default 32 calibration crops, distance to the FP output, size.
 
 Each plan is the real command, run as a subprocess and timed end to end (start-up, model and autoencoder
-loading, calibration on the pipeline's trajectory, the method's search): the time a user waits. The machine's
-1-minute load average is recorded before each run (other jobs share the 2 cores). The plan is then applied to
+loading, calibration on the pipeline's trajectory, the method's search): wall time, the time a user waits, and
+CPU time (user + system), which other jobs on the machine change far less. The machine's 1-minute load
+average is recorded before and after each run (other jobs share the 2 cores); ``--threads 1`` runs the plans
+single-threaded, whose CPU time bounds a quiet machine's wall time. The plan is then applied to
 the model (the torch simulation) and compared with the FP model's output on held-out inputs: LR latents of
 two crops of the held-out photos in examples/lr, noised to the pipeline's start sigma, at its first step.
 Writes bench/results/methods.json and the "Methods" section of BENCHMARKS.md.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -59,7 +62,12 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run(names: list[str], settings: list[int]) -> list[dict]:
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(names: list[str], settings: list[int], env: dict[str, str]) -> list[dict]:
     rows = []
     fp = load_dit4sr(MODEL).eval()
     inputs = held_out_inputs(fp)
@@ -70,11 +78,11 @@ def run(names: list[str], settings: list[int]) -> list[dict]:
             for name in names:
                 out = Path(tmp) / f"{name}-a{abits}.json"
                 wbits = ["--wbits", "auto"] if name == "qdit4sr" else ["--wbits", "4"]
-                load = load_average()
+                load, cpu = load_average(), children_cpu_s()
                 start = time.perf_counter()
                 done = subprocess.run([*PLAN, "--method", name, "--abits", str(abits), *wbits, "-o", str(out)],
-                                      capture_output=True, text=True, cwd=ROOT)
-                plan_s = time.perf_counter() - start
+                                      capture_output=True, text=True, cwd=ROOT, env=env)
+                plan_s, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu
                 if done.returncode != 0:
                     raise SystemExit(f"{name} W4A{abits}: plan failed:\n{done.stderr}")
                 plan = QuantPlan.load(out)
@@ -84,7 +92,7 @@ def run(names: list[str], settings: list[int]) -> list[dict]:
                 with torch.no_grad():
                     approx = model(*inputs)
                 rows.append({"setting": f"W4A{abits}", "method": name, "sqnr_db": round(sqnr_db(reference, approx), 2),
-                             "params_m": round(params_m, 3), "plan_s": round(plan_s, 1),
+                             "params_m": round(params_m, 3), "plan_s": round(plan_s, 1), "plan_cpu_s": round(cpu_s, 1),
                              "budget_s": BUDGET_S.get(name, DEFAULT_BUDGET_S), "load_before": load,
                              "load_after": load_average(), "notes": list(plan.notes)})
                 print({k: v for k, v in rows[-1].items() if k != "notes"}, flush=True)
@@ -94,17 +102,18 @@ def run(names: list[str], settings: list[int]) -> list[dict]:
 def markdown(rows: list[dict], results: dict) -> str:
     t = results["trajectory"]
     lines = ["## Methods (issue 4; plan times issue 18)", "",
-             f"Command: `{COMMAND}`. Machine: {results['machine']}. Date: {results['date']}. Model: "
+             f"Command: `{results['command']}`. Machine: {results['machine']}. Date: {results['date']}. Model: "
              f"examples/dit4sr-tiny ({results['fp_params_m']} M parameters); `plan` with `--calib "
              f"qdit4sr_export/data/calib` (32 crops, the default), on the pipeline's trajectory: {t['steps']}-step "
              f"grid, start sigma {t['start_sigma']} ({t['steps_run']} steps run). Plan time: the whole command, "
              "wall clock. SQNR: the simulated plan's output against the FP model's on 2 held-out LR crops "
-             "(examples/lr) at the pipeline's first step. Load: the 1-minute load average before and after the "
-             "run (2 cores; above 2 means other jobs were running).", "",
-             "| setting | method | SQNR vs FP (dB) | Params (M) | plan time (s) | budget (s) | load before / after |",
-             "|---|---|---|---|---|---|---|"]
+             "(examples/lr) at the pipeline's first step. CPU: user + system time of the command. Load: the "
+             "1-minute load average before and after the run (2 cores; above 2 means other jobs were running). "
+             f"Plan threads: {results['threads']}.", "",
+             "| setting | method | SQNR vs FP (dB) | Params (M) | plan wall (s) | plan CPU (s) | budget (s) | "
+             "load before / after |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['method']} | {r['sqnr_db']} | {r['params_m']} | {r['plan_s']} | "
-              f"{r['budget_s']} | {r['load_before']} / {r['load_after']} |" for r in rows]
+              f"{r['plan_cpu_s']} | {r['budget_s']} | {r['load_before']} / {r['load_after']} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -112,15 +121,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     parser.add_argument("--abits", default="6,4", help="comma-separated activation bits (default: 6,4)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the plans (default: torch's)")
     args = parser.parse_args()
     names = args.methods.split(",") if args.methods else method_names(quantizing_only=True)
     settings = [int(a) for a in args.abits.split(",")]
-    rows = run(names, settings)
+    env = dict(os.environ)
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    rows = run(names, settings, env)
     trajectory = pipeline_trajectory(MODEL)
     _, sigmas = flow_schedule(trajectory["steps"], shift=trajectory.get("shift", 3.0))
     trajectory["steps_run"] = trajectory["steps"] - start_index(sigmas, trajectory["start_sigma"])
     fp_params_m = round(sum(p.numel() for p in load_dit4sr(MODEL).parameters()) / 1e6, 3)
-    results = {"command": COMMAND, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    command = COMMAND + (f" --threads {args.threads}" if args.threads is not None else "")
+    results = {"command": command, "machine": machine(), "threads": torch.get_num_threads(),
+               "date": time.strftime("%Y-%m-%d"),
                "fp_params_m": fp_params_m, "trajectory": trajectory, "rows": rows}
     complete = args.methods is None and args.abits == "6,4"  # only a complete run replaces the table
     out = ROOT / "bench" / "results" / ("methods.json" if complete else "methods_partial.json")

@@ -53,8 +53,8 @@ class QDiTConfig(CalibratedConfig):
 
 def eval_steps(first: int, steps: int, count: int) -> list[int]:
     """``count`` evenly spaced steps among ``first..steps-1`` (fewer when fewer run)."""
-    n = steps - first
-    return sorted({first + round(i * (n - 1) / max(count - 1, 1)) for i in range(min(count, n))})
+    n, m = steps - first, min(count, steps - first)
+    return sorted({first + round(i * (n - 1) / max(m - 1, 1)) for i in range(m)})
 
 
 @register("qdit", summary="evolutionary search of per-layer group sizes (mean >= 128), per-token-per-group "
