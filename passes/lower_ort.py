@@ -8,8 +8,9 @@ residual weight initializer is quantized exactly as the simulation does (``quant
   or INT8, ``MatMulInteger`` -> int32, rescaled by the token scale and the per-channel weight scale.
 - ``dequant`` path (float activations this step, or channel groups): weights stored as INT4/INT8 codes,
   ``DequantizeLinear`` (per channel, or blocked per group), activations fake-quantized in float.
-- ``float`` path (TLQ levels or stored GPTQ weights, which have no ONNX integer type): the quantized weight
-  stored in float32, activations fake-quantized in float.
+- ``float`` path (TLQ's log levels, which have no ONNX integer type): the quantized weight stored in float32,
+  activations fake-quantized in float. Weights a method stored on its integer grid (GPTQ) are stored as codes and
+  scales like any other.
 
 Softmax, norms and the H-SVD branches stay in float. Quantized weights go through a shared ``WeightStore``
 so every variant of a build references the very same tensors (stored once in the engine set).
@@ -72,22 +73,40 @@ def _code_tensor(codes: torch.Tensor, bits: int, name: str) -> ir.Tensor:
     return ir.tensor(np.ascontiguousarray(c.astype(np.int8)), dtype=dtype, name=name)
 
 
+def stored_codes(plan: QuantPlan, layer: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, float32 scales (out, groups)) of a weight a method stored in the plan on its integer grid
+    (GPTQ: ``<layer>.weight.<bits>`` = codes x ``<layer>.weight_scale.<bits>`` per row and group)."""
+    lp = plan.layers[layer]
+    w = plan.tensors[f"{layer}.weight.{bits}"].float()
+    scales = plan.tensors[f"{layer}.weight_scale.{bits}"].float()
+    g = lp.group_size or lp.in_features
+    codes = torch.round(w / scales.repeat_interleave(g, dim=1))
+    m = 2 ** (bits - 1) - 1
+    if not torch.equal(codes * scales.repeat_interleave(g, dim=1), w) or codes.abs().max() > m:
+        raise ir.passes.PassError(f"layer '{layer}': stored weight is not on its {bits}-bit grid")
+    return codes.to(torch.int8), scales
+
+
 def _quantize(plan: QuantPlan, layer: str, bits: int, residual: np.ndarray) -> LayerWeights:
     lp = plan.layers[layer]
     w = torch.from_numpy(np.array(residual, dtype=np.float32))
-    if lp.weight_format != "int" or lp.stored_weight:
+    on_grid = lp.stored_weight and f"{layer}.weight_scale.{bits}" in plan.tensors
+    if lp.weight_format != "int" or (lp.stored_weight and not on_grid):
         q = plan.tensors[f"{layer}.weight.{bits}"] if lp.stored_weight else quantize_residual(w, lp, bits)
         return LayerWeights("float", ir.tensor(np.ascontiguousarray(q.float().T.numpy()), name=f"{layer}.wq{bits}"))
     out, in_ = w.shape
     g = lp.group_size
-    if g is None:
+    if on_grid:
+        codes, scale = stored_codes(plan, layer, bits)
+    elif g is None:
         qw = quantize_weight(w, bits, clip=lp.clip)
-        return LayerWeights("int", _code_tensor(qw.codes.T, bits, f"{layer}.wq{bits}"),
-                            ir.tensor(np.ascontiguousarray(qw.scale[:, 0].numpy()), name=f"{layer}.wscale{bits}"))
-    qw = quantize_weight(w.reshape(-1, g), bits, clip=lp.clip)
-    codes = qw.codes.reshape(out, in_).T
-    scale = qw.scale.reshape(out, in_ // g).T
-    return LayerWeights("grouped", _code_tensor(codes, bits, f"{layer}.wq{bits}"),
+        codes, scale = qw.codes, qw.scale
+    else:
+        qw = quantize_weight(w.reshape(-1, g), bits, clip=lp.clip)
+        codes, scale = qw.codes.reshape(out, in_), qw.scale.reshape(out, in_ // g)
+    kind = "int" if g is None else "grouped"
+    scale = scale[:, 0] if g is None else scale.T
+    return LayerWeights(kind, _code_tensor(codes.T, bits, f"{layer}.wq{bits}"),
                         ir.tensor(np.ascontiguousarray(scale.numpy()), name=f"{layer}.wscale{bits}"))
 
 

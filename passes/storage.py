@@ -1,7 +1,7 @@
 """Bytes LowerOrtPass and InsertHSVDPass store for a planned layer, from its plan alone (shapes, bits).
 
 Mirrors the lowering's storage choices: packed INT4 codes up to 4 bits, one byte per code above, float32
-per-channel (or per-group) scales, float32 weights for the float path (TLQ, stored GPTQ weights), and the
+per-channel (or per-group) scales (GPTQ's stored weights too), float32 weights for TLQ's float path, and the
 float32 H-SVD factors with SVD-L's sigma folded into u. Used to check the paper's size accounting against
 the bytes an engine set really holds, including for model shapes too large to build here.
 """
@@ -30,7 +30,7 @@ def branch_bytes(lp: LayerPlan) -> int:
 def weight_bytes(lp: LayerPlan, bits: int) -> int:
     """Codes and scales of the quantized residual at ``bits``."""
     n = lp.in_features * lp.out_features
-    if lp.weight_format != "int" or lp.stored_weight:
+    if lp.weight_format != "int":
         return n * FLOAT_BYTES
     groups = lp.in_features // lp.group_size if lp.group_size else 1
     return code_bytes(n, bits) + lp.out_features * groups * FLOAT_BYTES

@@ -17,12 +17,13 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from qdit4sr_export.engine_set import io_specs, write_engine_set
+from qdit4sr_export.engine_writer import io_specs, write_engine_set
 from qdit4sr_export.model.folder import model_root
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
 from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule
+from qdit4sr_export.size_report import checkpoint_bytes
 
 log = logging.getLogger(__name__)
 
@@ -94,52 +95,79 @@ def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> C
     return write
 
 
-def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, progress: bool):
-    from qdit4sr_export.passes.lower_ort import LowerOrtPass, WeightStore
+def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, options, progress: bool):
     from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
 
-    store = WeightStore()
+    store = target.make_store()
     out = []
-    for v in tqdm(schedule.variants, desc="lowering variants", unit="variant", disable=not progress):
+    for v in tqdm(schedule.variants, desc="lowering variants", unit="variant",
+                  disable=None if progress else True):  # None: bars only on a terminal
         model = base.clone()
         SplitTimestepVariantsPass(v)(model)
-        lower = LowerOrtPass(plan, store)
+        lower = target.lowering(plan, store, options)
         lower(model)
         out.append((v, model, dict(sorted(lower.paths.items()))))
-    return out
+    return out, store
+
+
+def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str, dict[str, Any]]:
+    """Per planned layer, what the engine set stores for it and under which names (what backends read)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for (layer, bits), lw in sorted(store.entries.items()):
+        row = rows.setdefault(layer, {"kind": lw.kind, "codes": {}, "scales": {}})
+        row["codes"][str(bits)] = lw.codes.name
+        if lw.scale is not None:
+            row["scales"][str(bits)] = lw.scale.name
+    for layer, row in rows.items():
+        lp = plan.layers[layer]
+        named = lambda *names: list(names) if all(n in initializers for n in names) else None
+        g_down = f"{layer}.svd_g.bt" if f"{layer}.svd_g.bt" in initializers else f"{layer}.svd_g.b"
+        row.update({"group_size": lp.group_size, "clip": lp.clip, "rotation": lp.rotation,
+                    "smooth": f"{layer}.smooth" if f"{layer}.smooth" in initializers else None,
+                    "svd_g": named(g_down, f"{layer}.svd_g.a"), "svd_g_down_transposed": g_down.endswith(".bt"),
+                    "svd_l": named(f"{layer}.svd_l.v", f"{layer}.svd_l.u"),
+                    "bias": f"{layer}.bias" if f"{layer}.bias" in initializers else None})
+    return rows
 
 
 def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
                      max_variants: int | None, build_info: dict[str, Any], force: bool = False,
-                     progress: bool = True) -> BuildResult:
-    """Trace ``model``, apply the passes for ``plan`` (None: FP), lower every variant, write the engine set."""
-    from qdit4sr_export.engine_set import check_destination
-    from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
-    from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
-    from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
+                     progress: bool = True, target: str = "ort",
+                     target_options: dict[str, Any] | None = None) -> BuildResult:
+    """Trace ``model``, apply ``target``'s passes for ``plan`` (None: FP), lower every variant, write the engine
+    set."""
+    from qdit4sr_export.engine_writer import check_destination
+    from qdit4sr_export.targets import get_target
     from qdit4sr_export.trace import trace_to_onnx
+
+    chosen = get_target(target)
+    options = chosen.configure({}) if target_options is None else target_options
 
     output = Path(output)
     check_destination(output, force)
     notices: list[str] = []
-    stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage", disable=not progress)
-    base = trace_to_onnx(model)
+    stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage",
+                  disable=None if progress else True)
+    base = trace_to_onnx(model) if chosen.trace is None else chosen.trace(model, plan, options)
     stages.update()
     if plan is None:
         timesteps = [float(t) for t in flow_schedule(steps)[0]]
         lowered = [(None, base, {})]
         step_variant = [0] * len(timesteps)
         cap = None
+        layers_stored: dict[str, Any] = {}
     else:
         timesteps = list(plan.timesteps)
         stages.set_description("folding rotations, H-SVD branches")
-        for p in (FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)):
+        for p in chosen.graph_passes(plan, options):
             p(base)
         stages.update()
         schedule = plan_variants(plan, max_variants)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
-        lowered = _variant_models(base, plan, schedule, progress)
+        lowered, store = _variant_models(base, plan, schedule, chosen, options, progress)
+        names = {n for _, g, _ in lowered for n in g.graph.initializers}
+        layers_stored = quantized_layers(plan, store, names)
         stages.update()
     stages.close()
     variants = []
@@ -154,18 +182,22 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
             bits = [b for b in v.abits.values() if b is not None]
             entry["mean_abits"] = sum(bits) / len(bits) if bits else None
             entry["float_activation_layers"] = sum(b is None for b in v.abits.values())
+            entry["layers"] = {n: {"wbits": v.wbits[n], "abits": v.abits[n]} for n in sorted(v.abits)}
         variants.append(entry)
     linears = quantizable_linears(model)
     manifest = {
-        "model": {"config": model.config.to_dict(),
+        "model": {"config": model.config.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+                  "checkpoint_bytes": checkpoint_bytes(model_path),
                   "architecture_fingerprint": architecture_fingerprint(model.config, linears),
                   "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
         "build": build_info,
+        "target": {"name": target, "options": options},
         "plan": "plan.json" if plan is not None else None,
         "timesteps": timesteps,
         "step_variant": step_variant,
         "variants": variants,
         "variant_cap": cap,
+        "quantized_layers": layers_stored,
         **io_specs(files[0][1]),
         "notices": notices,
     }
@@ -175,6 +207,8 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         extras(folder)
         if plan is not None:
             plan.save(folder / "plan.json")
+        if chosen.finish is not None:  # e.g. serialized engines, built from the written graphs
+            manifest.update(chosen.finish(folder, manifest, notices, options) or {})
 
     out = write_engine_set(output, files, manifest, write_all, force=force)
     return BuildResult(out, json.loads((out / "manifest.json").read_text()), notices)

@@ -18,7 +18,7 @@ import torch
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import architecture_fingerprint, weights_fingerprint
-from qdit4sr_export.runtime.backends import INPUTS, make_session
+from qdit4sr_export.runtime.backends import INPUTS, make_session, uses_plugin_ops
 from qdit4sr_export.runtime.engine_set import EngineSet
 
 Feed = dict[str, np.ndarray]
@@ -56,24 +56,73 @@ def error_stats(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
             "sqnr_db": sqnr}
 
 
+@dataclass(frozen=True)
+class GeneratedInputs:
+    """Per variant: the input sets, and whether their timesteps are ones the pipeline's defaults run."""
+
+    feeds: dict[int, list[Feed]]
+    in_run: dict[int, bool]
+    source: str
+
+
+def run_timesteps(engine: EngineSet) -> list[tuple[float, float]]:
+    """(timestep, sigma) of every step the engine set's pipeline.json runs (its steps and start sigma)."""
+    from qdit4sr_export.sampling import flow_schedule, start_index
+
+    cfg = engine.pipeline_config()
+    steps = int(cfg.get("steps", len(engine.timesteps)))
+    timesteps, sigmas = flow_schedule(steps, shift=engine.shift())
+    first = start_index(sigmas, float(cfg.get("start_sigma", 1.0)))
+    return [(float(timesteps[i]), float(sigmas[i])) for i in range(first, steps)]
+
+
+def _lr_latents(engine: EngineSet, cfg, count: int, side: int, seed: int) -> tuple[torch.Tensor, str]:
+    """LR latents of the packaged calibration photos through the engine set's autoencoder, else seeded noise."""
+    if (engine.folder / "vae" / "config.json").is_file():
+        from qdit4sr_export.cli.build import packaged_calibration_folder
+        from qdit4sr_export.quant.calib_images import latents_from_folder
+
+        photos = packaged_calibration_folder()
+        if photos is not None:
+            lat = latents_from_folder(photos, engine.folder, count=count, seed=seed, latent_side=side)
+            if lat.shape[-1] == side:
+                return lat, "packaged LR photos through the engine set's autoencoder"
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(count, cfg.in_channels, side, side, generator=g), "seeded Gaussian latents (no autoencoder)"
+
+
 def generated_inputs(engine: EngineSet, model: torch.nn.Module, *, per_variant: int = 2, side: int = 16,
-                     seed: int = 0) -> dict[int, list[Feed]]:
-    """Per variant: ``per_variant`` seeded input sets at timesteps of that variant's own steps (first, last...)."""
+                     seed: int = 0) -> GeneratedInputs:
+    """Per variant, up to ``per_variant`` input sets at the timesteps the pipeline runs on it (spread over them):
+    ``x_t = (1 - sigma) * lr + sigma * noise`` with LR latents of real photos where the set has an autoencoder.
+    A variant no default run reaches gets inputs at its own build-grid timesteps instead."""
+    from qdit4sr_export.sampling import flow_schedule
+
     cfg = model.config
     prompt = _prompt(engine, cfg)
-    g = torch.Generator().manual_seed(seed)
+    run = run_timesteps(engine)
+    grid_sigmas = flow_schedule(len(engine.timesteps), shift=engine.shift())[1]
+    lrs, source = _lr_latents(engine, cfg, per_variant * len(engine.variants), side, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     feeds: dict[int, list[Feed]] = {}
+    in_run: dict[int, bool] = {}
+    n = 0
     for v in engine.variants:
-        picks = np.unique(np.linspace(0, len(v.steps) - 1, min(per_variant, len(v.steps))).round().astype(int))
+        served = [(t, s) for t, s in run if engine.variant_for_timestep(t).index == v.index]
+        in_run[v.index] = bool(served)
+        if not served:
+            served = [(engine.timesteps[i], float(grid_sigmas[i])) for i in v.steps]
+        picks = np.unique(np.linspace(0, len(served) - 1, min(per_variant, len(served))).round().astype(int))
         feeds[v.index] = []
         for k in picks:
-            t = engine.timesteps[v.steps[int(k)]]
-            x = torch.randn(1, cfg.in_channels, side, side, generator=g)
-            lr = torch.randn(1, cfg.in_channels, side, side, generator=g)
+            t, sigma = served[int(k)]
+            lr = lrs[n % len(lrs)][None]
+            n += 1
+            x = (1 - sigma) * lr + sigma * torch.randn(lr.shape, generator=g)
             feeds[v.index].append({"hidden_states": x.numpy(), "lr_latent": lr.numpy(),
                                    "encoder_hidden_states": prompt[0].numpy(), "pooled_projections": prompt[1].numpy(),
                                    "timestep": np.array([t], dtype=np.float32)})
-    return feeds
+    return GeneratedInputs(feeds, in_run, source)
 
 
 def _prompt(engine: EngineSet, cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,41 +198,46 @@ class VariantResult:
     sqnr_db: float
     polygraphy_pass: bool | None
     passed: bool
+    per_input: list[dict[str, float]]
+    in_run: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def compare_variant(engine: EngineSet, index: int, feeds: list[Feed], reference: list[np.ndarray],
-                    tolerance: Tolerance, *, providers: list[str] | None = None) -> VariantResult:
-    """Run variant ``index`` in polygraphy's OnnxrtRunner and compare against the torch results."""
+                    tolerance: Tolerance, *, runner=None, providers: list[str] | None = None) -> VariantResult:
+    """Run variant ``index`` through polygraphy and compare against the torch results: in polygraphy's
+    OnnxrtRunner (the runtime's session settings) by default, or on ``runner`` (a backend's runner)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator, CompareFunc, IterationResult, RunResults
     from polygraphy.logger import G_LOGGER
 
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # polygraphy logs every inference to stdout
-        return _compare_variant(engine, index, feeds, reference, tolerance, providers, OnnxrtRunner, Comparator,
-                                CompareFunc, IterationResult, RunResults)
-
-
-def _compare_variant(engine, index, feeds, reference, tolerance, providers, OnnxrtRunner, Comparator, CompareFunc,
-                     IterationResult, RunResults) -> VariantResult:
     variant = engine.variants[index]
-    path = engine.folder / variant.file
-    runner = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"]), name=variant.file)
-    results = Comparator.run([runner], data_loader=feeds, warm_up=0)
-    ran = results[0][1]
-    outs = [np.asarray(it[OUTPUT]) for it in ran]
-    fp = RunResults()
-    fp.append((FP_RUNNER, [IterationResult({OUTPUT: r}, runner_name=FP_RUNNER) for r in reference]))
-    fp.append(results[0])
-    poly_pass = None
-    if tolerance.atol is not None:
-        accuracy = Comparator.compare_accuracy(fp, compare_func=CompareFunc.simple(atol=tolerance.atol, rtol=0.0))
-        poly_pass = bool(accuracy)
+    if runner is None:
+        path = engine.folder / variant.file
+        plugin_ops = uses_plugin_ops(engine)
+        poly = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"], plugin_ops=plugin_ops),
+                            name=variant.file)
+    else:
+        from qdit4sr_export.poly_runner import BackendVariantRunner
+
+        poly = BackendVariantRunner(runner, index, f"{runner.name}:{variant.file}")
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # polygraphy logs every inference to stdout
+        results = Comparator.run([poly], data_loader=feeds, warm_up=0)
+        outs = [np.asarray(it[OUTPUT]) for it in results[0][1]]
+        fp = RunResults()
+        fp.append((FP_RUNNER, [IterationResult({OUTPUT: r}, runner_name=FP_RUNNER) for r in reference]))
+        fp.append(results[0])
+        poly_pass = None
+        if tolerance.atol is not None:
+            accuracy = Comparator.compare_accuracy(fp, compare_func=CompareFunc.simple(atol=tolerance.atol, rtol=0.0))
+            poly_pass = bool(accuracy)
     stats = [error_stats(r, o) for r, o in zip(reference, outs)]
     worst = {"max_abs": max(s["max_abs"] for s in stats), "mean_abs": float(np.mean([s["mean_abs"] for s in stats])),
              "cosine": min(s["cosine"] for s in stats), "sqnr_db": min(s["sqnr_db"] for s in stats)}
     passed = bool(worst["sqnr_db"] >= tolerance.min_sqnr and worst["cosine"] >= tolerance.min_cosine and poly_pass is not False)
+    per_input = [{"timestep": float(f["timestep"][0]), **{k: st[k] for k in ("max_abs", "cosine", "sqnr_db")}}
+                 for f, st in zip(feeds, stats)]
     return VariantResult(index, variant.file, len(feeds), [float(f["timestep"][0]) for f in feeds], **worst,
-                         polygraphy_pass=poly_pass, passed=passed)
+                         polygraphy_pass=poly_pass, passed=passed, per_input=per_input)

@@ -3,7 +3,6 @@ the paper's Params (M) and bit-operations; the engine set's variant timeline."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ def load_target(path: str | Path) -> tuple[QuantPlan | None, dict[str, Any] | No
     """(plan, engine manifest) of an engine-set folder (plan None for an FP set) or of a plan file."""
     path = Path(path)
     if path.is_dir():
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise UserError(f"{path}: not an engine set (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
+        from qdit4sr_export.engine_format import read_manifest
+
+        manifest = read_manifest(path)
         plan_file = manifest.get("plan")
         return (QuantPlan.load(path / plan_file) if plan_file else None), manifest
     if not path.is_file():
@@ -64,6 +62,9 @@ def report(plan: QuantPlan | None, manifest: dict[str, Any] | None, *, latent_si
                 "abits": list(lp.abits), "abits_runs": run_lengths(lp.abits), "active": lp.active,
                 "bytes": layer_bytes(lp)})
     if manifest is not None:
+        from qdit4sr_export.size_report import size_breakdown
+
+        out["sizes"] = size_breakdown(manifest)
         ts = manifest["timesteps"]
         out["variants"] = [{"index": v["index"], "file": v["file"], "steps": v["steps"],
                             "timestep_ranges": v["timestep_ranges"], "mean_abits": v.get("mean_abits"),
@@ -79,16 +80,21 @@ def format_report(rep: dict[str, Any], *, layers: bool = True) -> str:
     if p is None:
         lines.append("no quantization plan (an FP engine set)")
     else:
-        lines.append(f"method {p['method']}: {p['layers']} layers, {p['steps']} steps; Params {p['params_m']} M "
-                     f"(FP {p['fp_params_m']} M, {p['size_ratio']}x), mean weight bits {p['avg_wbits']}, "
-                     f"{p['gbops_per_step']} GBOPs/step (FP {p['fp_gbops_per_step']}) at a {p['bops_latent_side']}-px latent; "
-                     f"stored {p['stored_mb']} MB")
+        lines.append(f"method {p['method']}: {p['layers']} layers, {p['steps']} steps, mean weight bits {p['avg_wbits']}")
+        lines.append(f"paper accounting: Params {p['params_m']} M in 32-bit units (FP {p['fp_params_m']} M, "
+                     f"{p['size_ratio']}x smaller), {p['gbops_per_step']} GBOPs/step (FP {p['fp_gbops_per_step']}) "
+                     f"at a {p['bops_latent_side']}-px latent; the planned layers store {p['stored_mb']} MB "
+                     "(codes, scales, FP branches)")
     if layers and rep["layers"]:
         lines.append(f"{'layer':<52}{'out x in':>12}{'W':>3}{'rank':>6}{'SVD-L':>9}{'bytes':>11}  activation bits")
         for r in rep["layers"]:
             block = "x".join(map(str, r["local_block"])) if r["local_block"] else "-"
             lines.append(f"{r['layer']:<52}{r['shape'][0]:>6}x{r['shape'][1]:<5}{r['wbits']:>3}{r['svd_rank']:>6}"
                          f"{block:>9}{r['bytes']:>11}  {r['abits_runs']}" + ("" if r["active"] else "  (inactive)"))
+    if rep.get("sizes") is not None:
+        from qdit4sr_export.size_report import format_breakdown
+
+        lines.extend(format_breakdown(rep["sizes"]))
     if rep["variants"] is not None:
         lines.append(f"{len(rep['variants'])} variant(s):")
         for v in rep["variants"]:

@@ -1,8 +1,8 @@
-"""Backends behind one runner interface: ``activate(variant) / infer(...) / deactivate()``.
+"""Runners behind one interface: ``activate(variant) / infer(...) / deactivate()`` (registered by name in
+:mod:`qdit4sr_export.runtime.registry`).
 
-``ort`` runs an engine set's variant graphs with ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is
-installed and asked for); ``torch`` runs the FP model or the fake-quant simulation of a plan (the oracle).
-A TensorRT runner slots in with the same three methods.
+``OrtRunner`` runs an engine set's variant graphs with ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is
+installed and asked for); ``TorchRunner`` runs the FP model or the fake-quant simulation of a plan (the oracle).
 """
 
 from __future__ import annotations
@@ -46,12 +46,24 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None):
+def uses_plugin_ops(engine: EngineSet) -> bool:
+    """Whether the engine set's graphs hold the TensorRT plugin ops (a ``--target trt`` build)."""
+    return engine.manifest.get("target", {}).get("name") == "trt"
+
+
+def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None,
+                 plugin_ops: bool = False):
     """An ORT session on one variant graph (a path, or serialized bytes whose external data lies in
-    ``external_folder``) with the runtime's settings."""
+    ``external_folder``) with the runtime's settings; ``plugin_ops`` registers the CPU reference implementations
+    of the TensorRT plugin ops (``plugins/ort_reference.py``) so a ``--target trt`` graph runs as TensorRT would
+    parse it."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if plugin_ops:
+        from qdit4sr_export.plugins.ort_reference import custom_ops_library
+
+        so.register_custom_ops_library(custom_ops_library())
     if external_folder is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
     # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
@@ -84,7 +96,7 @@ class OrtRunner:
             self.sessions.move_to_end(index)
             return self.sessions[index]
         path = self.engine.folder / self.engine.variants[index].file
-        session = make_session(path, self.providers, self.threads)
+        session = make_session(path, self.providers, self.threads, plugin_ops=uses_plugin_ops(self.engine))
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
@@ -128,6 +140,7 @@ class TorchRunner:
             apply_plan(model, plan)
         self.model = model.eval()
         self.plan = plan
+        self.patch_size = model.config.patch_size
 
     def activate(self, variant: int) -> None:
         """No-op: the simulation picks each layer's bits from the timestep argument."""

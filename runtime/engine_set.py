@@ -1,32 +1,33 @@
-"""Load and validate an engine set folder (see qdit4sr_export/engine_set.py for what ``build`` writes).
+"""Load and validate an engine set folder (the format: :mod:`qdit4sr_export.engine_format`).
 
-Validation on load: the manifest's schema and version, every listed file present with its size; with
-``verify=True`` also every sha256. Variants are looked up by timestep value: the manifest's
-``timestep_ranges`` tile [0, 1000], so any step count maps every step to a variant.
+Validation on load: the manifest's schema and version, every listed file present with its size and, by
+default, a quick checksum (full sha256 of small files, sampled of large ones); ``verify="full"`` hashes every
+file. Variants are looked up by timestep value: the manifest's ``timestep_ranges`` tile [0, 1000], so any step
+count maps every step to a variant.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
-from qdit4sr_export.checksum import sha256_file
+from qdit4sr_export.engine_format import WeightsFile, check_files, read_manifest
 from qdit4sr_export.errors import UserError
-
-SCHEMA = "qdit4sr-export/engine-set"
-VERSION = 1
 
 
 @dataclass(frozen=True)
 class VariantInfo:
-    """One variant: its graph file, the build-grid steps it serves, and its timestep intervals."""
+    """One variant: its graph file, the build-grid steps it serves, its timestep intervals, and each quantized
+    layer's (weight bits, activation bits) there (activation bits None: float)."""
 
     index: int
     file: str
     steps: tuple[int, ...]
     ranges: tuple[tuple[float, float], ...]
+    layers: Mapping[str, tuple[int, int | None]] = field(default_factory=dict, compare=False, repr=False)
 
 
 class EngineSet:
@@ -37,37 +38,20 @@ class EngineSet:
         self.manifest = manifest
         self.variants = tuple(
             VariantInfo(int(v["index"]), str(v["file"]), tuple(v["steps"]),
-                        tuple((float(lo), float(hi)) for lo, hi in v["timestep_ranges"]))
+                        tuple((float(lo), float(hi)) for lo, hi in v["timestep_ranges"]),
+                        MappingProxyType({n: (int(b["wbits"]), None if b["abits"] is None else int(b["abits"]))
+                                          for n, b in v.get("layers", {}).items()}))
             for v in manifest["variants"])
         self.timesteps = tuple(float(t) for t in manifest["timesteps"])
+        self.quantized_layers: dict[str, dict[str, Any]] = dict(manifest["quantized_layers"])
+        self.weights = WeightsFile.of(folder, manifest)
 
     @classmethod
-    def load(cls, folder: str | Path, *, verify: bool = False) -> "EngineSet":
+    def load(cls, folder: str | Path, *, verify: str = "quick") -> "EngineSet":
+        """Read and check the engine set at ``folder``; ``verify`` is "size", "quick" (default) or "full"."""
         folder = Path(folder)
-        path = folder / "manifest.json"
-        if not path.is_file():
-            raise UserError(f"{folder}: not an engine set (no manifest.json)")
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: unreadable manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-            raise UserError(f"{path}: schema is not {SCHEMA!r}")
-        if manifest.get("version") != VERSION:
-            raise UserError(f"{path}: engine set version {manifest.get('version')!r} is not supported "
-                            f"(this tool reads {VERSION})")
-        for key in ("variants", "timesteps", "files", "model"):
-            if key not in manifest:
-                raise UserError(f"{path}: missing key '{key}'")
-        for entry in manifest["files"]:
-            file = folder / entry["path"]
-            if not file.is_file():
-                raise UserError(f"{folder}: file {entry['path']} listed in the manifest is missing")
-            if file.stat().st_size != entry["bytes"]:
-                raise UserError(f"{folder}: file {entry['path']} has {file.stat().st_size} bytes, "
-                                f"the manifest says {entry['bytes']}")
-            if verify and sha256_file(file) != entry["sha256"]:
-                raise UserError(f"{folder}: file {entry['path']} does not match its sha256 in the manifest")
+        manifest = read_manifest(folder)
+        check_files(folder, manifest["files"], verify)
         return cls(folder, manifest)
 
     def variant_for_timestep(self, timestep: float) -> VariantInfo:

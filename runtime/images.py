@@ -117,6 +117,8 @@ def save_image(path: str | Path, rgb: torch.Tensor, alpha: torch.Tensor | None =
     fmt = path.suffix.lower()
     if fmt not in IMAGE_SUFFIXES:
         raise UserError(f"{path}: unsupported output format {fmt or '(no suffix)'}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if not bool(torch.isfinite(rgb).all()) or (alpha is not None and not bool(torch.isfinite(alpha).all())):
+        raise UserError(f"{path}: the result has non-finite values; nothing was written")
     if fmt in (".jpg", ".jpeg", ".bmp"):
         alpha = None
     colour = rgb.mean(0, keepdim=True) if grey else rgb

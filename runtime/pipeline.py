@@ -90,6 +90,14 @@ class RunReport:
         return {**self.info, "steps": [vars(s) for s in self.steps]}
 
 
+def non_finite_message(engine: EngineSet | None, variant: int | None, step: int, t: float) -> str:
+    """The one-line error for a model output with NaN or Inf (a damaged engine set, or an overflowing model)."""
+    where = "the model" if engine is None or variant is None else \
+        f"variant {variant} ({engine.variants[variant].file})"
+    hint = "; check the engine set with `run --verify`" if engine is not None else ""
+    return f"{where} produced non-finite values at step {step} (timestep {t:.1f}); nothing was written{hint}"
+
+
 class SRPipeline:
     """Runs ``runner`` over the trajectory, switching engine variants by timestep."""
 
@@ -152,6 +160,8 @@ class SRPipeline:
                 v = blend(lambda xt, box: self._velocity(xt, z_lr[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]],
                                                          t, opts), x, tiles)
             report.steps.append(StepRecord(state["step"], t, variant, time.perf_counter() - start))
+            if not bool(torch.isfinite(v).all()):
+                raise UserError(non_finite_message(self.engine, variant, state["step"], t))
             return v
 
         first = start_index(flow_schedule(opts.steps, shift=self.assets.shift)[1], opts.start_sigma)
@@ -167,6 +177,9 @@ class SRPipeline:
                          generator=g, on_step=step)
         self.runner.deactivate()
         with torch.no_grad():
-            out = (ae.decode(z)[0].float().clamp(-1, 1) + 1) / 2
+            decoded = ae.decode(z)[0].float()
+        if not bool(torch.isfinite(decoded).all()):
+            raise UserError("the autoencoder's decoded image has non-finite values; nothing was written")
+        out = (decoded.clamp(-1, 1) + 1) / 2
         out = apply_color_fix(opts.color_fix, out[None], up[None])[0].clamp(0, 1)
         return to_output_size(out, plan), report

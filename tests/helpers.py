@@ -63,3 +63,30 @@ def make_pipeline_folder(root: Path, seed: int = 0, steps: int = 6) -> DiT4SRTra
                                                     "guidance_scale": 2.0, "start_sigma": 1.0, "color_fix": "adain", "min_lr_side": 16,
                                                     "upscale": 4}))
     return model
+
+
+def rehash_engine_set(folder: Path) -> None:
+    """Re-record the file table of a deliberately altered engine set (as if it had been built that way)."""
+    from qdit4sr_export.engine_format import write_manifest
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("schema", "version", "tool_version", "files"):
+        manifest.pop(key)
+    write_manifest(folder, manifest)
+
+
+def overwrite_tensor(folder: Path, name: str, values) -> None:
+    """Overwrite tensor ``name`` in an engine set's weights.bin in place (same size) and rehash the set."""
+    import numpy as np
+
+    from qdit4sr_export.engine_format import WeightsFile, read_manifest
+
+    weights = WeightsFile.of(folder, read_manifest(folder))
+    entry = weights.entries[name]
+    old = weights.array(name)
+    new = np.broadcast_to(np.asarray(values, dtype=old.dtype), old.shape).tobytes()
+    weights.close()
+    with open(folder / "weights.bin", "r+b") as f:
+        f.seek(entry.offset)
+        f.write(new)
+    rehash_engine_set(folder)

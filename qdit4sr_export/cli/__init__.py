@@ -41,6 +41,7 @@ def main(verbose: bool) -> None:
 def _register() -> None:
     from qdit4sr_export.cli.build import build
     from qdit4sr_export.cli.compare import compare
+    from qdit4sr_export.cli.engines import engines
     from qdit4sr_export.cli.info import info
     from qdit4sr_export.cli.inspect import inspect
     from qdit4sr_export.cli.plan import plan
@@ -52,6 +53,7 @@ def _register() -> None:
     main.add_command(run)
     main.add_command(compare)
     main.add_command(inspect)
+    main.add_command(engines)
 
 
 _register()

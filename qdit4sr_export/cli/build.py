@@ -18,14 +18,6 @@ def packaged_calibration_folder() -> Path | None:
     return folder if folder.is_dir() and any(folder.glob("*.png")) else None
 
 
-def checkpoint_bytes(model_path: Path) -> int:
-    """Bytes of the FP transformer weights on disk (the file, or the weight files of the folder)."""
-    if model_path.is_file():
-        return model_path.stat().st_size
-    folder = model_path / "transformer" if (model_path / "transformer").is_dir() else model_path
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-
-
 def _calibration_inputs(chosen, calib, model_path, net, count, seed, no_vatmp, notices):
     """Calibration for the plan: --calib, else the packaged crops through the model's autoencoder."""
     from qdit4sr_export.quant.calib_images import find_autoencoder_folder
@@ -63,13 +55,19 @@ def _load_plan(path: str, net):
               help="Use this QuantPlan JSON (from `plan`) instead of making one.")
 @click.option("--max-variants", type=click.IntRange(min=1), default=None,
               help="Cap the engine variants (shared timestep boundaries chosen by a DP; the cost is reported).")
+@click.option("--target", default="ort", metavar="NAME", help="Lowering target (--list-targets).")
+@click.option("-T", "--target-option", "target_option", multiple=True, metavar="KEY=VALUE",
+              help="Set an option of the target (repeatable; --list-targets shows them), e.g. -T precision=fp32.")
+@click.option("--list-targets", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda c, p, v: _list_targets(c, v), help="List the lowering targets, then exit.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Engine set folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model, method, method_option, config, wbits, wbits_budget, wbits_min, wbits_max, abits,
           svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
-          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, output, force, as_json) -> None:
+          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, target_option, output,
+          force, as_json) -> None:
     """Build an engine set for MODEL (a DiT4SR checkpoint file or folder) into -o OUT.
 
     --method fp packages the unquantized model (the FP baseline). --abits is the average activation budget;
@@ -81,6 +79,9 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
     chosen, cfg = method_and_config(ctx, method, method_option)
     if plan_file is not None and not chosen.quantizes:
         raise UserError(f"--plan and --method {method} exclude each other")
+    from qdit4sr_export.targets import get_target
+
+    target_options = get_target(target).configure(_key_values(target_option, "--target-option"))
 
     from qdit4sr_export.build import build_engine_set
     from qdit4sr_export.cli.plan import _load_model
@@ -102,22 +103,21 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
     info = {"method": method, "method_config": plan.method_config if plan is not None else None,
             "steps": plan_steps, "max_variants": max_variants, "calibration": calibration_source}
     result = build_engine_set(net, model, output, plan=plan, steps=plan_steps, max_variants=max_variants,
-                              build_info=info, force=force, progress=not as_json)
+                              build_info=info, force=force, progress=not as_json, target=target,
+                              target_options=target_options)
+    from qdit4sr_export.size_report import format_breakdown, size_breakdown
+
     manifest = result.manifest
-    files = {f["path"]: f["bytes"] for f in manifest["files"]}
-    fp_bytes = checkpoint_bytes(Path(model))
-    weights = files.get("weights.bin", 0)
+    sizes = size_breakdown(manifest)
     summary = {
         "output": str(result.output),
         "method": method,
+        "target": target,
         "variants": len(manifest["variants"]),
         "calibration": calibration_source,
         "variant_cap": manifest["variant_cap"],
         "lowering": {v["file"]: v["lowering"] for v in manifest["variants"]},
-        "weights_bytes": weights,
-        "engine_set_bytes": sum(files.values()),
-        "fp_checkpoint_bytes": fp_bytes,
-        "compression": round(fp_bytes / weights, 3) if weights else None,
+        "sizes": sizes,
         "seconds": round(time.perf_counter() - started, 1),
         "notices": notices + result.notices,
     }
@@ -133,8 +133,28 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
         cap = manifest["variant_cap"]
         click.echo(f"variant cap {max_variants}: distortion x{cap['distortion_ratio']:.3f} of the uncapped plan, "
                    f"mean activation bits {cap['mean_abits_uncapped']} -> {cap['mean_abits']}")
-    ratio = summary["compression"]
-    relation = "" if not ratio else (f", {ratio}x smaller" if ratio >= 1 else f", {round(1 / ratio, 3)}x larger")
-    click.echo(f"weights: {weights / 1e6:.2f} MB (FP checkpoint on disk {fp_bytes / 1e6:.2f} MB{relation}); "
-               f"whole set {summary['engine_set_bytes'] / 1e6:.2f} MB")
+    for line in format_breakdown(sizes):
+        click.echo(line)
     click.echo(f"time: {summary['seconds']} s")
+
+
+def _list_targets(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from qdit4sr_export.targets import get_target, target_names
+
+    for name in target_names():
+        t = get_target(name)
+        opts = ", ".join(f"{k}={v}" for k, v in t.options.items()) or "none"
+        click.echo(f"{name:<6} {t.summary}\n{'':<6} options: {opts}")
+    ctx.exit()
+
+
+def _key_values(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

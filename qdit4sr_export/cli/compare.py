@@ -13,10 +13,10 @@ SCHEMA = "qdit4sr-export/compare"
 VERSION = 1
 
 
-def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: bool) -> list[dict]:
+def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: bool, backend, device: str) -> list[dict]:
     """Both pipelines end to end on every image of ``folder``: PSNR/SSIM of the engine's output against FP's."""
     from qdit4sr_export.metrics import psnr, ssim, to_255
-    from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner
+    from qdit4sr_export.runtime.backends import TorchRunner
     from qdit4sr_export.runtime.images import find_inputs, load_image
     from qdit4sr_export.runtime.pipeline import PipelineOptions, SRPipeline, load_assets
 
@@ -25,7 +25,7 @@ def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: boo
         raise UserError(f"--images {folder}: no image files")
     assets = load_assets(engine.folder, shift=engine.shift(), config=engine.pipeline_config())
     fp_pipe = SRPipeline(TorchRunner(model), assets, patch_size=model.config.patch_size)
-    q_pipe = SRPipeline(OrtRunner(engine), assets, engine, patch_size=model.config.patch_size)
+    q_pipe = SRPipeline(backend.open(engine, device=device), assets, engine, patch_size=model.config.patch_size)
     options = PipelineOptions(steps=steps, seed=seed)
     rows = []
     for path in tqdm(files, desc="images", unit="img", leave=False, disable=quiet):
@@ -39,11 +39,16 @@ def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: boo
 
 
 def _table(result: dict) -> str:
-    lines = [f"{'variant':<16}{'timesteps':<22}{'max abs':>10}{'mean abs':>10}{'cosine':>10}{'SQNR dB':>9}  result"]
+    lines = [f"inputs: {result['inputs']}",
+             f"{'variant':<17}{'timestep':>9}{'in run':>8}{'max abs':>11}{'cosine':>10}{'SQNR dB':>9}  result"]
     for v in result["variants"]:
-        ts = ",".join(f"{t:.0f}" for t in v["timesteps"])
-        lines.append(f"{v['file']:<16}{ts:<22}{v['max_abs']:>10.4g}{v['mean_abs']:>10.4g}{v['cosine']:>10.5f}"
-                     f"{v['sqnr_db']:>9.2f}  {'pass' if v['passed'] else 'FAIL'}")
+        in_run = {True: "yes", False: "no", None: "-"}[v.get("in_run")]
+        for k, row in enumerate(v["per_input"]):
+            verdict = ("pass" if v["passed"] else "FAIL") if k == 0 else ""
+            lines.append(f"{v['file'] if k == 0 else '':<17}{row['timestep']:>9.1f}{in_run:>8}{row['max_abs']:>11.4g}"
+                         f"{row['cosine']:>10.5f}{row['sqnr_db']:>9.2f}  {verdict}")
+    if any(v.get("in_run") is False for v in result["variants"]):
+        lines.append("in run: whether the pipeline's default steps (pipeline.json) reach that timestep")
     for index, onset in result.get("layers", {}).items():
         first, drop = onset["first_below_threshold"], onset["largest_drop"]
         where = f"{first['layer']} (call {first['call']}, {first['sqnr_db']} dB)" if first else "none"
@@ -73,39 +78,69 @@ def _table(result: dict) -> str:
               help="--layers: SQNR (dB) below which a layer counts as where the error starts (default --min-sqnr).")
 @click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="--images: denoising steps.")
+@click.option("--backend", default="ort", show_default=True, metavar="NAME",
+              help="Backend that runs the engine set (`run --list-backends`); ort runs the variant graphs in "
+                   "polygraphy's OnnxrtRunner.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr, min_cosine, atol, layers,
-            layer_threshold, images_dir, steps, as_json) -> None:
-    """Compare every variant of ENGINE_DIR with the FP model FP_MODEL (polygraphy; exit 1 if a tolerance fails)."""
+            layer_threshold, images_dir, steps, backend, device, as_json) -> None:
+    """Compare every variant of ENGINE_DIR with the FP model FP_MODEL (polygraphy; exit 1 if a tolerance fails).
+
+    Default inputs sit at the timesteps the engine set's pipeline.json runs, built from real LR photos where the
+    set has an autoencoder: x_t = (1 - sigma) LR latent + sigma noise.
+    """
+    from qdit4sr_export.runtime.registry import ENGINE_SET, get_backend
+
+    # The backend first, before the model's imports: check_device may have to act before triton is imported.
+    chosen = get_backend(backend)
+    if chosen.reads != ENGINE_SET:
+        raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
+    chosen.check_device(device)
     from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.runtime.backends import uses_plugin_ops
     from qdit4sr_export.runtime.engine_set import EngineSet
-
     engine = EngineSet.load(engine_dir)
     model = load_dit4sr(fp_model).eval()
     check_engine_matches(engine, model)
+    in_run: dict = {}
     if inputs_file:
         given = load_inputs(inputs_file, model)
         feeds = {v.index: given for v in engine.variants}
+        source = str(inputs_file)
     else:
-        feeds = generated_inputs(engine, model, per_variant=per_variant, side=side, seed=seed)
+        generated = generated_inputs(engine, model, per_variant=per_variant, side=side, seed=seed)
+        feeds, in_run, source = generated.feeds, generated.in_run, generated.source
+    runner, providers = None, None
+    if chosen.runs_graphs:  # the variant graphs themselves, in polygraphy's OnnxrtRunner
+        from qdit4sr_export.runtime.backends import ort_providers
+
+        providers = ort_providers(device)
+    else:
+        runner = chosen.open(engine, device=device)
     tolerance = Tolerance(min_sqnr, min_cosine, atol)
     result = {"schema": SCHEMA, "version": VERSION, "engine_set": str(engine_dir), "fp_model": str(fp_model),
+              "backend": backend, "device": device, "inputs": source,
               "tolerance": {"min_sqnr": min_sqnr, "min_cosine": min_cosine, "atol": atol}, "variants": []}
-    for v in tqdm(engine.variants, desc="variants", unit="variant", disable=as_json):
+    for v in tqdm(engine.variants, desc="variants", unit="variant", disable=as_json or None):
         reference = torch_outputs(model, feeds[v.index])
-        result["variants"].append(compare_variant(engine, v.index, feeds[v.index], reference, tolerance).to_dict())
+        res = compare_variant(engine, v.index, feeds[v.index], reference, tolerance,
+                              runner=runner, providers=providers)
+        res.in_run = in_run.get(v.index)
+        result["variants"].append(res.to_dict())
     if layers:
         threshold = min_sqnr if layer_threshold is None else layer_threshold
         result["layers"] = {}
         for v in tqdm(engine.variants, desc="layers", unit="variant", disable=as_json):
-            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0])
+            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0],
+                                          plugin_ops=uses_plugin_ops(engine))
             result["layers"][str(v.index)] = {**error_onset(errors, threshold),
                                               "all": [e.to_dict() for e in errors]}
     if images_dir:
-        result["images"] = _images(model, engine, images_dir, steps, seed, as_json)
+        result["images"] = _images(model, engine, images_dir, steps, seed, as_json, chosen, device)
     result["passed"] = all(v["passed"] for v in result["variants"])
     if as_json:
         click.echo(json.dumps(result, indent=1))

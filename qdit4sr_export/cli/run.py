@@ -7,85 +7,99 @@ import time
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from qdit4sr_export.errors import UserError
 
+REPORT_SCHEMA = "qdit4sr-export/run-report"
+REPORT_VERSION = 1
 
-def _engine_pipeline(folder: Path, backend: str, device: str, threads: int | None, verify: bool):
-    from qdit4sr_export.runtime.backends import OrtRunner
+
+def _engine_pipeline(folder: Path, backend, device: str, threads: int | None, verify: bool):
     from qdit4sr_export.runtime.engine_set import EngineSet
     from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets
 
-    if backend != "ort":
-        raise UserError(f"--backend {backend} needs a checkpoint (an engine set holds no torch weights); "
-                        "give the FP model folder, with --plan to simulate a plan")
-    engine = EngineSet.load(folder, verify=verify)
+    engine = EngineSet.load(folder, verify="full" if verify else "quick")
     assets = load_assets(folder, shift=engine.shift(), config=engine.pipeline_config())
-    runner = OrtRunner(engine, device=device, threads=threads)
-    info = {"engine_set": str(folder), "backend": "ort", "build_steps": len(engine.timesteps),
-            "variants": len(engine.variants), "variant_lookup": "by timestep value: the variant whose "
-            "manifest interval holds the step's timestep"}
+    runner = backend.open(engine, device=device, threads=threads)
+    info = {"engine_set": str(folder), "backend": backend.name, "device": device,
+            "build_steps": len(engine.timesteps), "variants": len(engine.variants),
+            "variant_lookup": "by timestep value: the variant whose manifest interval holds the step's timestep"}
     return SRPipeline(runner, assets, engine, patch_size=engine.config().get("patch_size", 2)), info
 
 
-def _model_pipeline(model: str, plan_file: str | None, device: str):
+def _model_pipeline(model: str, backend, plan_file: str | None, device: str, threads: int | None):
     from qdit4sr_export.build import model_root
-    from qdit4sr_export.model import load_dit4sr
-    from qdit4sr_export.quant.plan import QuantPlan
-    from qdit4sr_export.runtime.backends import TorchRunner
+    from qdit4sr_export.jsonfile import read_json_object
     from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets
     from qdit4sr_export.sampling import DEFAULT_SHIFT
 
-    if device != "cpu":
-        raise UserError("--device cuda is for the ort backend; the torch backend runs on the CPU here")
-    net = load_dit4sr(model)
     root = model_root(Path(model))
     if root is None:
         raise UserError(f"{model}: not a pipeline folder (no transformer/ beside vae/); run needs its autoencoder")
+    runner = backend.open(model, device=device, threads=threads, plan=plan_file)
     config, shift = {}, DEFAULT_SHIFT
     if (root / "pipeline.json").is_file():
-        config = json.loads((root / "pipeline.json").read_text())
+        config = read_json_object(root / "pipeline.json", "pipeline settings")
     if (root / "scheduler" / "scheduler_config.json").is_file():
-        shift = float(json.loads((root / "scheduler" / "scheduler_config.json").read_text()).get("shift", shift))
-    plan = QuantPlan.load(plan_file) if plan_file else None
-    info = {"model": str(model), "backend": "torch", "plan": plan_file}
-    return SRPipeline(TorchRunner(net, plan), load_assets(root, shift=shift, config=config),
-                      patch_size=net.config.patch_size), info
+        shift = float(read_json_object(root / "scheduler" / "scheduler_config.json", "scheduler config")
+                      .get("shift", shift))
+    info = {"model": str(model), "backend": backend.name, "device": device, "plan": plan_file}
+    return SRPipeline(runner, load_assets(root, shift=shift, config=config), patch_size=runner.patch_size), info
 
 
 def _outputs(inputs: list[Path], output: Path, many: bool) -> list[Path]:
+    """Where each result goes: -o is a file for one input, a folder for a folder or several inputs."""
+    from qdit4sr_export.runtime.images import IMAGE_SUFFIXES
+
     if not many:
-        return [output]
-    if output.exists() and not output.is_dir():
-        raise UserError(f"-o {output}: several inputs need an output folder")
-    output.mkdir(parents=True, exist_ok=True)
+        return [output / inputs[0].name if output.is_dir() else output]
+    if output.suffix.lower() in IMAGE_SUFFIXES or (output.exists() and not output.is_dir()):
+        raise UserError(f"-o {output}: {len(inputs)} inputs need an output folder, not a file name")
     return [output / p.name for p in inputs]
 
 
+def _resolve_backend(name: str | None, is_engine: bool, device: str):
+    from qdit4sr_export.runtime.registry import CHECKPOINT, ENGINE_SET, default_backend, get_backend
+
+    reads = ENGINE_SET if is_engine else CHECKPOINT
+    backend = default_backend(reads) if name is None else get_backend(name)
+    if backend.reads != reads:
+        if is_engine:
+            raise UserError(f"--backend {backend.name} needs a checkpoint (an engine set holds no FP weights); give "
+                            "the FP model folder, with --plan to simulate a plan")
+        raise UserError(f"--backend {backend.name} needs an engine set (build one with `qdit4sr-export build`)")
+    backend.check_device(device)
+    return backend
+
+
 @click.command()
-@click.argument("model", metavar="MODEL_OR_ENGINE_DIR", type=click.Path(exists=True))
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path())
-@click.option("-o", "--output", type=click.Path(), required=True, help="Output image (one input) or folder (a folder or several inputs).")
+@click.argument("model", metavar="MODEL_OR_ENGINE_DIR", type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output image (one input) or folder (a folder or several inputs).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (default: the model's pipeline.json).")
-@click.option("--cfg", "guidance", type=float, default=None, help="Classifier-free guidance scale (1 = off).")
+@click.option("--cfg", "guidance", type=float, default=None, help="Classifier-free guidance scale (1 = off; default: pipeline.json).")
 @click.option("--start-sigma", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Start from (1-s) LR latent + s noise (1 = pure noise).")
+              help="Start from (1-s) LR latent + s noise (1 = pure noise; default: pipeline.json).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True, help="Latent tile size.")
 @click.option("--overlap", type=click.IntRange(min=0), default=24, show_default=True, help="Latent tile overlap.")
 @click.option("--color-fix", type=click.Choice(["adain", "wavelet", "none"]), default=None,
               help="Colour correction against the bicubic image (default: the model's pipeline.json, else adain).")
-@click.option("--backend", type=click.Choice(["ort", "torch"]), default=None,
-              help="ort for engine sets (default), torch for checkpoints (default).")
-@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--backend", default=None, metavar="NAME",
+              help="Backend (see `--list-backends`); default: ort for an engine set, torch for a checkpoint.")
+@click.option("--list-backends", is_flag=True, is_eager=True, expose_value=False, callback=lambda c, p, v: _list(c, v),
+              help="List the backends, then exit.")
+@click.option("--plan", "plan_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="torch backend: simulate this QuantPlan.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--verify", is_flag=True, help="Check every engine-set file's sha256 before running.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
+@click.option("--verify", is_flag=True,
+              help="Hash every engine-set file in full before running (by default large files get a sampled check).")
 @click.option("--alpha", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
               help="Images with transparency: upscale the alpha channel bicubically and keep it, or drop it.")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False), default=None, help="Write a JSON report (per image and step: variant, time).")
+@click.option("--report", "report_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JSON report (per image and step: variant, time).")
 def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap, color_fix, backend, plan_file,
         device, threads, verify, alpha, report_file) -> None:
     """Super-resolve INPUT images (files or folders) x4 with an engine set or an FP checkpoint folder.
@@ -93,31 +107,57 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
     Outputs keep the input names (in the -o folder) and formats; greyscale stays greyscale, 16-bit PNG stays
     16-bit. A file that cannot be read is reported and skipped; the others still run (exit status 1 then).
     """
+    from qdit4sr_export import __version__
+
     if tile <= overlap:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
-    is_engine = (Path(model) / "manifest.json").is_file()
+    is_engine = (model / "manifest.json").is_file()
     if plan_file and is_engine:
         raise UserError("--plan is for the torch backend on a checkpoint, not for an engine set")
-    if not is_engine and backend == "ort":
-        raise UserError(f"{model}: --backend ort needs an engine set (build one with `qdit4sr-export build`)")
+    missing = next((p for p in inputs if not p.exists()), None)
+    if missing is not None:  # before the runtime (torch) loads; find_inputs says the same
+        raise UserError(f"{missing}: no such file or folder")
+    from qdit4sr_export.runtime.images import find_inputs
 
-    from qdit4sr_export.runtime.images import find_inputs, load_image, save_image
+    files = find_inputs(list(inputs))
+    if not files:
+        raise UserError(f"no image files in {', '.join(map(str, inputs))}")
+    many = len(files) > 1 or any(p.is_dir() for p in inputs)
+    targets = _outputs(files, output, many)
+    chosen = _resolve_backend(backend, is_engine, device)
+    if is_engine:
+        pipe, info = _engine_pipeline(model, chosen, device, threads, verify)
+    else:
+        pipe, info = _model_pipeline(str(model), chosen, plan_file, device, threads)
+    records, failed = _run_images(pipe, files, targets, alpha, (steps, guidance, start_sigma, color_fix, seed,
+                                                                 tile, overlap))
+    if report_file:
+        from qdit4sr_export.atomic import atomic_path
+
+        report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "tool_version": __version__, **info,
+                  "options": {"steps": steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed,
+                              "tile": tile, "overlap": overlap, "color_fix": color_fix}, "images": records}
+        with atomic_path(report_file, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
+        click.echo(f"report: {report_file}")
+    if failed:
+        raise SystemExit(1)
+
+
+def _run_images(pipe, files: list[Path], targets: list[Path], alpha: str, option_values: tuple):
+    """Run every image; returns the report records and the number that failed."""
+    from tqdm import tqdm
+
+    from qdit4sr_export.runtime.images import load_image, save_image
     from qdit4sr_export.runtime.pipeline import PipelineOptions
     from qdit4sr_export.runtime.resize import to_output_size
 
-    if is_engine:
-        pipe, info = _engine_pipeline(Path(model), backend or "ort", device, threads, verify)
-    else:
-        pipe, info = _model_pipeline(model, plan_file, device)
-    files = find_inputs(list(inputs))
-    many = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
-    targets = _outputs(files, Path(output), many)
-    options = PipelineOptions(steps, guidance, start_sigma, color_fix, seed, tile, overlap)
+    options = PipelineOptions(*option_values)
     records, failed = [], 0
-    bar = tqdm(total=len(files), desc="images", unit="img")
+    bar = tqdm(total=len(files), desc="images", unit="img", disable=None)  # None: off when stderr is no terminal
     for src, dst in zip(files, targets):
-        entry = {"input": str(src), "output": str(dst)}
-        steps_bar = tqdm(desc=src.name, unit="step", leave=False)
+        entry = {"input": str(src), "output": None}
+        steps_bar = tqdm(desc=src.name, unit="step", leave=False, disable=None)
         try:
             image = load_image(src)
             start = time.perf_counter()
@@ -127,23 +167,27 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
             if image.alpha is not None and alpha == "keep":
                 out_alpha = to_output_size(image.alpha, pipe.resize_plan(image.rgb))
             save_image(dst, out, out_alpha, grey=image.info.grey, bit_depth=image.info.bit_depth)
-            entry.update(rep.to_dict(), seconds=round(time.perf_counter() - start, 3),
+            entry.update(rep.to_dict(), output=str(dst), seconds=round(time.perf_counter() - start, 3),
                          input_mode=image.info.mode, bit_depth=image.info.bit_depth)
+            tqdm.write(f"wrote {dst}")
         except UserError as exc:
             failed += 1
             entry["error"] = str(exc)
-            tqdm.write(f"error: {exc}")
+            tqdm.write(f"error: {src}: {exc}" if str(src) not in str(exc) else f"error: {exc}")
         finally:
             steps_bar.close()
         records.append(entry)
         bar.update()
     bar.close()
-    if report_file:
-        from qdit4sr_export.atomic import atomic_path
+    return records, failed
 
-        report = {**info, "options": {"steps": steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed,
-                                      "tile": tile, "overlap": overlap, "color_fix": color_fix}, "images": records}
-        with atomic_path(Path(report_file), overwrite=True) as tmp:
-            tmp.write_text(json.dumps(report, indent=1) + "\n")
-    if failed:
-        raise SystemExit(1)
+
+def _list(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from qdit4sr_export.runtime.registry import backend_names, get_backend
+
+    for name in backend_names():
+        b = get_backend(name)
+        click.echo(f"{name:<8} reads {b.reads}; devices {', '.join(b.devices)}: {b.summary}")
+    ctx.exit()

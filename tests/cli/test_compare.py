@@ -4,11 +4,11 @@ import json
 import shutil
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
+from helpers import overwrite_tensor
 from qdit4sr_export.cli import main
 
 
@@ -25,35 +25,55 @@ def test_w8a8_passes_with_layers(pipeline_folder, engine_sets):
     assert report["schema"] == "qdit4sr-export/compare" and report["passed"]
     manifest = json.loads((w8 / "manifest.json").read_text())
     assert len(report["variants"]) == len(manifest["variants"])
+    assert report["inputs"].startswith("packaged LR photos")  # the set has an autoencoder: real latents
     for v in report["variants"]:
         steps = manifest["variants"][v["index"]]["steps"]
-        assert v["sqnr_db"] >= 20 and v["cosine"] >= 0.99 and v["inputs"] == min(2, len(steps))
-        assert set(v["timesteps"]) <= {manifest["timesteps"][s] for s in steps}  # generated at its own timesteps
+        assert v["sqnr_db"] >= 57 and v["cosine"] >= 0.99999 and v["inputs"] == min(2, len(steps))
+        # pipeline.json runs every grid step from pure noise: inputs sit at the variant's own steps
+        assert v["in_run"] and set(v["timesteps"]) <= {manifest["timesteps"][s] for s in steps}
+        assert [r["timestep"] for r in v["per_input"]] == v["timesteps"]
     layers = report["layers"]["0"]
     assert layers["first_below_threshold"] is None and len(layers["all"]) > 20
 
 
+def test_default_inputs_follow_the_pipeline(pipeline_folder, engine_sets, tmp_path):
+    """A pipeline that starts at sigma 0.3 runs only the late steps: inputs sit there, and variants it never
+    reaches are still checked at their own steps, marked as not in the run."""
+    from helpers import rehash_engine_set
+    from qdit4sr_export.compare import run_timesteps
+    from qdit4sr_export.runtime.engine_set import EngineSet
+
+    _, folder = pipeline_folder
+    _, w8, _ = engine_sets
+    late = tmp_path / "late"
+    shutil.copytree(w8, late)
+    cfg = json.loads((late / "pipeline.json").read_text())
+    (late / "pipeline.json").write_text(json.dumps({**cfg, "start_sigma": 0.3}))
+    rehash_engine_set(late)
+    engine = EngineSet.load(late)
+    run = [t for t, _ in run_timesteps(engine)]
+    assert 0 < len(run) < len(engine.timesteps) and max(run) < 500
+    result = invoke(folder / "transformer", late, "--min-sqnr", 50)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].split() == ["variant", "timestep", "in", "run", "max", "abs", "cosine", "SQNR", "dB", "result"]
+    report = json.loads(invoke(folder / "transformer", late, "--json", "--min-sqnr", 50).output)
+    reached = [v for v in report["variants"] if v["in_run"]]
+    assert reached and all(set(v["timesteps"]) <= set(run) for v in reached)
+    assert any(not v["in_run"] for v in report["variants"])
+
+
 def damage(engine, tmp_path, layer):
-    """Copy of the engine set with ``layer``'s weight scale multiplied by 10 in every variant graph."""
+    """Copy of the engine set with ``layer``'s weight scales multiplied by 10 (manifest rehashed, as if built so)."""
+    from qdit4sr_export.runtime.engine_set import EngineSet
+
     out = tmp_path / "damaged"
     shutil.copytree(engine, out)
-    raw = bytearray((out / "weights.bin").read_bytes())
-    hit = 0
-    for path in out.glob("variant_*.onnx"):
-        proto = onnx.load(str(path), load_external_data=False)
-        for t in proto.graph.initializer:
-            if t.name.startswith(f"{layer}.wscale"):
-                if t.data_location == onnx.TensorProto.EXTERNAL:
-                    info = {e.key: e.value for e in t.external_data}
-                    off, n = int(info["offset"]), int(info["length"])
-                    if path.name == "variant_00.onnx":
-                        raw[off:off + n] = (np.frombuffer(raw[off:off + n], np.float32) * 10).tobytes()
-                else:
-                    t.raw_data = (np.frombuffer(t.raw_data, np.float32) * 10).tobytes()
-                hit += 1
-        onnx.save(proto, str(path))
-    (out / "weights.bin").write_bytes(bytes(raw))
-    assert hit
+    weights = EngineSet.load(out).weights
+    names = [n for n in weights.names() if n.startswith(f"{layer}.wscale")]
+    assert names
+    for name in names:
+        overwrite_tensor(out, name, np.array(weights.array(name)) * 10)
     return out
 
 

@@ -69,3 +69,53 @@ def test_bad_options(engine_sets, pipeline_folder, tmp_path):
         result = invoke(*args)
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "o.png").exists()
+
+
+def test_outputs_are_named_and_reported(engine_sets, tmp_path):
+    _, w8, _ = engine_sets
+    src = photos(tmp_path / "in")
+    # several inputs need a folder: a file name is refused before anything runs
+    result = invoke(w8, src / "rgb.png", src / "grey.png", "-o", tmp_path / "out.png")
+    assert result.exit_code == 2 and "need an output folder" in result.output
+    assert not (tmp_path / "out.png").exists()
+    result = invoke(w8, src / "rgb.png", src / "broken.png", "-o", tmp_path / "o", "--steps", 2,
+                    "--report", tmp_path / "r.json")
+    assert result.exit_code == 1
+    assert f"wrote {tmp_path / 'o' / 'rgb.png'}" in result.output
+    assert "\r" not in result.output and "images:" not in result.output  # no progress bars off a terminal
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema"] == "qdit4sr-export/run-report" and report["version"] == 1 and report["tool_version"]
+    by_name = {r["input"].rsplit("/", 1)[-1]: r for r in report["images"]}
+    assert by_name["rgb.png"]["output"] == str(tmp_path / "o" / "rgb.png")
+    assert by_name["broken.png"]["output"] is None and by_name["broken.png"]["error"]
+
+
+def test_damaged_weights_never_become_an_image(engine_sets, tmp_path):
+    """In-place damage is caught by the default check; non-finite outputs are an error naming variant and step."""
+    import shutil
+
+    from helpers import overwrite_tensor
+    from qdit4sr_export.runtime.engine_set import EngineSet
+
+    _, w8, _ = engine_sets
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
+    bad = tmp_path / "bad"
+    shutil.copytree(w8, bad)
+    raw = bytearray((bad / "weights.bin").read_bytes())
+    for block in (1, 5, 9):  # a few 4 KB blocks overwritten, same size
+        raw[block * 4096:(block + 1) * 4096] = bytes(4096)
+    (bad / "weights.bin").write_bytes(bytes(raw))
+    result = invoke(bad, src, "-o", tmp_path / "a.png")
+    assert result.exit_code == 2 and "weights.bin is damaged" in result.output
+    assert not (tmp_path / "a.png").exists()
+    # a set whose weights are NaN (checksums re-recorded, as a broken build would write them)
+    shutil.rmtree(bad)
+    shutil.copytree(w8, bad)
+    engine = EngineSet.load(bad)
+    name = next(n for n in engine.weights.names() if ".wscale" in n)
+    overwrite_tensor(bad, name, np.nan)
+    result = invoke(bad, src, "-o", tmp_path / "b.png", "--steps", 2)
+    assert result.exit_code == 1
+    assert "produced non-finite values at step" in result.output and "variant" in result.output
+    assert not (tmp_path / "b.png").exists()

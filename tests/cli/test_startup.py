@@ -20,6 +20,8 @@ MISTAKES = [
     (["build", ".", "--method", "fp", "--wbits", "4", "-o", "out"], "--wbits does not apply to method 'fp'"),
     (["build", "."], "Missing option '-o' / '--output'"),
     (["run", "nonexistent", "a.png", "-o", "b.png"], "Path 'nonexistent' does not exist"),
+    (["run", ".", "nonexistent.png", "-o", "b.png"], "nonexistent.png: no such file or folder"),
+    (["run", ".", ".", "-o", "b.png", "--tile", "8", "--overlap", "9"], "--overlap 9 must be smaller than --tile 8"),
     (["compare", "nonexistent", "engines"], "Path 'nonexistent' does not exist"),
     (["inspect", "nonexistent"], "Path 'nonexistent' does not exist"),
     (["info", "nonexistent"], "neither a file or folder nor a preset"),

@@ -14,6 +14,7 @@ from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
 from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
 from qdit4sr_export.passes.lower_ort import LowerOrtPass
 from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
+from qdit4sr_export.passes.storage import layer_bytes
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config, method_names
 from qdit4sr_export.quant.simulate import apply_plan
@@ -27,7 +28,9 @@ def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     method = get_method(name)
     calib = CalibrationInputs.with_null_prompt(
         torch.randn(2, model.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0)), model.config)
-    options = {"steps": 3, "abits": 6, **({"wbits": 4} if name == "qdit4sr" else {}),
+    # 4-bit activations: at 6 bits one seeded AdaTSQ case has an activation on a rounding tie that float
+    # summation order flips (54 dB with identical arithmetic, 131 dB at 4 and 8 bits)
+    options = {"steps": 3, "abits": 4, **({"wbits": 4} if name == "qdit4sr" else {}),
                **({"min_mean_group": 32.0} if name == "qdit" else {})}  # tiny widths: 64 and 256
     plan = method.build(copy.deepcopy(model), make_config(method, options), calibration=calib)
     graph = traced.clone()
@@ -48,5 +51,14 @@ def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     apply_plan(sim, plan)
     with torch.no_grad():
         want = sim(*inputs, return_dict=False)[0].numpy()
-    assert 10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum()) >= 40.0
+    sqnr = 10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum())
+    assert sqnr >= 100.0  # the same arithmetic as the simulation: measured 126-133 dB
     assert sum(lower.paths.values()) > 0
+    # what the graph stores for each lowered layer is what the plan's storage accounting predicts
+    stored: dict[str, int] = {}
+    for init, value in graph.graph.initializers.items():
+        for marker in (".wq", ".wscale", ".svd_"):
+            if marker in init:
+                layer = init[:init.index(marker)]
+                stored[layer] = stored.get(layer, 0) + value.const_value.nbytes
+    assert stored and {n: layer_bytes(plan.layers[n]) for n in stored} == stored

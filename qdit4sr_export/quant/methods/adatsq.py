@@ -90,10 +90,12 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
     sens = fisher_sensitivity(model, traj, [hessians], seed=config.calib_seed + 7, progress=progress,
                               weigh=lambda w: setattr(hessians, "weight", w))
     alpha = sens / sens.sum() if sens.sum() > 0 else np.full(run, 1.0 / run)
-    tensors = {f"{n}.weight.{config.wbits}": gptq_quantize(ctx.weight(n), h, config.wbits, clip="minmax",
-                                                           damp=config.damp).weight
-               for n, h in hessians.result().items()}
-    stored = {k.rsplit(".weight.", 1)[0] for k in tensors}
+    tensors = {}
+    for n, h in hessians.result().items():
+        q = gptq_quantize(ctx.weight(n), h, config.wbits, clip="minmax", damp=config.damp)
+        tensors[f"{n}.weight.{config.wbits}"] = q.weight
+        tensors[f"{n}.weight_scale.{config.wbits}"] = q.scales  # codes x scales: stored as INT4 codes
+    stored = {k.rsplit(".weight.", 1)[0] for k in tensors if ".weight." in k}
 
     def layers_for(schedule: list[dict[str, int]]) -> dict[str, LayerPlan]:
         """Plans with ``schedule`` on the steps that run; earlier steps static ``abits`` ("mid")."""

@@ -119,6 +119,8 @@ def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = 
             q = gptq_quantize(ctx.weight(name), hessian, config.wbits, group_size=groups[name], clip="minmax",
                               damp=config.damp)
             tensors[f"{name}.weight.{config.wbits}"] = q.weight
+            tensors[f"{name}.weight_scale.{config.wbits}"] = q.scales
         notes.append(f"GPTQ on {len(found)} layer(s) (damping {config.damp}, block 128)")
-    return ctx.plan("qdit", config, layer_plans(groups, {k.rsplit(".weight.", 1)[0] for k in tensors}),
+    return ctx.plan("qdit", config, layer_plans(groups, {k.rsplit(".weight.", 1)[0] for k in tensors
+                                                         if ".weight." in k}),
                     notes=notes, tensors=tensors)

@@ -1,15 +1,14 @@
-"""Write an engine set: variant graphs sharing one external weights file, pipeline extras, and a manifest.
+"""Write an engine set (format: :mod:`qdit4sr_export.engine_format`): variant graphs sharing one external
+weights file, pipeline extras, and the manifest.
 
-Layout: ``manifest.json``, ``variant_NN.onnx`` (graphs only), ``weights.bin`` (every large initializer once,
-64-byte aligned, sorted by name, referenced by all variants as ONNX external data with relative paths so the
-folder can move), ``plan.json`` (+ tensors sidecar), and what the pipeline needs (``vae/``,
-``prompt_embeds.safetensors``, ``scheduler/``, ``pipeline.json``). The folder is written under a temporary
-name beside the destination and renamed into place, so a failed build leaves nothing behind.
+``weights.bin`` holds every parameter-like initializer once (64-byte aligned, sorted by name), referenced by all
+variants as ONNX external data with relative paths so the folder can move; only shape constants and scalars stay
+inside the graphs. The folder is written under a temporary name beside the destination and renamed into place,
+so a failed build leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,25 +16,25 @@ from typing import Any, Callable, Mapping, Sequence
 
 import onnx_ir as ir
 
-from qdit4sr_export import __version__
-from qdit4sr_export.checksum import sha256_file
+from qdit4sr_export.engine_format import ALIGN, WEIGHTS_FILE, TensorEntry, write_manifest
 from qdit4sr_export.errors import UserError
 
-SCHEMA = "qdit4sr-export/engine-set"
-VERSION = 1
-WEIGHTS_FILE = "weights.bin"
-ALIGN = 64
-#: Initializers at most this large stay inside each graph (shape constants, scalars).
-INLINE_BYTES = 1024
+#: Float initializers at most this large (scalars) and every INT64 one (shapes, axes) stay inside each graph.
+INLINE_BYTES = 16
+
+
+def stored_in_weights(t: ir.TensorProtocol) -> bool:
+    """Whether an initializer goes to weights.bin (parameters, codes, scales, branches) or stays inline."""
+    return t.dtype != ir.DataType.INT64 and t.nbytes > INLINE_BYTES
 
 
 def shared_initializers(models: Sequence[ir.Model]) -> dict[str, ir.TensorProtocol]:
-    """Large initializers of all variants by name; the same name must hold the same bytes everywhere."""
+    """Parameter-like initializers of all variants by name; the same name must hold the same bytes everywhere."""
     tensors: dict[str, ir.TensorProtocol] = {}
     for model in models:
         for name, value in model.graph.initializers.items():
             t = value.const_value
-            if t is None or t.nbytes <= INLINE_BYTES:
+            if t is None or not stored_in_weights(t):
                 continue
             seen = tensors.get(name)
             if seen is None:
@@ -45,27 +44,27 @@ def shared_initializers(models: Sequence[ir.Model]) -> dict[str, ir.TensorProtoc
     return dict(sorted(tensors.items()))
 
 
-def write_weights(folder: Path, tensors: Mapping[str, ir.TensorProtocol]) -> dict[str, tuple[int, int]]:
-    """Write ``weights.bin``; returns name -> (offset, length)."""
+def write_weights(folder: Path, tensors: Mapping[str, ir.TensorProtocol]) -> dict[str, TensorEntry]:
+    """Write ``weights.bin``; returns its index, name -> entry."""
     layout = {}
     with open(folder / WEIGHTS_FILE, "wb") as f:
         for name, t in tensors.items():
             pad = (-f.tell()) % ALIGN
             f.write(b"\0" * pad)
             data = t.tobytes()
-            layout[name] = (f.tell(), len(data))
+            layout[name] = TensorEntry(name, t.dtype.name, tuple(int(d) for d in t.shape), f.tell(), len(data))
             f.write(data)
     return layout
 
 
-def externalize(model: ir.Model, layout: Mapping[str, tuple[int, int]], folder: Path) -> None:
-    """Point the model's large initializers at ``weights.bin`` (relative location)."""
+def externalize(model: ir.Model, layout: Mapping[str, TensorEntry], folder: Path) -> None:
+    """Point the model's stored initializers at ``weights.bin`` (relative location)."""
     for name, value in model.graph.initializers.items():
         if name not in layout:
             continue
         t = value.const_value
-        offset, length = layout[name]
-        value.const_value = ir.ExternalTensor(WEIGHTS_FILE, offset, length, t.dtype, shape=t.shape, name=name,
+        e = layout[name]
+        value.const_value = ir.ExternalTensor(WEIGHTS_FILE, e.offset, e.nbytes, t.dtype, shape=t.shape, name=name,
                                               base_dir=str(folder))
 
 
@@ -83,15 +82,6 @@ def io_specs(model: ir.Model) -> dict[str, list[dict[str, Any]]]:
         dims = [d if isinstance(d, int) else str(d) for d in (v.shape.dims if v.shape is not None else ())]
         return {"name": v.name, "dtype": v.dtype.name if v.dtype is not None else None, "shape": dims}
     return {"inputs": [spec(v) for v in model.graph.inputs], "outputs": [spec(v) for v in model.graph.outputs]}
-
-
-def file_table(folder: Path) -> list[dict[str, Any]]:
-    """Every file under ``folder`` (but the manifest) with size and sha256, sorted by path."""
-    rows = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"):
-        rows.append({"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size,
-                     "sha256": sha256_file(path)})
-    return rows
 
 
 def check_destination(output: Path, force: bool) -> None:
@@ -129,9 +119,8 @@ def write_engine_set(output: str | Path, variants: Sequence[tuple[str, ir.Model]
             strip_exporter_metadata(model)
             ir.save(model, tmp / file)
         extras(tmp)
-        full = {"schema": SCHEMA, "version": VERSION, "tool_version": __version__, **manifest,
-                "files": file_table(tmp)}
-        (tmp / "manifest.json").write_text(json.dumps(full, indent=1) + "\n")
+        write_manifest(tmp, {**manifest, "weights": {"file": WEIGHTS_FILE,
+                                                     "tensors": [e.to_dict() for e in layout.values()]}})
         for path in tmp.rglob("*"):  # temp files are created private; an engine set is meant to be shared
             path.chmod(0o755 if path.is_dir() else 0o644)
         tmp.chmod(0o755)
