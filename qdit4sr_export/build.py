@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from qdit4sr_export.engine_writer import io_specs, write_engine_set
+from qdit4sr_export.model.folder import model_root
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
@@ -37,15 +38,6 @@ class BuildResult:
     output: Path
     manifest: dict[str, Any]
     notices: list[str] = field(default_factory=list)
-
-
-def model_root(model_path: Path) -> Path | None:
-    """The pipeline folder holding ``transformer/`` (given it or ``transformer/`` itself), if any."""
-    path = model_path if model_path.is_dir() else model_path.parent
-    for root in (path, path.parent):
-        if (root / "transformer").is_dir():
-            return root
-    return None
 
 
 def timestep_ranges(timesteps: list[float], step_variant: list[int], index: int) -> list[list[float]]:

@@ -62,9 +62,9 @@ def _table(result: dict) -> str:
 
 
 @click.command()
-@click.argument("fp_model", metavar="FP_MODEL")
-@click.argument("engine_dir", metavar="ENGINE_DIR")
-@click.option("--inputs", "inputs_file", default=None,
+@click.argument("fp_model", metavar="FP_MODEL", type=click.Path(exists=True))
+@click.argument("engine_dir", metavar="ENGINE_DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Inputs (.safetensors/.npz with the five model inputs); default: generated per variant.")
 @click.option("--per-variant", type=click.IntRange(min=1), default=2, show_default=True,
               help="Generated input sets per variant, at that variant's timesteps.")
@@ -76,7 +76,7 @@ def _table(result: dict) -> str:
 @click.option("--layers", is_flag=True, help="Localise error: per-layer SQNR against the FP model's layers.")
 @click.option("--layer-threshold", type=float, default=None,
               help="--layers: SQNR (dB) below which a layer counts as where the error starts (default --min-sqnr).")
-@click.option("--images", "images_dir", default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="--images: denoising steps.")
 @click.option("--backend", default="ort", show_default=True, metavar="NAME",
               help="Backend that runs the engine set (`run --list-backends`); ort runs the variant graphs in "

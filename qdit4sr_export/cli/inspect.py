@@ -22,8 +22,8 @@ def _variance_layer(plan) -> str:
 
 
 @click.command()
-@click.argument("target", metavar="ENGINE_DIR|PLAN")
-@click.option("--plots", "plots_dir", default=None, help="Write PNG plots to this folder.")
+@click.argument("target", metavar="ENGINE_DIR|PLAN", type=click.Path(exists=True))
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, help="Write PNG plots to this folder.")
 @click.option("--layer", default=None, help="Layer of the activation-variance plot (default: the most varying).")
 @click.option("--latent-side", type=click.IntRange(min=2), default=64, show_default=True,
               help="Latent side for the bit-operation count (64: a 512x512 output).")

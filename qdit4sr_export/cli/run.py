@@ -108,13 +108,17 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
     16-bit. A file that cannot be read is reported and skipped; the others still run (exit status 1 then).
     """
     from qdit4sr_export import __version__
-    from qdit4sr_export.runtime.images import find_inputs
 
     if tile <= overlap:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     is_engine = (model / "manifest.json").is_file()
     if plan_file and is_engine:
         raise UserError("--plan is for the torch backend on a checkpoint, not for an engine set")
+    missing = next((p for p in inputs if not p.exists()), None)
+    if missing is not None:  # before the runtime (torch) loads; find_inputs says the same
+        raise UserError(f"{missing}: no such file or folder")
+    from qdit4sr_export.runtime.images import find_inputs
+
     files = find_inputs(list(inputs))
     if not files:
         raise UserError(f"no image files in {', '.join(map(str, inputs))}")

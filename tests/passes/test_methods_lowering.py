@@ -22,7 +22,7 @@ from qdit4sr_export.quant.variants import plan_variants
 from qdit4sr_export.trace import INPUT_NAMES
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", method_names(quantizing_only=True))
 def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     model, traced = traced_tiny
     method = get_method(name)
