@@ -103,16 +103,16 @@ def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> C
     return write
 
 
-def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, progress: bool):
-    from qdit4sr_export.passes.lower_ort import LowerOrtPass, WeightStore
+def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, progress: bool):
     from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
 
-    store = WeightStore()
+    store = target.make_store()
     out = []
-    for v in tqdm(schedule.variants, desc="lowering variants", unit="variant", disable=not progress):
+    for v in tqdm(schedule.variants, desc="lowering variants", unit="variant",
+                  disable=None if progress else True):  # None: bars only on a terminal
         model = base.clone()
         SplitTimestepVariantsPass(v)(model)
-        lower = LowerOrtPass(plan, store)
+        lower = target.lowering(plan, store)
         lower(model)
         out.append((v, model, dict(sorted(lower.paths.items()))))
     return out, store
@@ -139,18 +139,20 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
 
 def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
                      max_variants: int | None, build_info: dict[str, Any], force: bool = False,
-                     progress: bool = True) -> BuildResult:
-    """Trace ``model``, apply the passes for ``plan`` (None: FP), lower every variant, write the engine set."""
+                     progress: bool = True, target: str = "ort") -> BuildResult:
+    """Trace ``model``, apply ``target``'s passes for ``plan`` (None: FP), lower every variant, write the engine
+    set."""
     from qdit4sr_export.engine_writer import check_destination
-    from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
-    from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
-    from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
+    from qdit4sr_export.targets import get_target
     from qdit4sr_export.trace import trace_to_onnx
+
+    chosen = get_target(target)
 
     output = Path(output)
     check_destination(output, force)
     notices: list[str] = []
-    stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage", disable=not progress)
+    stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage",
+                  disable=None if progress else True)
     base = trace_to_onnx(model)
     stages.update()
     if plan is None:
@@ -162,13 +164,13 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     else:
         timesteps = list(plan.timesteps)
         stages.set_description("folding rotations, H-SVD branches")
-        for p in (FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)):
+        for p in chosen.graph_passes(plan):
             p(base)
         stages.update()
         schedule = plan_variants(plan, max_variants)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
-        lowered, store = _variant_models(base, plan, schedule, progress)
+        lowered, store = _variant_models(base, plan, schedule, chosen, progress)
         names = {n for _, g, _ in lowered for n in g.graph.initializers}
         layers_stored = quantized_layers(plan, store, names)
         stages.update()
@@ -194,6 +196,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
                   "architecture_fingerprint": architecture_fingerprint(model.config, linears),
                   "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
         "build": build_info,
+        "target": target,
         "plan": "plan.json" if plan is not None else None,
         "timesteps": timesteps,
         "step_variant": step_variant,
@@ -209,6 +212,8 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         extras(folder)
         if plan is not None:
             plan.save(folder / "plan.json")
+        if chosen.finish is not None:  # e.g. serialized engines, built from the written graphs
+            manifest.update(chosen.finish(folder, manifest, notices) or {})
 
     out = write_engine_set(output, files, manifest, write_all, force=force)
     return BuildResult(out, json.loads((out / "manifest.json").read_text()), notices)

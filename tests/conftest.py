@@ -1,10 +1,21 @@
 """Shared fixtures: small seeded DiT4SR models; a tiny pipeline folder (12-channel pixel-unshuffle autoencoder)
-and FP and W8A8 engine sets built from it."""
+and FP and W8A8 engine sets built from it; a session-wide cache of traced graphs.
 
-import pytest
+Without CUDA the Triton kernels run in Triton's CPU interpreter, which must be chosen before triton is first
+imported (diffusers imports it), hence here, first."""
+
+import hashlib
+import json
+import os
+
 import torch
 
-from helpers import make_pipeline_folder, seeded_model
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from helpers import make_pipeline_folder, seeded_model  # noqa: E402
 from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.model import DiT4SRTransformer
 from qdit4sr_export.quant.calibration import CalibrationInputs
@@ -45,3 +56,30 @@ def engine_sets(pipeline_folder, tmp_path_factory):
     build_engine_set(model, folder, out / "w8", plan=plan, steps=STEPS, max_variants=None, build_info={},
                      progress=False)
     return out / "fp", out / "w8", plan
+
+
+@pytest.fixture(scope="session", autouse=True)
+def traced_graph_cache():
+    """Trace each distinct model (config and weights) once per session; builds get a clone of the cached graph.
+
+    Tracing (torch.export + the ONNX exporter) is most of a build's time in these tests; it is deterministic for a
+    given model, and tests/test_trace.py checks it on its own.
+    """
+    from qdit4sr_export import trace
+
+    original = trace.trace_to_onnx
+    cache = {}
+
+    def cached(model, *, dynamic=True):
+        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode() + str(dynamic).encode())
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+        key = h.hexdigest()
+        if key not in cache:
+            cache[key] = original(model, dynamic=dynamic)
+        return cache[key].clone()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace, "trace_to_onnx", cached)
+        yield cache

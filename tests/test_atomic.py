@@ -38,9 +38,3 @@ def test_missing_parent_is_named(tmp_path):
     with pytest.raises(UserError, match="output folder does not exist"):
         with atomic_path(tmp_path / "no" / "file"):
             pass
-
-
-def test_layout_packages_import():
-    import qdit4sr_export.passes
-    import qdit4sr_export.plugins
-    import qdit4sr_export.runtime  # noqa: F401

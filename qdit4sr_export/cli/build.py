@@ -57,13 +57,17 @@ def _load_plan(path: str, net):
 @click.option("--plan", "plan_file", default=None, help="Use this QuantPlan JSON (from `plan`) instead of making one.")
 @click.option("--max-variants", type=click.IntRange(min=1), default=None,
               help="Cap the engine variants (shared timestep boundaries chosen by a DP; the cost is reported).")
+@click.option("--target", default="ort", show_default=True, metavar="NAME",
+              help="Lowering target (--list-targets).")
+@click.option("--list-targets", is_flag=True, is_eager=True, expose_value=False,
+              callback=lambda c, p, v: _list_targets(c, v), help="List the lowering targets, then exit.")
 @click.option("-o", "--output", default=None, help="Engine set folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
           wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
-          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, output, force, as_json) -> None:
+          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, output, force, as_json) -> None:
     """Build an engine set for MODEL (a DiT4SR checkpoint file or folder) into -o OUT.
 
     --method fp packages the unquantized model (the FP baseline). --abits is the average activation budget;
@@ -85,13 +89,16 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     if model in PRESETS and not Path(model).exists():
         raise UserError(f"'{model}' is a preset name; build needs a checkpoint with weights")
     check_destination(Path(output), force)
+    from qdit4sr_export.targets import get_target
+
+    get_target(target)  # an unknown target is an error before any work
     started = time.perf_counter()
     notices: list[str] = []
     if method == FP_METHOD and plan_file is not None:
         raise UserError("--plan and --method fp exclude each other")
     if method == FP_METHOD:
         given = [n for n in ctx.params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
-                 and n not in ("model", "method", "config", "steps", "output", "force", "as_json")]
+                 and n not in ("model", "method", "config", "steps", "target", "output", "force", "as_json")]
         if given:
             raise UserError(f"--method fp takes no quantization options (got --{given[0].replace('_', '-')})")
         chosen, cfg = None, None
@@ -113,7 +120,7 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     info = {"method": method, "method_config": plan.method_config if plan is not None else None,
             "steps": plan_steps, "max_variants": max_variants, "calibration": calibration_source}
     result = build_engine_set(net, model, output, plan=plan, steps=plan_steps, max_variants=max_variants,
-                              build_info=info, force=force, progress=not as_json)
+                              build_info=info, force=force, progress=not as_json, target=target)
     from qdit4sr_export.size_report import format_breakdown, size_breakdown
 
     manifest = result.manifest
@@ -121,6 +128,7 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     summary = {
         "output": str(result.output),
         "method": method,
+        "target": target,
         "variants": len(manifest["variants"]),
         "calibration": calibration_source,
         "variant_cap": manifest["variant_cap"],
@@ -144,3 +152,13 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
     for line in format_breakdown(sizes):
         click.echo(line)
     click.echo(f"time: {summary['seconds']} s")
+
+
+def _list_targets(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from qdit4sr_export.targets import get_target, target_names
+
+    for name in target_names():
+        click.echo(f"{name:<6} {get_target(name).summary}")
+    ctx.exit()

@@ -90,17 +90,18 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     Default inputs sit at the timesteps the engine set's pipeline.json runs, built from real LR photos where the
     set has an autoencoder: x_t = (1 - sigma) LR latent + sigma noise.
     """
+    from qdit4sr_export.runtime.registry import ENGINE_SET, get_backend
+
+    # The backend first, before the model's imports: check_device may have to act before triton is imported.
+    chosen = get_backend(backend)
+    if chosen.reads != ENGINE_SET:
+        raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
+    chosen.check_device(device)
     from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.model import load_dit4sr
     from qdit4sr_export.runtime.engine_set import EngineSet
-    from qdit4sr_export.runtime.registry import ENGINE_SET, get_backend
-
-    chosen = get_backend(backend)
-    if chosen.reads != ENGINE_SET:
-        raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
-    chosen.check_device(device)
     engine = EngineSet.load(engine_dir)
     model = load_dit4sr(fp_model).eval()
     check_engine_matches(engine, model)

@@ -1,0 +1,87 @@
+"""What the engine-set integrity checks cost: EngineSet.load at verify "size", "quick" (the default) and "full".
+
+1. The example model's W4A4 engine set (built here with the default build options into a temporary folder).
+2. A large weights.bin: a file of seeded random bytes (default 2 GB, about the size of a full dit4sr-medium W4
+   set) checked through the same ``check_files`` the loader uses: the sampled digest against the full sha256.
+   The file was just written, so it is in the page cache: these are hashing costs, not disk reads.
+Writes bench/results/integrity.json and the "Integrity checks" section of BENCHMARKS.md.
+Run: python bench/integrity.py [--large-gb 2]   (about a minute plus the build)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, machine, update_benchmarks_md
+
+from qdit4sr_export.engine_format import check_files, file_entry
+from qdit4sr_export.runtime.engine_set import EngineSet
+
+COMMAND = "python bench/integrity.py"
+LEVELS = ("size", "quick", "full")
+
+
+def best_of(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def example_set(folder: Path) -> dict:
+    out = folder / "tiny-w4a4"
+    subprocess.run([sys.executable, "-m", "qdit4sr_export", "build", str(ROOT / "examples" / "dit4sr-tiny"),
+                    "--wbits", "auto", "--abits", "4", "--calib-count", "8", "-o", str(out), "--json"],
+                   check=True, capture_output=True, cwd=folder)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"what": "example model W4A4 engine set", "bytes": size,
+            **{f"{level}_s": best_of(lambda: EngineSet.load(out, verify=level)) for level in LEVELS}}
+
+
+def large_file(folder: Path, gigabytes: float) -> dict:
+    path = folder / "weights.bin"
+    rng = np.random.default_rng(0)
+    chunk = 64 << 20
+    with open(path, "wb") as f:
+        for _ in range(int(gigabytes * (1 << 30) // chunk)):
+            f.write(rng.integers(0, 256, chunk, dtype=np.uint8).tobytes())
+    entry = file_entry(folder, path)
+    row = {"what": f"weights.bin of {path.stat().st_size / 1e9:.2f} GB (page-cached)", "bytes": path.stat().st_size}
+    for level in LEVELS:
+        row[f"{level}_s"] = best_of(lambda: check_files(folder, [entry], level), repeats=3)
+    path.unlink()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large-gb", type=float, default=2.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [example_set(Path(tmp)), large_file(Path(tmp), args.large_gb)]
+    result = {"command": COMMAND, "machine": machine(), "rows": rows}
+    out = ROOT / "bench" / "results" / "integrity.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"`{COMMAND}` on {result['machine']}. Median wall time of `EngineSet.load` (the example set) or of",
+             "`check_files` (the large file) at each verify level: `size` (sizes only), `quick` (the default: full sha256",
+             "up to 256 MiB, sampled sha256 of 4,096 blocks of 4 KiB above), `full` (`run --verify`).", "",
+             "| what | bytes | size | quick (default) | full |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['bytes']:,} | {1000 * r['size_s']:.1f} ms | {1000 * r['quick_s']:.1f} ms | "
+                     f"{1000 * r['full_s']:.1f} ms |")
+    update_benchmarks_md("integrity", "## Integrity checks (issue 17)\n\n" + "\n".join(lines) + "\n\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Lowering targets by name (``build --target``): the passes a target runs on the traced graph, the pass that
+lowers each variant, and what it does once the engine set is written. ``ort`` (ONNX Runtime) is the default.
+
+A new target registers here (or from its own module listed in :data:`TARGET_MODULES`) and needs no CLI edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from qdit4sr_export.errors import UserError
+
+#: Modules whose import registers targets (besides this one's ``ort``).
+TARGET_MODULES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A lowering target. ``graph_passes(plan)`` run once on the traced FP graph; ``lowering(plan, store)`` is
+    the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``); ``finish(folder,
+    manifest, notices)`` runs after the engine set is written (e.g. building engines) and returns manifest
+    additions or None."""
+
+    name: str
+    summary: str
+    graph_passes: Callable[..., list]
+    lowering: Callable[..., Any]
+    make_store: Callable[[], Any]
+    finish: Callable[..., dict[str, Any] | None] | None = None
+
+
+_REGISTRY: dict[str, Target] = {}
+_loaded = False
+
+
+def register_target(target: Target) -> Target:
+    if target.name in _REGISTRY:
+        raise ValueError(f"target {target.name!r} registered twice")
+    _REGISTRY[target.name] = target
+    return target
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in TARGET_MODULES:
+            importlib.import_module(module)
+
+
+def target_names() -> list[str]:
+    _load()
+    return list(_REGISTRY)
+
+
+def get_target(name: str) -> Target:
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown target '{name}'; valid: {', '.join(_REGISTRY)}") from None
+
+
+def _ort_passes(plan) -> list:
+    from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
+    from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
+    from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
+
+    return [FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)]
+
+
+def _ort_lowering(plan, store):
+    from qdit4sr_export.passes.lower_ort import LowerOrtPass
+
+    return LowerOrtPass(plan, store)
+
+
+def _ort_store():
+    from qdit4sr_export.passes.lower_ort import WeightStore
+
+    return WeightStore()
+
+
+register_target(Target("ort", "ONNX Runtime graphs: integer GEMMs (MatMulInteger), packed INT4/INT8 weights",
+                       _ort_passes, _ort_lowering, _ort_store))
