@@ -35,7 +35,7 @@ def _matrix(em: Emitter, spread: ir.Value, rows: int, cols: int) -> ir.Value:
     return em.op("Reshape", [spread, em.const(f"shape.{rows}x{cols}", np.array([rows, cols], np.int64))])
 
 
-def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD, name: str) -> ir.Value | None:
+def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD, name: str, *, tokens: bool = True) -> ir.Value | None:
     """The FP branch ``z (W_G + W_L)^T`` as two GEMMs, or None when both branches are empty.
 
     Down: ``z [B^T | V]``, up: ``[h | t] [A^T ; U]``. V (in x P*Q) and U (P*Q x out) are SVD-L's factors spread
@@ -44,6 +44,11 @@ def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD, name: str) -> ir.Value |
     sums them into the output blocks. The stored parameters stay the factors; the spread matrices are built in
     the graph each run (in * P*Q + P*Q * out values, small next to the GEMMs). On ONNX Runtime's CPU kernels
     this is about twice as fast as Einsums over the block grid, and SVD-G shares the two GEMMs.
+
+    When the factors hold at least as many values as the dense matrix (rank 32 plus 64 SVD-L blocks on a
+    128-wide layer) and ``z`` holds many tokens, the graph multiplies the factors into the dense ``in x out``
+    matrix first (once per run, in * (r + P*Q) * out multiply-adds) and applies that: one GEMM of in * out per
+    token instead of two of (in + out) * (r + P*Q).
     """
     downs, ups = [], []
     if dec.global_.rank > 0:
@@ -64,6 +69,10 @@ def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD, name: str) -> ir.Value |
         return None
     down = downs[0] if len(downs) == 1 else em.op("Concat", downs, {"axis": 1})
     up = ups[0] if len(ups) == 1 else em.op("Concat", ups, {"axis": 0})
+    out_f, in_f = dec.residual.shape
+    width = dec.global_.rank + (local.u.shape[0] * local.u.shape[1] if local is not None else 0)
+    if tokens and (in_f + out_f) * width >= in_f * out_f:
+        return em.op("MatMul", [z, em.op("MatMul", [down, up])])
     return em.op("MatMul", [em.op("MatMul", [z, down]), up])
 
 
@@ -101,7 +110,7 @@ class InsertHSVDPass(InPlacePass):
             set_initializer(graph, f"{name}.weight", _f32(dec.residual))
             for i, site in enumerate(sites[name]):
                 em = Emitter(graph, site.matmul, f"{name}/hsvd{i}")
-                branch = emit_fp_branch(em, site.input, dec, name)
+                branch = emit_fp_branch(em, site.input, dec, name, tokens=site.matmul.op_type == "MatMul")
                 if branch is not None:
                     add_after(site.matmul, branch, f"{name}/hsvd{i}/add")
                 site.matmul.metadata_props[LAYER_KEY] = name

@@ -19,9 +19,10 @@ TARGET_MODULES: tuple[str, ...] = ()
 @dataclass(frozen=True)
 class Target:
     """A lowering target. ``graph_passes(plan)`` run once on the traced FP graph; ``lowering(plan, store)`` is
-    the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``); ``finish(folder,
-    manifest, notices)`` runs after the engine set is written (e.g. building engines) and returns manifest
-    additions or None."""
+    the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``); ``final_passes()``
+    run on every graph written, the FP build's included (target-specific rewrites both must get, e.g. fused
+    attention); ``finish(folder, manifest, notices)`` runs after the engine set is written (e.g. building engines)
+    and returns manifest additions or None."""
 
     name: str
     summary: str
@@ -29,6 +30,7 @@ class Target:
     lowering: Callable[..., Any]
     make_store: Callable[[], Any]
     finish: Callable[..., dict[str, Any] | None] | None = None
+    final_passes: Callable[[], list] | None = None
 
 
 _REGISTRY: dict[str, Target] = {}
@@ -83,5 +85,11 @@ def _ort_store():
     return WeightStore()
 
 
-register_target(Target("ort", "ONNX Runtime graphs: integer GEMMs (MatMulInteger), packed INT4/INT8 weights",
-                       _ort_passes, _ort_lowering, _ort_store))
+def _ort_final_passes() -> list:
+    from qdit4sr_export.passes.fuse_attention import FuseAttentionPass
+
+    return [FuseAttentionPass()]
+
+
+register_target(Target("ort", "ONNX Runtime graphs: integer GEMMs (MatMulIntegerToFloat), packed INT4/INT8 weights, "
+                       "fused attention", _ort_passes, _ort_lowering, _ort_store, final_passes=_ort_final_passes))

@@ -80,8 +80,9 @@ class OrtRunner:
     name = "ort"
 
     def __init__(self, engine: EngineSet, *, device: str = "cpu", threads: int | None = None,
-                 max_sessions: int | None = None) -> None:
+                 max_sessions: int | None = None, profile_prefix: str | None = None) -> None:
         self.engine = engine
+        self.profile_prefix = profile_prefix
         self.providers = ort_providers(device)
         self.threads = threads
         self.max_sessions = max_sessions
@@ -95,7 +96,7 @@ class OrtRunner:
             return self.sessions[index]
         graph, shared = session_graph(self.engine.folder / self.engine.variants[index].file, self.shared)
         session = make_session(graph, self.providers, self.threads, external_folder=self.engine.folder,
-                               initializers=shared)
+                               initializers=shared, profile_prefix=self.profile_prefix)
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
