@@ -16,7 +16,7 @@ import torch
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import TopologicalSortPass
 
-from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, initializer_array, set_initializer
+from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, initializer_array, set_initializer
 from qdit4sr_export.passes.linear_sites import matmul_sites
 from qdit4sr_export.passes.rotation_ops import emit_rotation
 from qdit4sr_export.quant.plan import QuantPlan
@@ -24,11 +24,15 @@ from qdit4sr_export.quant.simulate import make_rotation
 
 
 class FoldHadamardPass(InPlacePass):
-    """Fold the plan's rotations (and channel smoothing) into the weights; rotate activations online."""
+    """Fold the plan's rotations (and channel smoothing) into the weights; rotate activations online.
 
-    def __init__(self, plan: QuantPlan) -> None:
+    ``online=False`` folds the weights only and leaves each MatMul reading the unrotated input (the smoothing
+    vector stays as an initializer), for a lowering whose own op smooths and rotates (the TensorRT plugins)."""
+
+    def __init__(self, plan: QuantPlan, *, online: bool = True) -> None:
         super().__init__()
         self.plan = plan
+        self.online = online
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -49,6 +53,13 @@ class FoldHadamardPass(InPlacePass):
             if rot is not None:
                 weight = rot.apply(weight)
             set_initializer(graph, f"{name}.weight", weight.numpy())
+            modified = True
+            if not self.online:  # the lowering's own op smooths and rotates the input (TensorRT plugins)
+                if smooth is not None:
+                    constant(graph, f"{name}.smooth", smooth.to(torch.float32).numpy())
+                for site in sites[name]:
+                    site.matmul.metadata_props[LAYER_KEY] = name
+                continue
             rot_key = json.dumps(dict(lp.rotation), sort_keys=True) if lp.rotation is not None else None
             if lp.rotation is not None and lp.rotation.get("kind", "hadamard") != "hadamard":
                 rot_key = name  # learned rotations belong to one layer
@@ -65,7 +76,6 @@ class FoldHadamardPass(InPlacePass):
                     rotated[key] = z
                 site.matmul.replace_input_with(0, rotated[key])
                 site.matmul.metadata_props[LAYER_KEY] = name
-            modified = True
-        if modified:
+        if modified and self.online:
             TopologicalSortPass()(model)
         return PassResult(model, modified)

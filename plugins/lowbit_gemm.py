@@ -153,10 +153,10 @@ def _lowbit_gemm_kernel(
 _W_MODES = {INT4: 0, INT8: 1, "UINT8": 2}
 
 
-def _tiles(m: int, n: int, k: int, gs: int) -> tuple[int, int, int, int, int]:
+def _tiles(m: int, n: int, k: int, gs: int, interpreted: bool) -> tuple[int, int, int, int, int]:
     """(BM, BN, BK, warps, stages): H100/H200 INT8 MMA tiles on a GPU; interpreted, the largest tiles (the
     interpreter's cost is per operation, not per element)."""
-    if interpreting():
+    if interpreted:
         bm, bn, bk, warps, stages = min(128, max(16, next_pow2(m))), min(256, max(32, next_pow2(n))), 256, 4, 1
     else:
         bm, bn, bk, warps, stages = (128 if m > 64 else 64), 128, 128, 8, 3
@@ -168,9 +168,13 @@ def _tiles(m: int, n: int, k: int, gs: int) -> tuple[int, int, int, int, int]:
 class LowbitGemm:
     """One layer's weight on one device (the engine set's bytes, moved once); call it per activation."""
 
-    def __init__(self, w: WeightSpec, device: torch.device | str, *, l_vec: bool | None = None) -> None:
+    def __init__(self, w: WeightSpec, device: torch.device | str, *, l_vec: bool | None = None,
+                 interpreted: bool | None = None) -> None:
+        """``interpreted``: tiles for Triton's interpreter (default: whether it is selected now); False gives the
+        GPU tiles (the TensorRT plugin compiles ahead of time with them)."""
         dev = torch.device(device)
         self.w = w
+        self.interpreted = interpreting() if interpreted is None else interpreted
         self.l_vec = l_vec  # SVD-L epilogue over all input blocks at once (None: by tile size)
         f32 = dict(device=dev, dtype=torch.float32)
         self.codes = w.codes.to(dev)
@@ -180,6 +184,23 @@ class LowbitGemm:
         self.bias = w.bias.to(**f32).contiguous() if w.bias is not None else None
         self.w_mode = _W_MODES[weight_storage(w.bits)]
         self._dummy = torch.empty(1, **f32)
+
+    def constants(self, a_mode: int, m: int, device_type: str) -> dict:
+        """The kernel's compile-time parameters (and launch warps and stages on a GPU) for ``m`` tokens of
+        activations in ``a_mode`` (0: packed codes, 1: int8 codes, 2: float)."""
+        w = self.w
+        gs = w.group_size or w.k
+        bm, bn, bk, warps, stages = _tiles(m, w.n, w.k, gs, self.interpreted)
+        lp, lq, so = (self.u.shape[0], self.u.shape[1], self.u.shape[2]) if self.u is not None else (0, 1, 1)
+        return dict(
+            N=w.n, K=w.k, GS=gs, NG=w.groups, A_MODE=a_mode, W_MODE=self.w_mode, RANK=w.rank,
+            RP=max(16, next_pow2(w.rank)), L_P=lp, L_Q=lq, L_QP=next_pow2(lq), S_O=so,
+            L_VEC=self.l_vec if self.l_vec is not None else (self.interpreted or bm * next_pow2(lq) * bn <= 8192),
+            HAS_BIAS=self.bias is not None,
+            IN_T=tl.float32 if a_mode == 2 else tl.int8, ACC_T=tl.float32 if a_mode == 2 else tl.int32,
+            BM=bm, BN=bn, BK=bk, GROUP_M=8, PREC=dot_precision(device_type) if self.interpreted else "tf32x3",
+            **({} if self.interpreted else {"num_warps": warps, "num_stages": stages}),
+        )
 
     def __call__(self, act: ActivationCodes, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(M, N) = dequant(act) @ dequant(W) + h A + SVD-L + bias, as ``lowbit_gemm_reference``."""
@@ -199,21 +220,12 @@ class LowbitGemm:
         out = torch.empty(m, w.n, device=a.device, dtype=out_dtype)
         if m == 0:
             return out
-        gs = w.group_size or w.k
-        bm, bn, bk, warps, stages = _tiles(m, w.n, w.k, gs)
+        const = self.constants(a_mode, m, a.device.type)
         d = self._dummy
-        grid = (triton.cdiv(m, bm) * triton.cdiv(w.n, bn),)
-        lp, lq, so = (self.u.shape[0], self.u.shape[1], self.u.shape[2]) if self.u is not None else (0, 1, 1)
-        extra = {} if interpreting() else {"num_warps": warps, "num_stages": stages}
+        grid = (triton.cdiv(m, const["BM"]) * triton.cdiv(w.n, const["BN"]),)
         _lowbit_gemm_kernel[grid](
             a, scales, self.codes, self.scale, act.h.contiguous() if w.rank else d,
-            self.ga if self.ga is not None else d, act.t.contiguous() if self.u is not None else d, self.u if self.u is not None else d,
-            self.bias if self.bias is not None else d, out, m,
-            N=w.n, K=w.k, GS=gs, NG=w.groups, A_MODE=a_mode, W_MODE=self.w_mode, RANK=w.rank,
-            RP=max(16, next_pow2(w.rank)), L_P=lp, L_Q=lq, L_QP=next_pow2(lq), S_O=so,
-            L_VEC=self.l_vec if self.l_vec is not None else (interpreting() or bm * next_pow2(lq) * bn <= 8192),
-            HAS_BIAS=self.bias is not None,
-            IN_T=tl.float32 if a_mode == 2 else tl.int8, ACC_T=tl.float32 if a_mode == 2 else tl.int32,
-            BM=bm, BN=bn, BK=bk, GROUP_M=8, PREC=dot_precision(a.device.type), **extra,
+            self.ga if self.ga is not None else d, act.t.contiguous() if self.u is not None else d,
+            self.u if self.u is not None else d, self.bias if self.bias is not None else d, out, m, **const,
         )
         return out

@@ -190,9 +190,9 @@ def _rotate_quantize_kernel(
                          mask=rmask[:, None] & (q < L_Q)[None, :])
 
 
-def _block_rows(tile: int) -> int:
+def _block_rows(tile: int, interpreted: bool) -> int:
     """Tokens per program: BM * T floats stay in registers on a GPU (8K); the interpreter wants few programs."""
-    budget, cap = ((1 << 18), 256) if interpreting() else ((1 << 13), 64)
+    budget, cap = ((1 << 18), 256) if interpreted else ((1 << 13), 64)
     bm = 1
     while bm < cap and bm * 2 * tile <= budget:
         bm *= 2
@@ -203,9 +203,12 @@ class RotateQuantize:
     """A layer's prepared input path on one device (factor matrices, B^T, layouts); call it per activation."""
 
     def __init__(self, spec: ActivationSpec, device: torch.device | str, *, h_dot: bool | None = None,
-                 l_vec: bool | None = None) -> None:
+                 l_vec: bool | None = None, interpreted: bool | None = None) -> None:
+        """``interpreted``: choose tiles for Triton's interpreter (default: whether it is selected now); False
+        gives the GPU choices, e.g. when compiling the kernel ahead of time for the TensorRT plugin."""
         self.spec = spec
         self.device = torch.device(device)
+        self.interpreted = interpreting() if interpreted is None else interpreted
         rot = spec.rotation
         # LRQ-DiT's outlier rotation (permutations + learned blocks) is not a Kronecker Hadamard: torch applies it.
         self.torch_rotation = rot if rot is not None and not isinstance(rot, Rotation) else None
@@ -215,11 +218,11 @@ class RotateQuantize:
         self.factors = {k: v.to(**f32).contiguous() for k, v in factor_matrices(self.layout).items()}
         self.signs = rot.signs().to(**f32) if isinstance(rot, Rotation) and rot.seed is not None else None
         self.smooth = spec.smooth.to(**f32).contiguous() if spec.smooth is not None else None
-        self.bm = _block_rows(tile)
+        self.bm = _block_rows(tile, self.interpreted)
         rp = max(16, next_pow2(spec.rank))
         # SVD-G down as one dot when the (T, r) tile of B fits in registers (and the dot has >= 16 rows), else a
         # reduction per rank column over B^T; the interpreter always takes the dot (fewer operations).
-        self.h_dot = h_dot if h_dot is not None else (interpreting() or (tile * rp <= 8192 and self.bm >= 16))
+        self.h_dot = h_dot if h_dot is not None else (self.interpreted or (tile * rp <= 8192 and self.bm >= 16))
         b = spec.svd_g_b.to(**f32) if spec.svd_g_b is not None else None
         self.b = None if b is None else (b.contiguous() if self.h_dot else b.t().contiguous())
         self.groups = None
@@ -231,8 +234,28 @@ class RotateQuantize:
         self.v = spec.svd_l_v.to(**f32).contiguous() if spec.svd_l_v is not None else None
         self.local = Segments.of(int(spec.svd_l_v.shape[2]), spec.n, tile) if self.v is not None else None
         n_p = int(spec.svd_l_v.shape[0]) if spec.svd_l_v is not None else 0
-        self.l_vec = l_vec if l_vec is not None else (interpreting() or self.bm * next_pow2(n_p) * tile <= 8192)
+        self.l_vec = l_vec if l_vec is not None else (self.interpreted or self.bm * next_pow2(n_p) * tile <= 8192)
         self._dummy = torch.empty(1, **f32)
+
+    def constants(self, bits: int | None, store_z: bool, device_type: str) -> dict:
+        """The kernel's compile-time parameters (and launch warps on a GPU) for ``bits`` (None: rotate only)."""
+        spec, lay, g, loc = self.spec, self.layout, self.groups, self.local
+        fuse_l = loc is not None
+        return dict(
+            N=spec.n, T=lay.tile, BM=self.bm, KP=lay.kp, P=lay.p, F1=lay.f1, F2=lay.f2,
+            HAS_SMOOTH=self.smooth is not None and self.torch_rotation is None,
+            HAS_SIGNS=self.signs is not None, HAS_HK=lay.hk,
+            BITS=bits or 0, QMAX=qmax(bits) if bits else 0, MINMAX=spec.clip == "minmax",
+            GROUPED=g is not None, G=g.width if g else 1, G_SUB=g.sub if g else 1, G_C=g.combine if g else 1,
+            G_NB=g.nb if g else 1, G_NS=g.slots if g else 1, N_GROUPS=g.count if g else 1,
+            RANK=spec.rank, RP=max(16, next_pow2(spec.rank)), H_DOT=self.h_dot,
+            L_P=self.v.shape[0] if fuse_l else 0, L_PP=next_pow2(self.v.shape[0]) if fuse_l else 1,
+            L_Q=loc.count if fuse_l else 1,
+            L_SUB=loc.sub if fuse_l else 1, L_C=loc.combine if fuse_l else 1, L_NB=loc.nb if fuse_l else 1,
+            L_NS=loc.slots if fuse_l else 1, L_VEC=self.l_vec, STORE_Z=store_z,
+            PREC=dot_precision(device_type) if self.interpreted else "tf32x3",
+            **({} if self.interpreted else {"num_warps": 8 if self.bm * lay.tile >= 4096 else 4}),
+        )
 
     def _check_bits(self, bits: int | None) -> None:
         if bits is None:
@@ -243,7 +266,7 @@ class RotateQuantize:
 
     def __call__(self, x: torch.Tensor, bits: int | None, *, store_z: bool = False) -> ActivationCodes:
         """Codes/scales at ``bits`` (None: rotate only) plus h, t (and z when asked) for x (..., n)."""
-        spec, lay = self.spec, self.layout
+        spec = self.spec
         self._check_bits(bits)
         x2 = x.reshape(-1, spec.n)
         if self.torch_rotation is not None:
@@ -263,7 +286,6 @@ class RotateQuantize:
         z = torch.empty(m, spec.n, **f32) if need_z else None
         h = torch.empty(m, spec.rank, **f32) if self.b is not None else None
         t = torch.empty(m, self.v.shape[0], self.v.shape[1], **f32) if fuse_l else None
-        g, loc = self.groups, self.local
         step = optimal_clip(bits, "integer") / qmax(bits) if bits is not None else 0.0
         grid = (triton.cdiv(m, self.bm),)
         if m:
@@ -274,18 +296,7 @@ class RotateQuantize:
                 codes if codes is not None else d, scales if scales is not None else d,
                 h if h is not None else d, t if t is not None else d, z if z is not None else d,
                 m, float(torch.tensor(step, dtype=torch.float32)),
-                N=spec.n, T=lay.tile, BM=self.bm, KP=lay.kp, P=lay.p, F1=lay.f1, F2=lay.f2,
-                HAS_SMOOTH=self.smooth is not None and self.torch_rotation is None,
-                HAS_SIGNS=self.signs is not None, HAS_HK=lay.hk,
-                BITS=bits or 0, QMAX=qmax(bits) if bits else 0, MINMAX=spec.clip == "minmax",
-                GROUPED=g is not None, G=g.width if g else 1, G_SUB=g.sub if g else 1, G_C=g.combine if g else 1,
-                G_NB=g.nb if g else 1, G_NS=g.slots if g else 1, N_GROUPS=g.count if g else 1,
-                RANK=spec.rank, RP=max(16, next_pow2(spec.rank)), H_DOT=self.h_dot,
-                L_P=self.v.shape[0] if fuse_l else 0, L_PP=next_pow2(self.v.shape[0]) if fuse_l else 1,
-                L_Q=loc.count if fuse_l else 1,
-                L_SUB=loc.sub if fuse_l else 1, L_C=loc.combine if fuse_l else 1, L_NB=loc.nb if fuse_l else 1,
-                L_NS=loc.slots if fuse_l else 1, L_VEC=self.l_vec, STORE_Z=need_z, PREC=dot_precision(dev.type),
-                **({} if interpreting() else {"num_warps": 8 if self.bm * lay.tile >= 4096 else 4}),
+                **self.constants(bits, need_z, dev.type),
             )
         if self.v is not None and not fuse_l:
             t = svd_l_down(z, self.v).contiguous()  # torch fallback: block width with a small power-of-two part

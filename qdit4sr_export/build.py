@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from qdit4sr_export.engine_writer import io_specs, write_engine_set
+from qdit4sr_export.model.folder import model_root
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
@@ -37,15 +38,6 @@ class BuildResult:
     output: Path
     manifest: dict[str, Any]
     notices: list[str] = field(default_factory=list)
-
-
-def model_root(model_path: Path) -> Path | None:
-    """The pipeline folder holding ``transformer/`` (given it or ``transformer/`` itself), if any."""
-    path = model_path if model_path.is_dir() else model_path.parent
-    for root in (path, path.parent):
-        if (root / "transformer").is_dir():
-            return root
-    return None
 
 
 def timestep_ranges(timesteps: list[float], step_variant: list[int], index: int) -> list[list[float]]:
@@ -103,7 +95,7 @@ def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> C
     return write
 
 
-def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, progress: bool):
+def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, options, progress: bool):
     from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
 
     store = target.make_store()
@@ -112,7 +104,7 @@ def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, pr
                   disable=None if progress else True):  # None: bars only on a terminal
         model = base.clone()
         SplitTimestepVariantsPass(v)(model)
-        lower = target.lowering(plan, store)
+        lower = target.lowering(plan, store, options)
         lower(model)
         out.append((v, model, dict(sorted(lower.paths.items()))))
     return out, store
@@ -129,9 +121,10 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
     for layer, row in rows.items():
         lp = plan.layers[layer]
         named = lambda *names: list(names) if all(n in initializers for n in names) else None
+        g_down = f"{layer}.svd_g.bt" if f"{layer}.svd_g.bt" in initializers else f"{layer}.svd_g.b"
         row.update({"group_size": lp.group_size, "clip": lp.clip, "rotation": lp.rotation,
                     "smooth": f"{layer}.smooth" if f"{layer}.smooth" in initializers else None,
-                    "svd_g": named(f"{layer}.svd_g.b", f"{layer}.svd_g.a"),
+                    "svd_g": named(g_down, f"{layer}.svd_g.a"), "svd_g_down_transposed": g_down.endswith(".bt"),
                     "svd_l": named(f"{layer}.svd_l.v", f"{layer}.svd_l.u"),
                     "bias": f"{layer}.bias" if f"{layer}.bias" in initializers else None})
     return rows
@@ -139,7 +132,8 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
 
 def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
                      max_variants: int | None, build_info: dict[str, Any], force: bool = False,
-                     progress: bool = True, target: str = "ort") -> BuildResult:
+                     progress: bool = True, target: str = "ort",
+                     target_options: dict[str, Any] | None = None) -> BuildResult:
     """Trace ``model``, apply ``target``'s passes for ``plan`` (None: FP), lower every variant, write the engine
     set."""
     from qdit4sr_export.engine_writer import check_destination
@@ -147,13 +141,14 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     from qdit4sr_export.trace import trace_to_onnx
 
     chosen = get_target(target)
+    options = chosen.configure({}) if target_options is None else target_options
 
     output = Path(output)
     check_destination(output, force)
     notices: list[str] = []
     stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage",
                   disable=None if progress else True)
-    base = trace_to_onnx(model)
+    base = trace_to_onnx(model) if chosen.trace is None else chosen.trace(model, plan, options)
     stages.update()
     if plan is None:
         timesteps = [float(t) for t in flow_schedule(steps)[0]]
@@ -164,19 +159,19 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     else:
         timesteps = list(plan.timesteps)
         stages.set_description("folding rotations, H-SVD branches")
-        for p in chosen.graph_passes(plan):
+        for p in chosen.graph_passes(plan, options):
             p(base)
         stages.update()
         schedule = plan_variants(plan, max_variants)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
-        lowered, store = _variant_models(base, plan, schedule, chosen, progress)
+        lowered, store = _variant_models(base, plan, schedule, chosen, options, progress)
         names = {n for _, g, _ in lowered for n in g.graph.initializers}
         layers_stored = quantized_layers(plan, store, names)
         stages.update()
     stages.close()
-    for _, graph, _ in lowered:
-        for p in chosen.final_passes() if chosen.final_passes is not None else []:
+    for _, graph, _ in lowered:  # target rewrites every graph gets, the FP build's included
+        for p in chosen.final_passes(plan, options) if chosen.final_passes is not None else []:
             p(graph)
     variants = []
     files = []
@@ -199,7 +194,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
                   "architecture_fingerprint": architecture_fingerprint(model.config, linears),
                   "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
         "build": build_info,
-        "target": target,
+        "target": {"name": target, "options": options},
         "plan": "plan.json" if plan is not None else None,
         "timesteps": timesteps,
         "step_variant": step_variant,
@@ -216,7 +211,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         if plan is not None:
             plan.save(folder / "plan.json")
         if chosen.finish is not None:  # e.g. serialized engines, built from the written graphs
-            manifest.update(chosen.finish(folder, manifest, notices) or {})
+            manifest.update(chosen.finish(folder, manifest, notices, options) or {})
 
     out = write_engine_set(output, files, manifest, write_all, force=force)
     return BuildResult(out, json.loads((out / "manifest.json").read_text()), notices)

@@ -36,6 +36,11 @@ class Runner(Protocol):
     def deactivate(self) -> None: ...
 
 
+def numpy_feeds(*inputs: torch.Tensor) -> dict[str, np.ndarray]:
+    """The five model inputs as contiguous float32 numpy arrays by graph input name."""
+    return {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in zip(INPUTS, inputs)}
+
+
 def ort_providers(device: str) -> list[str]:
     """ONNX Runtime providers for ``device`` ("cpu" or "cuda"); asking for CUDA without it is an error."""
     import onnxruntime as ort
@@ -47,14 +52,25 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def uses_plugin_ops(engine: EngineSet) -> bool:
+    """Whether the engine set's graphs hold the TensorRT plugin ops (a ``--target trt`` build)."""
+    return engine.manifest.get("target", {}).get("name") == "trt"
+
+
 def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None,
-                 initializers=None, profile_prefix: str | None = None):
+                 plugin_ops: bool = False, initializers=None, profile_prefix: str | None = None):
     """An ORT session on one variant graph (a path, or serialized bytes whose external data lies in
-    ``external_folder``) with the runtime's settings; ``initializers`` (name -> OrtValue) are shared initializers
-    used in place (:mod:`qdit4sr_export.runtime.shared_weights`); ``profile_prefix`` turns ORT's profiler on."""
+    ``external_folder``) with the runtime's settings. ``plugin_ops`` registers the CPU reference implementations
+    of the TensorRT plugin ops (``plugins/ort_reference.py``) so a ``--target trt`` graph runs as TensorRT would
+    parse it; ``initializers`` (name -> OrtValue) are shared initializers used in place
+    (:mod:`qdit4sr_export.runtime.shared_weights`); ``profile_prefix`` turns ORT's profiler on."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if plugin_ops:
+        from qdit4sr_export.plugins.ort_reference import custom_ops_library
+
+        so.register_custom_ops_library(custom_ops_library())
     for name, value in (initializers or {}).items():
         so.add_initializer(name, value)
     if profile_prefix is not None:
@@ -96,7 +112,8 @@ class OrtRunner:
             return self.sessions[index]
         graph, shared = session_graph(self.engine.folder / self.engine.variants[index].file, self.shared)
         session = make_session(graph, self.providers, self.threads, external_folder=self.engine.folder,
-                               initializers=shared, profile_prefix=self.profile_prefix)
+                               plugin_ops=uses_plugin_ops(self.engine), initializers=shared,
+                               profile_prefix=self.profile_prefix)
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
@@ -116,8 +133,7 @@ class OrtRunner:
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
-        feeds = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in
-                 zip(INPUTS, (hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep))}
+        feeds = numpy_feeds(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep)
         return torch.from_numpy(self._session(self.active).run(None, feeds)[0])
 
     def deactivate(self) -> None:

@@ -2,8 +2,8 @@
 
 One module per planned layer, holding the layer's input path and its stored weight at every bit width the
 engine set has for it; the runner selects (weight bits, activation bits) per variant, so all variants share
-one copy of the weights. Layers whose weights are stored in float (LRQ-DiT's twin-log levels, stored GPTQ
-weights: no integer grid for a tensor-core GEMM) run their matmul in torch on the kernel's activation codes
+one copy of the weights. Layers whose weights are stored in float (LRQ-DiT's twin-log levels:
+no integer grid for a tensor-core GEMM) run their matmul in torch on the kernel's activation codes
 (dequantized) and add the same epilogue: the one explicit torch fallback of the GEMM.
 """
 

@@ -35,11 +35,14 @@ class Backend:
     #: or device, and whatever must happen first (the triton backend selects Triton's CPU interpreter).
     prepare: Callable[[str], None] | None = None
 
-    def check_device(self, device: str) -> None:
+    def check_device(self, device: str | None) -> str:
+        """The device to run on (``None``: the backend's first, e.g. cuda for trt), checked and prepared."""
+        device = self.devices[0] if device is None else device
         if device not in self.devices:
             raise UserError(f"--backend {self.name} runs on {', '.join(self.devices)}, not --device {device}")
         if self.prepare is not None:
             self.prepare(device)
+        return device
 
 
 _REGISTRY: dict[str, Backend] = {}

@@ -58,6 +58,17 @@ def engine_sets(pipeline_folder, tmp_path_factory):
     return out / "fp", out / "w8", plan
 
 
+@pytest.fixture(scope="session")
+def w4_engine_set(pipeline_folder, tmp_path_factory):
+    """A W4A4 engine set of the tiny pipeline (packed INT4 weights, 4-bit activations, H-SVD branches)."""
+    model, folder = pipeline_folder
+    method = get_method("qdit4sr")
+    plan = method.build(model, make_config(method, {"wbits": 4, "abits": 4, "steps": STEPS}))
+    out = tmp_path_factory.mktemp("engines-w4") / "w4"
+    build_engine_set(model, folder, out, plan=plan, steps=STEPS, max_variants=None, build_info={}, progress=False)
+    return out, plan
+
+
 @pytest.fixture(scope="session", autouse=True)
 def traced_graph_cache():
     """Trace each distinct model (config and weights) once per session; builds get a clone of the cached graph.
@@ -70,14 +81,14 @@ def traced_graph_cache():
     original = trace.trace_to_onnx
     cache = {}
 
-    def cached(model, *, dynamic=True):
-        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode() + str(dynamic).encode())
+    def cached(model, *, dynamic=True, dtype=torch.float32):
+        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode() + f"{dynamic}{dtype}".encode())
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
         key = h.hexdigest()
         if key not in cache:
-            cache[key] = original(model, dynamic=dynamic)
+            cache[key] = original(model, dynamic=dynamic, dtype=dtype)
         return cache[key].clone()
 
     with pytest.MonkeyPatch.context() as mp:

@@ -116,7 +116,7 @@ def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
 
 @on_cpu
 def test_float_stored_weights_run_the_torch_gemm_fallback(tmp_path):
-    """A float-stored weight (TLQ levels, stored GPTQ weights): the kernel quantizes the activations per group,
+    """A float-stored weight (LRQ-DiT's twin-log levels): the kernel quantizes the activations per group,
     torch multiplies (dequantized codes @ W) and adds the same epilogue."""
     import onnx_ir as ir
 
@@ -200,3 +200,33 @@ def test_missing_cuda_or_triton_is_one_line(engine_sets, monkeypatch):
 def test_compare_resolves_the_backend_before_loading_anything():
     result = CliRunner().invoke(main, ["compare", "fp", "engine", "--backend", "torch"])
     assert result.exit_code == 2 and "not engine sets" in result.output
+
+
+def test_polygraphy_adapter_checks_real_feeds():
+    """polygraphy's Comparator checks feeds against the adapter's input metadata (every dimension dynamic) and
+    sums its inference times."""
+    from qdit4sr_export.poly_runner import BackendVariantRunner
+
+    calls = []
+
+    class Fake:
+        name = "fake"
+
+        def activate(self, v):
+            calls.append(("activate", v))
+
+        def infer(self, *args):
+            return args[0] * 2
+
+        def deactivate(self):
+            calls.append(("deactivate",))
+
+    feed = {"hidden_states": np.ones((1, 2, 4, 4), np.float32), "lr_latent": np.ones((1, 2, 4, 4), np.float32),
+            "encoder_hidden_states": np.ones((1, 3, 5), np.float32),
+            "pooled_projections": np.ones((1, 6), np.float32), "timestep": np.ones(1, np.float32)}
+    from polygraphy.comparator import Comparator
+
+    results = Comparator.run([BackendVariantRunner(Fake(), 3, "x")], data_loader=[feed, feed], warm_up=0)
+    outs = results[0][1]
+    assert len(outs) == 2 and np.array_equal(outs[0]["sample"], 2 * feed["hidden_states"])
+    assert calls == [("activate", 3), ("deactivate",)]

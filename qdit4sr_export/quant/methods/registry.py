@@ -1,4 +1,6 @@
-"""Methods register by name: a frozen config dataclass plus a builder from (model, calibration) to a QuantPlan."""
+"""Methods register by name: a frozen config dataclass plus a builder from (model, calibration) to a QuantPlan,
+with the properties the CLI acts on. Method modules import torch inside their builders, so listing methods and
+checking options costs no heavy import."""
 
 from __future__ import annotations
 
@@ -15,13 +17,19 @@ Builder = Callable[..., Any]  # (model, config, *, calibration, progress) -> Qua
 
 @dataclass(frozen=True)
 class Method:
-    """A registered quantization method."""
+    """A registered quantization method and what the CLI needs to know about it.
+
+    ``uses_calibration``: it calibrates when calibration data is given (``needs_calibration``: it cannot run
+    without). ``quantizes`` False marks the FP baseline: its builder returns no plan, and ``build`` packages the
+    unquantized model."""
 
     name: str
     summary: str
     config_cls: type
     build: Builder
     needs_calibration: bool = False
+    uses_calibration: bool = False
+    quantizes: bool = True
 
     def options(self) -> dict[str, Any]:
         """Config fields and their defaults (what ``--method-option KEY=VALUE`` may set)."""
@@ -31,8 +39,13 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, summary: str, config: type, needs_calibration: bool = False) -> Callable[[Builder], Builder]:
-    """Decorator: register ``build`` under ``name``."""
+def register(name: str, *, summary: str, config: type, needs_calibration: bool = False,
+             uses_calibration: bool | None = None, quantizes: bool = True) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build`` under ``name`` (``uses_calibration`` defaults to ``needs_calibration``)."""
+    uses = needs_calibration if uses_calibration is None else uses_calibration
+    if needs_calibration and not uses:
+        raise ValueError(f"method {name!r} needs calibration data but does not use it")
+
     def wrap(build: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
@@ -46,15 +59,16 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
                 if next(model.parameters()).device.type == "meta":
                     raise UserError(f"method '{name}' runs the model on calibration data: give a checkpoint, "
                                     "not a preset name")
-            return build(model, cfg, calibration=calibration, progress=progress)
+            return build(model, cfg, calibration=calibration if uses else None, progress=progress)
 
-        _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration)
+        _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration, uses, quantizes)
         return build
     return wrap
 
 
-def method_names() -> list[str]:
-    return list(_REGISTRY)
+def method_names(*, quantizing_only: bool = False) -> list[str]:
+    """Every registered name in registration order; ``quantizing_only`` leaves out the FP baseline."""
+    return [n for n, m in _REGISTRY.items() if m.quantizes or not quantizing_only]
 
 
 def get_method(name: str) -> Method:
