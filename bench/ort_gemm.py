@@ -7,7 +7,8 @@ Shapes: dit4sr-medium's linears at a 512x512 output (2,381 tokens of a joint blo
 runs in a session with the runtime's settings (``make_session``: prepacking off) and with prepacking on, timed
 alternately in one process; medians and ratios against fp32 with the runtime's settings.
 Writes bench/results/ort_gemm.json and the "ONNX Runtime GEMMs" section of BENCHMARKS.md.
-Run: python bench/ort_gemm.py   (about a minute)
+Run: python bench/ort_gemm.py   (a few minutes on a busy 2-core machine). ``--quick`` checks the script in seconds
+(one 256 x 256 x 256 GEMM, one round) and writes bench/results/ort_gemm_quick.json only, no BENCHMARKS.md section.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from qdit4sr_export.runtime.backends import make_session
 
 COMMAND = "python bench/ort_gemm.py"
 SHAPES = ((2381, 1536, 1536), (2381, 1536, 6144), (2381, 6144, 1536))
+QUICK_SHAPES = ((256, 256, 256),)
 KINDS = ("fp32", "u8 x s8", "u8 x u8")
 
 
@@ -65,10 +67,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="check the script: one small GEMM, one round, results to "
+                                                        "ort_gemm_quick.json, no BENCHMARKS.md section")
     args = ap.parse_args()
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.quick:
+        args.repeats = 1
     rows = []
     load = [os.getloadavg()[0]]
-    for m, k, n in SHAPES:
+    for m, k, n in shapes:
         g = np.random.default_rng(1)
         feeds = {"fp32": {"x": g.standard_normal((1, m, k), dtype=np.float32)},
                  "int": {"x": g.integers(121, 136, (1, m, k)).astype(np.uint8)}}
@@ -90,19 +97,27 @@ def main() -> None:
             print(rows[-1]["shape"], kind, "prepacked" if prepack else "runtime settings", f"{ms:.1f} ms",
                   f"{rows[-1]['speedup_vs_fp32']:.2f}x", flush=True)
     load.append(os.getloadavg()[0])
-    result = {"command": COMMAND, "machine": machine(), "onnxruntime": ort.__version__, "threads": args.threads,
+    command = COMMAND + (" --quick" if args.quick else "")
+    result = {"command": command, "machine": machine(), "onnxruntime": ort.__version__, "threads": args.threads,
               "repeats": args.repeats, "load_average": load, "rows": rows}
-    (ROOT / "bench" / "results" / "ort_gemm.json").write_text(json.dumps(result, indent=1) + "\n")
+    out_file = ROOT / "bench" / "results" / ("ort_gemm_quick.json" if args.quick else "ort_gemm.json")
+    out_file.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.quick:
+        write_section(result)
+
+
+def write_section(result: dict) -> None:
+    rows, load, threads, repeats = result["rows"], result["load_average"], result["threads"], result["repeats"]
     lines = ["## ONNX Runtime GEMMs (issue 17)", "",
-             f"Command: `{COMMAND}`. Machine: {result['machine']}, ONNX Runtime {ort.__version__}, {args.threads} "
-             f"intra-op threads; 1-minute load average {load[0]:.1f} before, {load[-1]:.1f} after (a shared machine: "
-             f"ratios from one process, timed alternately, median of {args.repeats}).",
-             "One linear's GEMM, M tokens x K in -> N out. `runtime settings`: `make_session` (prepacking off, as "
-             "`OrtRunner`); `prepacked`: ONNX Runtime's default. Integer GEMMs are `MatMulIntegerToFloat` on uint8 "
-             "activations; speed is against the fp32 GEMM with the runtime's settings.", "",
+             (f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {result['onnxruntime']}, "
+              f"{threads} intra-op threads; 1-minute load average {load[0]:.1f} before, {load[-1]:.1f} after (a "
+              f"shared machine: ratios from one process, timed alternately, median of {repeats})."),
+             ("One linear's GEMM, M tokens x K in -> N out. `runtime settings`: `make_session` (prepacking off, as "
+              "`OrtRunner`); `prepacked`: ONNX Runtime's default. Integer GEMMs are `MatMulIntegerToFloat` on uint8 "
+              "activations; speed is against the fp32 GEMM with the runtime's settings."), "",
              "| M x K x N | GEMM | runtime settings: ms | speed vs fp32 | prepacked: ms | speed vs fp32 |",
              "|---|---|---|---|---|---|"]
-    for m, k, n in SHAPES:
+    for m, k, n in dict.fromkeys(tuple(r["shape"]) for r in rows):
         for kind in KINDS:
             a, b = (next(r for r in rows if r["shape"] == [m, k, n] and r["gemm"] == kind and r["prepacked"] == p)
                     for p in (False, True))

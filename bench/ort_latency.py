@@ -19,7 +19,10 @@ uint8 GEMMs on every step) and in ONNX Runtime's default session options (prepac
 timed alternately with the runner: what the runtime's settings cost or save.
 Writes bench/results/ort_latency.json and the "ONNX Runtime latency" section of BENCHMARKS.md.
 Run: python bench/ort_latency.py   (about an hour on a busy 2-core machine, most of it building the medium sets;
-``--keep DIR`` builds into DIR once and reuses the sets on later runs)
+``--keep DIR`` builds into DIR once and reuses the sets on later runs; ``--models example`` or ``--models medium``
+for one part). ``--quick`` checks the script end to end in a few minutes: the ``medium`` path on dit4sr-tiny
+blocks at a 16x16 latent, one round; it writes bench/results/ort_latency_quick.json only (no BENCHMARKS.md section:
+its numbers say nothing about speed).
 """
 
 from __future__ import annotations
@@ -35,12 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from common import ROOT, machine, update_benchmarks_md
-from ort_breakdown import CATEGORIES, breakdown
+from ort_breakdown import CATEGORIES, profile, step_inputs
 
 from qdit4sr_export.runtime.backends import INPUTS, OrtRunner, make_session
 from qdit4sr_export.runtime.engine_set import EngineSet
@@ -65,27 +66,30 @@ def example_sets(work: Path) -> dict[str, Path]:
     return sets
 
 
-def medium_model(layers: int):
+def medium_model(preset: str, layers: int, side: int):
+    """``layers`` blocks of ``preset`` with seeded default-init weights, the positional table cropped to the patch
+    grid of a ``side`` x ``side`` latent."""
     from qdit4sr_export.model import build_dit4sr
     from qdit4sr_export.model.config import PRESETS
 
-    cfg = dataclasses.replace(PRESETS["dit4sr-medium"], num_layers=layers, pos_embed_max_size=32,
-                              dual_attention_layers=tuple(range(min(layers - 1, 13))))
+    base = PRESETS[preset]
+    cfg = dataclasses.replace(base, num_layers=layers, pos_embed_max_size=side // base.patch_size,
+                              dual_attention_layers=tuple(i for i in base.dual_attention_layers if i < layers - 1))
     torch.manual_seed(0)
     return build_dit4sr(cfg).eval()
 
 
-def medium_sets(work: Path, layers: int) -> dict[str, Path]:
-    """FP32, W8A8 and W4A4 engine sets of dit4sr-medium blocks (reused if present)."""
+def medium_sets(work: Path, preset: str, layers: int, side: int) -> dict[str, Path]:
+    """FP32, W8A8 and W4A4 engine sets of ``preset`` blocks (reused if present)."""
     from qdit4sr_export.build import build_engine_set
     from qdit4sr_export.quant.methods import get_method, make_config
 
-    sets = {label: work / f"medium{layers}-{label.lower()}" for label in ("FP32", "W8A8", "W4A4")}
+    sets = {label: work / f"{preset}-{layers}x{side}-{label.lower()}" for label in ("FP32", "W8A8", "W4A4")}
     model = None
     for (label, folder), bits in zip(sets.items(), (None, 8, 4)):
         if (folder / "manifest.json").exists():
             continue
-        model = model or medium_model(layers)
+        model = model or medium_model(preset, layers, side)
         plan = None
         if bits is not None:
             method = get_method("qdit4sr")
@@ -95,15 +99,18 @@ def medium_sets(work: Path, layers: int) -> dict[str, Path]:
     return sets
 
 
-def feeds(engine: EngineSet, model: str) -> list[torch.Tensor]:
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """One step's input size: latent side, guidance batch, prompt tokens."""
+
+    side: int
+    batch: int
+    text: int
+
+
+def feeds(engine: EngineSet, size: Size) -> list[torch.Tensor]:
     """One step's inputs at the benchmark's size, in INPUTS order (timestep: the engine set's first variant)."""
-    cfg = engine.config()
-    g = torch.Generator().manual_seed(0)
-    batch, text = (2, 8) if model == "example" else (1, 333)
-    x = torch.randn(batch, cfg["in_channels"], 64, 64, generator=g)
-    t = engine.timesteps[engine.variants[0].steps[0]]
-    return [x, torch.randn(x.shape, generator=g), torch.randn(batch, text, cfg["joint_attention_dim"], generator=g),
-            torch.randn(batch, cfg["pooled_projection_dim"], generator=g), torch.full((batch,), t)]
+    return step_inputs(engine, side=size.side, batch=size.batch, text=size.text)
 
 
 def alternate(calls: dict[str, callable], repeats: int) -> dict[str, list[float]]:
@@ -128,23 +135,23 @@ def summary(times: dict[str, list[float]], base: str) -> dict[str, dict]:
     return out
 
 
-def step_latency(sets: dict[str, Path], model: str, threads: int, repeats: int) -> dict[str, dict]:
+def step_latency(sets: dict[str, Path], size: Size, threads: int, repeats: int) -> dict[str, dict]:
     runners, inputs = {}, {}
     for label, folder in sets.items():
         engine = EngineSet.load(folder)
         runners[label] = OrtRunner(engine, threads=threads)
         runners[label].activate(0)
-        inputs[label] = feeds(engine, model)
+        inputs[label] = feeds(engine, size)
     times = alternate({label: (lambda r=r, x=inputs[label]: r.infer(*x)) for label, r in runners.items()}, repeats)
     return summary(times, "FP32")
 
 
-def settings_cost(folder: Path, model: str, threads: int, repeats: int) -> dict[str, dict]:
+def settings_cost(folder: Path, size: Size, threads: int, repeats: int) -> dict[str, dict]:
     """The runner against the stored graph as is (runtime settings) and against ONNX Runtime's defaults."""
     engine = EngineSet.load(folder)
     runner = OrtRunner(engine, threads=threads)
     runner.activate(0)
-    x = feeds(engine, model)
+    x = feeds(engine, size)
     np_feeds = {k: v.numpy() for k, v in zip(INPUTS, x)}
     path = engine.folder / engine.variants[0].file
     plain = make_session(path, ["CPUExecutionProvider"], threads)
@@ -155,17 +162,6 @@ def settings_cost(folder: Path, model: str, threads: int, repeats: int) -> dict[
     times = alternate({"runner": lambda: runner.infer(*x), "stored graph": lambda: plain.run(None, np_feeds),
                        "ORT defaults": lambda: default.run(None, np_feeds)}, repeats)
     return summary(times, "runner")
-
-
-def profile(folder: Path, model: str, threads: int, runs: int, tmp: Path) -> dict:
-    engine = EngineSet.load(folder)
-    runner = OrtRunner(engine, threads=threads, profile_prefix=str(tmp / f"profile_{folder.name}"))
-    runner.activate(0)
-    x = feeds(engine, model)
-    for _ in range(runs + 1):
-        runner.infer(*x)
-    graph = onnx.load(str(engine.folder / engine.variants[0].file), load_external_data=False)
-    return breakdown(runner.sessions[0].end_profiling(), graph, skip_runs=1)
 
 
 def end_to_end(sets: dict[str, Path], threads: int, repeats: int, tmp: Path) -> dict[str, dict]:
@@ -189,61 +185,75 @@ def load() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="example,medium")
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--models", default="example,medium", help="comma-separated: example, medium")
+    ap.add_argument("--layers", type=int, default=2, help="blocks of the medium model")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--e2e-repeats", type=int, default=3)
     ap.add_argument("--profile-runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="build engine sets here once and reuse them")
+    ap.add_argument("--quick", action="store_true",
+                    help="check the script: dit4sr-tiny blocks at a 16x16 latent, one round, results to "
+                         "ort_latency_quick.json, no BENCHMARKS.md section")
     args = ap.parse_args()
+    preset, medium = "dit4sr-medium", Size(64, 1, 333)
+    if args.quick:
+        args.models, args.repeats, args.e2e_repeats, args.profile_runs = "medium", 1, 1, 1
+        preset, medium = "dit4sr-tiny", Size(16, 1, 8)
     torch.set_num_threads(args.threads)
-    out_file = ROOT / "bench" / "results" / "ort_latency.json"
+    out_file = ROOT / "bench" / "results" / ("ort_latency_quick.json" if args.quick else "ort_latency.json")
     result = json.loads(out_file.read_text()) if out_file.exists() else {}
     if result.get("schema") != "ort_latency/2":
         result = {"schema": "ort_latency/2", "models": {}}
+    command = COMMAND + (" --quick" if args.quick else "")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         work = args.keep or tmp
         work.mkdir(parents=True, exist_ok=True)
         for model in args.models.split(","):
-            sets = example_sets(work) if model == "example" else medium_sets(work, args.layers)
+            if model not in ("example", "medium"):
+                raise SystemExit(f"unknown model {model!r}: example or medium")
+            size = Size(64, 2, 8) if model == "example" else medium
+            sets = example_sets(work) if model == "example" else medium_sets(work, preset, args.layers, size.side)
             entry: dict = {"load_before": load(), "threads": args.threads, "repeats": args.repeats}
-            entry["step"] = step_latency(sets, model, args.threads, args.repeats)
+            entry["step"] = step_latency(sets, size, args.threads, args.repeats)
             print(model, "step", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["step"].items()},
                   flush=True)
-            entry["settings"] = {label: settings_cost(folder, model, args.threads, max(3, args.repeats // 2))
+            entry["settings"] = {label: settings_cost(folder, size, args.threads, max(1, args.repeats // 2))
                                  for label, folder in sets.items()}
-            entry["profile"] = {label: profile(folder, model, args.threads, args.profile_runs, tmp)
-                                for label, folder in sets.items()}
+            entry["profile"] = {label: profile(folder, feeds(EngineSet.load(folder), size), threads=args.threads,
+                                               runs=args.profile_runs, tmp=tmp) for label, folder in sets.items()}
             if model == "example":
                 entry["run"] = end_to_end(sets, args.threads, args.e2e_repeats, tmp)
                 print(model, "run", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["run"].items()},
                       flush=True)
             entry["load_after"] = load()
-            entry["config"] = ("examples/dit4sr-tiny, 64x64 latent, guidance batch 2, 8 text tokens" if model == "example"
-                               else f"dit4sr-medium shapes, {args.layers} of 24 blocks, 1024 + 1024 LR + 333 text tokens")
+            entry["config"] = (f"examples/dit4sr-tiny, {size.side}x{size.side} latent, guidance batch {size.batch}, "
+                               f"{size.text} text tokens" if model == "example" else
+                               f"{preset} shapes, {args.layers} blocks, {size.side}x{size.side} latent, batch "
+                               f"{size.batch}, {size.text} text tokens")
             entry["weights_bytes"] = {label: (folder / "weights.bin").stat().st_size for label, folder in sets.items()}
             result["models"][model] = entry
-    result.update({"command": COMMAND, "machine": machine(), "onnxruntime": ort.__version__})
+    result.update({"command": command, "machine": machine(), "onnxruntime": ort.__version__})
     out_file.write_text(json.dumps(result, indent=1) + "\n")
-    write_section(result)
+    if not args.quick:
+        write_section(result)
 
 
 def write_section(result: dict) -> None:
     lines = ["## ONNX Runtime latency (issue 21)", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {result['onnxruntime']}. "
-             "Engine sets run through the runtime's own sessions (`OrtRunner`), timed in turn in one process; "
-             "medians, speed = median of the per-round ratios against FP32 in the same run. The machine is shared "
-             "with other jobs (load average below): absolute times are inflated, ratios are what count.", ""]
-    for model, e in result["models"].items():
+             (f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {result['onnxruntime']}. "
+              "Engine sets run through the runtime's own sessions (`OrtRunner`), timed in turn in one process; "
+              "medians, speed = median of the per-round ratios against FP32 in the same run. The machine is shared "
+              "with other jobs (load average below): absolute times are inflated, ratios are what count."), ""]
+    for e in result["models"].values():
         lines += [f"### {e['config']} ({e['threads']} threads, load average {e['load_before']} -> {e['load_after']})",
                   "", "| engine | ms per step | speed vs FP32 | weights.bin |", "|---|---|---|---|"]
         for label, r in e["step"].items():
             lines.append(f"| {label} | {r['median_ms']:.0f} | {r['speedup']:.2f}x | {e['weights_bytes'][label] / 1e6:.1f} MB |")
         if "run" in e:
-            lines += ["", "`qdit4sr-export run` on the four examples/lr photos, whole command (median of "
-                      f"{len(next(iter(e['run'].values()))['times_ms'])}):", "",
+            lines += ["", ("`qdit4sr-export run` on the four examples/lr photos, whole command (median of "
+                           f"{len(next(iter(e['run'].values()))['times_ms'])}):"), "",
                       "| engine | s | speed vs FP32 | of which transformer steps (s) |", "|---|---|---|---|"]
             for label, r in e["run"].items():
                 lines.append(f"| {label} | {r['median_ms'] / 1000:.1f} | {r['speedup']:.2f}x | {r['transformer_s']} |")
@@ -251,12 +261,12 @@ def write_section(result: dict) -> None:
                   "| category | " + " | ".join(e["profile"]) + " |", "|---" * (len(e["profile"]) + 1) + "|"]
         for cat in CATEGORIES:
             lines.append(f"| {cat} | " + " | ".join(f"{p['categories_ms'][cat]:.0f}" for p in e["profile"].values()) + " |")
-        lines += ["", "The runtime's session settings against the stored graph as is and ONNX Runtime's defaults "
-                  "(ms per step; speed relative to the runner):", "",
+        lines += ["", ("The runtime's session settings against the stored graph as is and ONNX Runtime's defaults "
+                       "(ms per step; speed relative to the runner):"), "",
                   "| engine | runner | stored graph, runtime settings | ORT defaults (prepacking, constant folding) |",
                   "|---|---|---|---|"]
         for label, s in e["settings"].items():
-            cell = lambda k: f"{s[k]['median_ms']:.0f} ({s[k]['speedup']:.2f}x)"
+            cell = lambda k, s=s: f"{s[k]['median_ms']:.0f} ({s[k]['speedup']:.2f}x)"
             lines.append(f"| {label} | {s['runner']['median_ms']:.0f} | {cell('stored graph')} | {cell('ORT defaults')} |")
         lines.append("")
     update_benchmarks_md("ort_latency", "\n".join(lines))

@@ -74,7 +74,7 @@ def test_int4_codes_are_unpacked_once_and_shared(w4_engine):
 
 
 def test_uint8_weights_take_the_int8_kernel_where_it_is_exact(engine_sets):
-    fp_folder, w8_folder, plan = engine_sets
+    _, w8_folder, _ = engine_sets
     engine = EngineSet.load(w8_folder)
     runner = OrtRunner(engine, threads=1)
     v = engine.variants[0]
