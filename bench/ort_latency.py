@@ -1,12 +1,28 @@
-"""Per-step latency of W8A8 and W4A4 engine sets against the FP32 engine set of the same model, ONNX Runtime CPU.
+"""Per-step latency of quantized engine sets against the FP engine set of the same model, through the runtime's own
+sessions (``OrtRunner``: ``make_session``'s settings and the shared int8 weights), ONNX Runtime CPU, with the
+per-op breakdown from ONNX Runtime's profiler.
 
-Model: dit4sr-medium's block shapes (hidden 1536, 24 heads, 4096-wide text) with only --layers of its 24
-blocks (a step of the full model costs about 24/layers times as much), seeded default-init weights (latency
-does not depend on the values). Tokens: a 512x512 output, i.e. a 64x64 latent -> 1024 image + 1024 LR
-tokens, plus 333 text tokens, batch 1. Each engine set is built with ``build_engine_set`` (the code path of
-``qdit4sr-export build``); each forward is timed after a warm-up, median of --repeats.
+Models (``--models``):
+- ``example``: examples/dit4sr-tiny at the size ``run`` uses (64x64 latent tiles, guidance batch 2, its 8 prompt
+  tokens); the FP engine set and the README quickstart's W4A4 build (``--wbits auto --abits 4 --calib-count 8``),
+  both made by the CLI. Also ``qdit4sr-export run`` on the four examples/lr photos, end to end, per engine set.
+- ``medium``: dit4sr-medium's block shapes with ``--layers`` of its 24 blocks (a full step costs about 24/layers
+  times as much), seeded default-init weights (latency does not depend on the values); the positional table is
+  cropped to the 32x32 patch grid a 512x512 output reads (the full 384x384 table is 906 MB of FP32 that no step
+  at this size touches). A 64x64 latent: 1024 image + 1024 LR tokens, 333 text tokens, batch 1. FP32, W8A8 and
+  W4A4 Q-DiT4SR plans (4-step grid, static activation bits), built with ``build_engine_set`` (the ``build`` path).
+
+Timing: one process, the engine sets' runners in turn within each round (the order rotates), a warm-up round first;
+medians, and the median of the per-round ratios against FP. The machine is shared: the load average is recorded.
+Also per engine set: the same graph in a plain ``make_session`` (the stored graph as is: INT4 Cast and uint8 x
+uint8 GEMMs on every step) and in ONNX Runtime's default session options (prepacking and constant folding on),
+timed alternately with the runner: what the runtime's settings cost or save.
 Writes bench/results/ort_latency.json and the "ONNX Runtime latency" section of BENCHMARKS.md.
-Run: python bench/ort_latency.py   (about 10 minutes on a 2-core CPU)
+Run: python bench/ort_latency.py   (about an hour on a busy 2-core machine, most of it building the medium sets;
+``--keep DIR`` builds into DIR once and reuses the sets on later runs; ``--models example`` or ``--models medium``
+for one part). ``--quick`` checks the script end to end in a few minutes: the ``medium`` path on dit4sr-tiny
+blocks at a 16x16 latent, one round; it writes bench/results/ort_latency_quick.json only (no BENCHMARKS.md section:
+its numbers say nothing about speed).
 """
 
 from __future__ import annotations
@@ -14,99 +30,246 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from common import ROOT, machine, update_benchmarks_md
+from ort_breakdown import CATEGORIES, profile, step_inputs
 
-from qdit4sr_export.build import build_engine_set
-from qdit4sr_export.model import build_dit4sr
-from qdit4sr_export.model.config import PRESETS
-from qdit4sr_export.quant.methods import get_method, make_config
-from qdit4sr_export.trace import INPUT_NAMES
+from qdit4sr_export.runtime.backends import INPUTS, OrtRunner, make_session
+from qdit4sr_export.runtime.engine_set import EngineSet
 
 COMMAND = "python bench/ort_latency.py"
+EXAMPLE = ROOT / "examples" / "dit4sr-tiny"
+PHOTOS = ROOT / "examples" / "lr"
 
 
-def session(folder: Path, threads: int) -> ort.InferenceSession:
-    manifest = json.loads((folder / "manifest.json").read_text())
+def cli(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "qdit4sr_export", *args], check=True, cwd=cwd or Path(tempfile.gettempdir()),
+                   stdout=subprocess.DEVNULL)
+
+
+def example_sets(work: Path) -> dict[str, Path]:
+    """FP and the README quickstart's W4A4 engine set of the example model, built by the CLI (reused if present)."""
+    sets = {"FP32": work / "example-fp", "W4A4": work / "example-w4a4"}
+    options = {"FP32": ["--method", "fp"], "W4A4": ["--wbits", "auto", "--abits", "4", "--calib-count", "8"]}
+    for label, folder in sets.items():
+        if not (folder / "manifest.json").exists():
+            cli("build", str(EXAMPLE), *options[label], "-o", str(folder), "--force")
+    return sets
+
+
+def medium_model(preset: str, layers: int, side: int):
+    """``layers`` blocks of ``preset`` with seeded default-init weights, the positional table cropped to the patch
+    grid of a ``side`` x ``side`` latent."""
+    from qdit4sr_export.model import build_dit4sr
+    from qdit4sr_export.model.config import PRESETS
+
+    base = PRESETS[preset]
+    cfg = dataclasses.replace(base, num_layers=layers, pos_embed_max_size=side // base.patch_size,
+                              dual_attention_layers=tuple(i for i in base.dual_attention_layers if i < layers - 1))
+    torch.manual_seed(0)
+    return build_dit4sr(cfg).eval()
+
+
+def medium_sets(work: Path, preset: str, layers: int, side: int) -> dict[str, Path]:
+    """FP32, W8A8 and W4A4 engine sets of ``preset`` blocks (reused if present)."""
+    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.quant.methods import get_method, make_config
+
+    sets = {label: work / f"{preset}-{layers}x{side}-{label.lower()}" for label in ("FP32", "W8A8", "W4A4")}
+    model = None
+    for (label, folder), bits in zip(sets.items(), (None, 8, 4)):
+        if (folder / "manifest.json").exists():
+            continue
+        model = model or medium_model(preset, layers, side)
+        plan = None
+        if bits is not None:
+            method = get_method("qdit4sr")
+            plan = method.build(model, make_config(method, {"wbits": bits, "abits": bits, "steps": 4}))
+        build_engine_set(model, "in-memory", folder, plan=plan, steps=4, max_variants=None, force=True,
+                         build_info={"method": "qdit4sr" if bits else "fp"}, progress=False)
+    return sets
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """One step's input size: latent side, guidance batch, prompt tokens."""
+
+    side: int
+    batch: int
+    text: int
+
+
+def feeds(engine: EngineSet, size: Size) -> list[torch.Tensor]:
+    """One step's inputs at the benchmark's size, in INPUTS order (timestep: the engine set's first variant)."""
+    return step_inputs(engine, side=size.side, batch=size.batch, text=size.text)
+
+
+def alternate(calls: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call, ``repeats`` rounds after a warm-up round, each round calling all in a rotating order."""
+    names = list(calls)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats + 1):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary(times: dict[str, list[float]], base: str) -> dict[str, dict]:
+    out = {}
+    for name, t in times.items():
+        ratios = [b / x for b, x in zip(times[base], t)]
+        out[name] = {"median_ms": 1000 * statistics.median(t), "times_ms": [1000 * x for x in t],
+                     "speedup": statistics.median(ratios)}
+    return out
+
+
+def step_latency(sets: dict[str, Path], size: Size, threads: int, repeats: int) -> dict[str, dict]:
+    runners, inputs = {}, {}
+    for label, folder in sets.items():
+        engine = EngineSet.load(folder)
+        runners[label] = OrtRunner(engine, threads=threads)
+        runners[label].activate(0)
+        inputs[label] = feeds(engine, size)
+    times = alternate({label: (lambda r=r, x=inputs[label]: r.infer(*x)) for label, r in runners.items()}, repeats)
+    return summary(times, "FP32")
+
+
+def settings_cost(folder: Path, size: Size, threads: int, repeats: int) -> dict[str, dict]:
+    """The runner against the stored graph as is (runtime settings) and against ONNX Runtime's defaults."""
+    engine = EngineSet.load(folder)
+    runner = OrtRunner(engine, threads=threads)
+    runner.activate(0)
+    x = feeds(engine, size)
+    np_feeds = {k: v.numpy() for k, v in zip(INPUTS, x)}
+    path = engine.folder / engine.variants[0].file
+    plain = make_session(path, ["CPUExecutionProvider"], threads)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    return ort.InferenceSession(str(folder / manifest["variants"][0]["file"]), so, providers=["CPUExecutionProvider"])
+    default = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    times = alternate({"runner": lambda: runner.infer(*x), "stored graph": lambda: plain.run(None, np_feeds),
+                       "ORT defaults": lambda: default.run(None, np_feeds)}, repeats)
+    return summary(times, "runner")
 
 
-def time_forward(sess: ort.InferenceSession, feeds: dict, repeats: int) -> list[float]:
-    sess.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return times
+def end_to_end(sets: dict[str, Path], threads: int, repeats: int, tmp: Path) -> dict[str, dict]:
+    """``qdit4sr-export run`` on the example photos, wall clock of the whole command, engine sets in turn."""
+    def run(label: str) -> None:
+        cli("run", str(sets[label]), str(PHOTOS), "-o", str(tmp / f"out_{label}"), "--threads", str(threads),
+            "--report", str(tmp / f"run_{label}.json"))
+    times = alternate({label: (lambda lab=label: run(lab)) for label in sets}, repeats)
+    out = summary(times, "FP32")
+    for label in sets:
+        report = json.loads((tmp / f"run_{label}.json").read_text())
+        images = report.get("images", report if isinstance(report, list) else [])
+        steps = [s["seconds"] for im in images for s in (im.get("steps") or [])]
+        out[label]["transformer_s"] = round(sum(steps), 2) if steps else None
+    return out
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--models", default="example,medium", help="comma-separated: example, medium")
+    ap.add_argument("--layers", type=int, default=2, help="blocks of the medium model")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--e2e-repeats", type=int, default=3)
+    ap.add_argument("--profile-runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", type=Path, default=None, help="build engine sets here once and reuse them")
+    ap.add_argument("--quick", action="store_true",
+                    help="check the script: dit4sr-tiny blocks at a 16x16 latent, one round, results to "
+                         "ort_latency_quick.json, no BENCHMARKS.md section")
     args = ap.parse_args()
+    preset, medium = "dit4sr-medium", Size(64, 1, 333)
+    if args.quick:
+        args.models, args.repeats, args.e2e_repeats, args.profile_runs = "medium", 1, 1, 1
+        preset, medium = "dit4sr-tiny", Size(16, 1, 8)
     torch.set_num_threads(args.threads)
-    cfg = dataclasses.replace(PRESETS["dit4sr-medium"], num_layers=args.layers,
-                              dual_attention_layers=tuple(range(min(args.layers - 1, 13))))
-    torch.manual_seed(0)
-    model = build_dit4sr(cfg).eval()
-    g = np.random.default_rng(0)
-    side, text = 64, 333
-    feeds = {"hidden_states": g.standard_normal((1, 16, side, side), dtype=np.float32),
-             "lr_latent": g.standard_normal((1, 16, side, side), dtype=np.float32),
-             "encoder_hidden_states": g.standard_normal((1, text, cfg.joint_attention_dim), dtype=np.float32),
-             "pooled_projections": g.standard_normal((1, cfg.pooled_projection_dim), dtype=np.float32),
-             "timestep": np.array([500.0], np.float32)}
-    assert list(feeds) == list(INPUT_NAMES)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, bits in (("FP32", None), ("W8A8", 8), ("W4A4", 4)):
-            plan = None
-            if bits is not None:
-                method = get_method("qdit4sr")
-                plan = method.build(model, make_config(method, {"wbits": bits, "abits": bits, "steps": 4}))
-            folder = Path(tmp) / label
-            build_engine_set(model, "in-memory", folder, plan=plan, steps=4, max_variants=None,
-                             build_info={"method": "qdit4sr" if bits else "fp"}, progress=False)
-            sess = session(folder, args.threads)
-            times = time_forward(sess, feeds, args.repeats)
-            weights = (folder / "weights.bin").stat().st_size
-            rows.append({"engine": label, "median_ms": 1000 * statistics.median(times),
-                         "times_ms": [1000 * t for t in times], "weights_bytes": weights})
-            print(rows[-1], flush=True)
-            del sess
-    base = rows[0]["median_ms"]
-    for r in rows:
-        r["speedup_vs_fp32"] = base / r["median_ms"]
-    result = {"command": COMMAND + (f" --layers {args.layers}" if args.layers != 2 else ""), "machine": machine(),
-              "config": f"dit4sr-medium shapes, {args.layers} of 24 blocks", "tokens": "1024 + 1024 LR + 333 text",
-              "threads": args.threads, "rows": rows}
-    out = ROOT / "bench" / "results" / "ort_latency.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["## ONNX Runtime latency (issue 5)", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {ort.__version__}, "
-             f"{args.threads} intra-op threads.",
-             f"Model: {result['config']}; one forward pass (one denoising step) at a 512x512 output "
-             f"({result['tokens']} tokens), batch 1; median of {args.repeats} after a warm-up. Q-DiT4SR plans "
-             "(signed Hadamard, H-SVD r_G 32 / r_L 8), lowered by LowerOrtPass. weights.bin includes the FP32 "
-             "positional table (906 MB at these shapes), which no engine quantizes.", "",
-             "| engine | ms per step | speed vs FP32 (same run) | weights.bin |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['engine']} | {r['median_ms']:.0f} | {r['speedup_vs_fp32']:.2f}x | "
-                     f"{r['weights_bytes'] / 1e6:.1f} MB |")
-    update_benchmarks_md("ort_latency", "\n".join(lines) + "\n")
+    out_file = ROOT / "bench" / "results" / ("ort_latency_quick.json" if args.quick else "ort_latency.json")
+    result = json.loads(out_file.read_text()) if out_file.exists() else {}
+    if result.get("schema") != "ort_latency/2":
+        result = {"schema": "ort_latency/2", "models": {}}
+    command = COMMAND + (" --quick" if args.quick else "")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        work = args.keep or tmp
+        work.mkdir(parents=True, exist_ok=True)
+        for model in args.models.split(","):
+            if model not in ("example", "medium"):
+                raise SystemExit(f"unknown model {model!r}: example or medium")
+            size = Size(64, 2, 8) if model == "example" else medium
+            sets = example_sets(work) if model == "example" else medium_sets(work, preset, args.layers, size.side)
+            entry: dict = {"load_before": load(), "threads": args.threads, "repeats": args.repeats}
+            entry["step"] = step_latency(sets, size, args.threads, args.repeats)
+            print(model, "step", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["step"].items()},
+                  flush=True)
+            entry["settings"] = {label: settings_cost(folder, size, args.threads, max(1, args.repeats // 2))
+                                 for label, folder in sets.items()}
+            entry["profile"] = {label: profile(folder, feeds(EngineSet.load(folder), size), threads=args.threads,
+                                               runs=args.profile_runs, tmp=tmp) for label, folder in sets.items()}
+            if model == "example":
+                entry["run"] = end_to_end(sets, args.threads, args.e2e_repeats, tmp)
+                print(model, "run", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["run"].items()},
+                      flush=True)
+            entry["load_after"] = load()
+            entry["config"] = (f"examples/dit4sr-tiny, {size.side}x{size.side} latent, guidance batch {size.batch}, "
+                               f"{size.text} text tokens" if model == "example" else
+                               f"{preset} shapes, {args.layers} blocks, {size.side}x{size.side} latent, batch "
+                               f"{size.batch}, {size.text} text tokens")
+            entry["weights_bytes"] = {label: (folder / "weights.bin").stat().st_size for label, folder in sets.items()}
+            result["models"][model] = entry
+    result.update({"command": command, "machine": machine(), "onnxruntime": ort.__version__})
+    out_file.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.quick:
+        write_section(result)
+
+
+def write_section(result: dict) -> None:
+    lines = ["## ONNX Runtime latency (issue 21)", "",
+             (f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {result['onnxruntime']}. "
+              "Engine sets run through the runtime's own sessions (`OrtRunner`), timed in turn in one process; "
+              "medians, speed = median of the per-round ratios against FP32 in the same run. The machine is shared "
+              "with other jobs (load average below): absolute times are inflated, ratios are what count."), ""]
+    for e in result["models"].values():
+        lines += [f"### {e['config']} ({e['threads']} threads, load average {e['load_before']} -> {e['load_after']})",
+                  "", "| engine | ms per step | speed vs FP32 | weights.bin |", "|---|---|---|---|"]
+        for label, r in e["step"].items():
+            lines.append(f"| {label} | {r['median_ms']:.0f} | {r['speedup']:.2f}x | {e['weights_bytes'][label] / 1e6:.1f} MB |")
+        if "run" in e:
+            lines += ["", ("`qdit4sr-export run` on the four examples/lr photos, whole command (median of "
+                           f"{len(next(iter(e['run'].values()))['times_ms'])}):"), "",
+                      "| engine | s | speed vs FP32 | of which transformer steps (s) |", "|---|---|---|---|"]
+            for label, r in e["run"].items():
+                lines.append(f"| {label} | {r['median_ms'] / 1000:.1f} | {r['speedup']:.2f}x | {r['transformer_s']} |")
+        lines += ["", "Per-op breakdown (ONNX Runtime profiler, kernel ms per step, runner sessions):", "",
+                  "| category | " + " | ".join(e["profile"]) + " |", "|---" * (len(e["profile"]) + 1) + "|"]
+        for cat in CATEGORIES:
+            lines.append(f"| {cat} | " + " | ".join(f"{p['categories_ms'][cat]:.0f}" for p in e["profile"].values()) + " |")
+        lines += ["", ("The runtime's session settings against the stored graph as is and ONNX Runtime's defaults "
+                       "(ms per step; speed relative to the runner):"), "",
+                  "| engine | runner | stored graph, runtime settings | ORT defaults (prepacking, constant folding) |",
+                  "|---|---|---|---|"]
+        for label, s in e["settings"].items():
+            cell = lambda k, s=s: f"{s[k]['median_ms']:.0f} ({s[k]['speedup']:.2f}x)"
+            lines.append(f"| {label} | {s['runner']['median_ms']:.0f} | {cell('stored graph')} | {cell('ORT defaults')} |")
+        lines.append("")
+    update_benchmarks_md("ort_latency", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ For each planned linear (tagged by AnnotateWeightBitsPass, bits set by SplitTime
 residual weight initializer is quantized exactly as the simulation does (``quantize_weight``) and:
 
 - ``int`` path (per-token activations, integer-grid weights): activations quantized per token at the
-  scheduled bits to uint8 (zero point 128), weights stored as packed INT4 (<= 4 bits, Cast to int8 at load)
-  or INT8, ``MatMulInteger`` -> int32, rescaled by the token scale and the per-channel weight scale.
+  scheduled bits to uint8 (zero point 128), weights stored as packed INT4 (<= 4 bits, Cast to int8 in the
+  graph) or INT8 (UINT8 + 128 at 8 bits); ``com.microsoft.MatMulIntegerToFloat`` multiplies the integer product
+  by the per-channel weight scale in the GEMM's epilogue, then one Mul applies the per-token scale.
 - ``dequant`` path (float activations this step, or channel groups): weights stored as INT4/INT8 codes,
   ``DequantizeLinear`` (per channel, or blocked per group), activations fake-quantized in float.
 - ``float`` path (TLQ's log levels, which have no ONNX integer type): the quantized weight stored in float32,
@@ -35,6 +36,8 @@ from qdit4sr_export.quant.simulate import quantize_residual
 
 LOWERING_KEY = "qdit4sr.lowering"
 LOWERED_KEY = "qdit4sr.lowered_layer"
+#: ONNX Runtime's contrib-op domain (MatMulIntegerToFloat).
+MS_DOMAIN = "com.microsoft"
 
 
 @dataclass
@@ -137,6 +140,8 @@ class LowerOrtPass(InPlacePass):
         self.paths.clear()
         for node in annotated_matmuls(graph):
             self._lower(graph, node, quantized)
+        if self.paths["int"]:
+            graph.opset_imports.setdefault(MS_DOMAIN, 1)
         RemoveUnusedNodesPass()(model)
         return PassResult(model, bool(self.paths))
 
@@ -157,17 +162,18 @@ class LowerOrtPass(InPlacePass):
         if weights.kind == "int" and abits is not None:
             key = (id(z), abits, lp.clip)
             if key not in quantized:
-                quantized[key] = emit_uint8_codes(em, z, abits, lp.clip)
+                quantized[key] = emit_uint8_codes(em, z, abits, lp.clip, lp.in_features)
             a_codes, a_scale = quantized[key]
             zp = em.const("quant.zero_point_u8", np.array(ZERO_POINT, np.uint8))
+            inputs = [a_codes, codes, em.const("quant.one", np.array(1.0, np.float32)),
+                      constant(graph, weights.scale.name, weights.scale), zp]
             if weights.codes.dtype == ir.DataType.UINT8:
-                acc = em.op("MatMulInteger", [a_codes, codes, zp, zp])
-            else:
-                w8 = codes if weights.codes.dtype == ir.DataType.INT8 else \
-                    em.op("Cast", [codes], {"to": ir.DataType.INT8})
-                acc = em.op("MatMulInteger", [a_codes, w8, zp])
-            y = em.op("Cast", [acc], {"to": ir.DataType.FLOAT})
-            y = em.op("Mul", [em.op("Mul", [y, a_scale]), constant(graph, weights.scale.name, weights.scale)])
+                inputs.append(zp)
+            elif weights.codes.dtype == ir.DataType.INT4:
+                inputs[1] = em.op("Cast", [codes], {"to": ir.DataType.INT8})
+            # (codes - 128) (w - w_zp) * (1 * weight scale per channel), then the per-token activation scale
+            y = em.op("MatMulIntegerToFloat", inputs, domain=MS_DOMAIN)
+            y = em.op("Mul", [y, a_scale])
             path = "int"
         else:
             if weights.kind == "float":

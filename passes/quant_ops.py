@@ -3,7 +3,9 @@
 scale = max(rms(z) * c*(b) / qmax, tiny) ("gaussian") or max(max|z| / qmax, tiny) ("minmax"), per token (or
 per token and channel group); q = clip(round(z / scale), -qmax, qmax). ONNX Round is half-to-even like
 torch.round. The integer path stores q as uint8 with zero point 128 (ONNX Runtime's fast MatMulInteger is
-uint8 x int8); the float path returns q * scale.
+uint8 x int8), in one ``QuantizeLinear`` whose single block spans the token (it divides by the scale and rounds
+half-to-even like the simulation, so the codes are the same bits) and a ``Clip`` of the uint8 codes; the float
+path returns q * scale.
 """
 
 from __future__ import annotations
@@ -63,8 +65,16 @@ def emit_fake_quant(em: Emitter, z: ir.Value, bits: int, clip: str, in_features:
     return zq if shape is None else em.op("Reshape", [zq, shape])
 
 
-def emit_uint8_codes(em: Emitter, z: ir.Value, bits: int, clip: str) -> tuple[ir.Value, ir.Value]:
-    """(codes + 128 as uint8, per-token scale) for MatMulInteger with a_zero_point 128."""
+def emit_uint8_codes(em: Emitter, z: ir.Value, bits: int, clip: str, channels: int) -> tuple[ir.Value, ir.Value]:
+    """(codes + 128 as uint8, per-token scale) for an integer GEMM with a_zero_point 128.
+
+    ``QuantizeLinear`` with one block of ``channels`` along the last axis takes the per-token scale as it is
+    ([..., 1]) and computes saturate(round(z / scale) + 128); the Clip to 128 +- qmax is the grid's clip.
+    """
     scale = emit_token_scale(em, z, bits, clip)
-    shifted = em.op("Add", [emit_codes(em, z, scale, bits), _scalar(em, "quant.zero_point", float(ZERO_POINT))])
-    return em.op("Cast", [shifted], {"to": ir.DataType.UINT8}), scale
+    zero = em.op("Expand", [em.const("quant.zero_point_u8", np.array(ZERO_POINT, np.uint8)), em.op("Shape", [scale])])
+    codes = em.op("QuantizeLinear", [z, scale, zero], {"axis": -1, "block_size": channels})
+    m = qmax(bits)
+    low = em.const(f"quant.u8.{ZERO_POINT - m}", np.array(ZERO_POINT - m, np.uint8))
+    high = em.const(f"quant.u8.{ZERO_POINT + m}", np.array(ZERO_POINT + m, np.uint8))
+    return em.op("Clip", [codes, low, high]), scale

@@ -1,7 +1,8 @@
-"""The online activation rotation as ONNX nodes: structured, never a dense n x n MatMul for a Hadamard.
+"""The online activation rotation as ONNX nodes: structured, never a dense n x n MatMul for a Hadamard of n > 128.
 
 A Hadamard ``Rotation`` is ``diag(signs) @ kron(H_1, ..., H_k)``; it is applied as one small MatMul per
-Kronecker factor on a reshaped view, exactly as ``Rotation.apply`` does in torch. An outlier
+Kronecker factor on a reshaped view, as ``Rotation.apply`` does in torch, with adjacent power-of-two factors merged
+up to 128 (1536 = 12 x 128: a 12 x 12 and a 128 x 128 factor; 128 wide: one 128 x 128 MatMul). An outlier
 ``BlockRotation`` (LRQ-DiT) is Gather permutations and block-diagonal Einsums.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import torch
 
 from qdit4sr_export.passes.graph_edit import Emitter
 from qdit4sr_export.quant.hadamard import Rotation
@@ -19,6 +21,34 @@ def _f32(t) -> np.ndarray:
     return t.detach().to("cpu").double().numpy().astype(np.float32)
 
 
+#: Adjacent power-of-two (Sylvester) factors are merged into one factor up to this order: one MatMul over 128
+#: channels is faster on ONNX Runtime's CPU kernels than two over 16 and 8 (measured 1.2-1.3x at 128 and 1536
+#: wide), while a merged 512 is 2.7x slower than 32 x 16.
+MERGE_MAX = 128
+
+
+def _pow2(f: int) -> bool:
+    return f & (f - 1) == 0
+
+
+def merged_factors(rot: Rotation) -> tuple[list[int], list]:
+    """The rotation's Kronecker factors (sizes, matrices or None for an identity axis) with adjacent power-of-two
+    factors merged from the right while their product stays <= MERGE_MAX (the same product in fewer MatMuls; the
+    non-power-of-two base factor, 12 in 1536 = 12 x 128, stays its own)."""
+    sizes, mats = rot._plan  # type: ignore[attr-defined]
+    out_sizes: list[int] = []
+    out_mats: list = []
+    for f, m in zip(reversed(sizes), reversed(mats)):
+        if out_sizes and m is not None and out_mats[0] is not None and _pow2(f) and _pow2(out_sizes[0]) \
+                and f * out_sizes[0] <= MERGE_MAX:
+            out_mats[0] = torch.kron(m.double(), out_mats[0].double())
+            out_sizes[0] *= f
+        else:
+            out_sizes.insert(0, f)
+            out_mats.insert(0, m)
+    return out_sizes, out_mats
+
+
 def emit_hadamard(em: Emitter, x: ir.Value, rot: Rotation) -> ir.Value:
     """``x @ R`` along the last axis of x."""
     n = rot.n
@@ -26,7 +56,7 @@ def emit_hadamard(em: Emitter, x: ir.Value, rot: Rotation) -> ir.Value:
     y = x
     if rot.seed is not None:
         y = em.op("Mul", [y, em.const(f"hadamard.n{n}.seed{rot.seed}.signs", _f32(rot.signs()))])
-    sizes, mats = rot._plan  # type: ignore[attr-defined]
+    sizes, mats = merged_factors(rot)
     active = [(i, f, m) for i, (f, m) in enumerate(zip(sizes, mats)) if m is not None]
     if len(active) == 1 and active[0][1] == n:  # one factor over the whole axis: a plain MatMul
         return em.op("MatMul", [y, em.const(f"{key}.f0", _f32(active[0][2]))])

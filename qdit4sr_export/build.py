@@ -170,6 +170,9 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         layers_stored = quantized_layers(plan, store, names)
         stages.update()
     stages.close()
+    for _, graph, _ in lowered:  # target rewrites every graph gets, the FP build's included
+        for p in chosen.final_passes(plan, options) if chosen.final_passes is not None else []:
+            p(graph)
     variants = []
     files = []
     for i, (v, graph, paths) in enumerate(lowered):

@@ -20,9 +20,11 @@ TARGET_MODULES: tuple[str, ...] = ("qdit4sr_export.trt_target",)
 class Target:
     """A lowering target. ``graph_passes(plan, options)`` run once on the traced FP graph; ``lowering(plan, store,
     options)`` is the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``);
-    ``trace(model, plan, options)`` makes the graph (default: ``trace_to_onnx``); ``finish(folder, manifest,
-    notices, options)`` runs after the graphs are written (e.g. building engines) and returns manifest additions.
-    ``options`` are the target's settings (``build -T KEY=VALUE``) with their defaults, ``check`` validates them."""
+    ``final_passes(plan, options)`` run on every graph written, the FP build's included (target-specific rewrites
+    both must get so their speeds compare fairly, e.g. ONNX Runtime's fused attention); ``trace(model, plan,
+    options)`` makes the graph (default: ``trace_to_onnx``); ``finish(folder, manifest, notices, options)`` runs
+    after the graphs are written (e.g. building engines) and returns manifest additions. ``options`` are the
+    target's settings (``build -T KEY=VALUE``) with their defaults, ``check`` validates them."""
 
     name: str
     summary: str
@@ -30,6 +32,7 @@ class Target:
     lowering: Callable[..., Any]
     make_store: Callable[[], Any]
     finish: Callable[..., dict[str, Any] | None] | None = None
+    final_passes: Callable[..., list] | None = None
     trace: Callable[..., Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], None] | None = None
@@ -106,5 +109,11 @@ def _ort_store():
     return WeightStore()
 
 
-register_target(Target("ort", "ONNX Runtime graphs: integer GEMMs (MatMulInteger), packed INT4/INT8 weights",
-                       _ort_passes, _ort_lowering, _ort_store))
+def _ort_final_passes(plan, options) -> list:
+    from qdit4sr_export.passes.fuse_attention import FuseAttentionPass
+
+    return [FuseAttentionPass()]
+
+
+register_target(Target("ort", "ONNX Runtime graphs: integer GEMMs (MatMulIntegerToFloat), packed INT4/INT8 weights, "
+                       "fused attention", _ort_passes, _ort_lowering, _ort_store, final_passes=_ort_final_passes))

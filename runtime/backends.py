@@ -16,6 +16,7 @@ import torch
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.engine_set import EngineSet
+from qdit4sr_export.runtime.shared_weights import SharedInt8, session_graph
 
 #: Graph optimizers that would give each session a private copy of weights derived from shared initializers.
 NO_COPY_OPTIMIZERS = ["ConstantFolding"]
@@ -57,11 +58,12 @@ def uses_plugin_ops(engine: EngineSet) -> bool:
 
 
 def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None,
-                 plugin_ops: bool = False):
+                 plugin_ops: bool = False, initializers=None, profile_prefix: str | None = None):
     """An ORT session on one variant graph (a path, or serialized bytes whose external data lies in
-    ``external_folder``) with the runtime's settings; ``plugin_ops`` registers the CPU reference implementations
+    ``external_folder``) with the runtime's settings. ``plugin_ops`` registers the CPU reference implementations
     of the TensorRT plugin ops (``plugins/ort_reference.py``) so a ``--target trt`` graph runs as TensorRT would
-    parse it."""
+    parse it; ``initializers`` (name -> OrtValue) are shared initializers used in place
+    (:mod:`qdit4sr_export.runtime.shared_weights`); ``profile_prefix`` turns ORT's profiler on."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -69,6 +71,11 @@ def make_session(path, providers: list[str], threads: int | None = None, *, exte
         from qdit4sr_export.plugins.ort_reference import custom_ops_library
 
         so.register_custom_ops_library(custom_ops_library())
+    for name, value in (initializers or {}).items():
+        so.add_initializer(name, value)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     if external_folder is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
     # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
@@ -83,16 +90,19 @@ def make_session(path, providers: list[str], threads: int | None = None, *, exte
 
 
 class OrtRunner:
-    """Variant sessions of an engine set, created on first use and kept (at most ``max_sessions``, LRU)."""
+    """Variant sessions of an engine set, created on first use and kept (at most ``max_sessions``, LRU); INT4
+    weights are unpacked to int8 once and shared by all of them (:mod:`~qdit4sr_export.runtime.shared_weights`)."""
 
     name = "ort"
 
     def __init__(self, engine: EngineSet, *, device: str = "cpu", threads: int | None = None,
-                 max_sessions: int | None = None) -> None:
+                 max_sessions: int | None = None, profile_prefix: str | None = None) -> None:
         self.engine = engine
+        self.profile_prefix = profile_prefix
         self.providers = ort_providers(device)
         self.threads = threads
         self.max_sessions = max_sessions
+        self.shared = SharedInt8(engine.weights)
         self.sessions: OrderedDict[int, object] = OrderedDict()
         self.active: int | None = None
 
@@ -100,8 +110,10 @@ class OrtRunner:
         if index in self.sessions:
             self.sessions.move_to_end(index)
             return self.sessions[index]
-        path = self.engine.folder / self.engine.variants[index].file
-        session = make_session(path, self.providers, self.threads, plugin_ops=uses_plugin_ops(self.engine))
+        graph, shared = session_graph(self.engine.folder / self.engine.variants[index].file, self.shared)
+        session = make_session(graph, self.providers, self.threads, external_folder=self.engine.folder,
+                               plugin_ops=uses_plugin_ops(self.engine), initializers=shared,
+                               profile_prefix=self.profile_prefix)
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
@@ -129,6 +141,7 @@ class OrtRunner:
 
     def close(self) -> None:
         self.sessions.clear()
+        self.shared.clear()
 
 
 class TorchRunner:

@@ -29,6 +29,16 @@ def trt_set(pipeline_folder, tmp_path_factory):
     return out
 
 
+def test_trt_graphs_get_no_onnx_runtime_rewrites(trt_set):
+    """ONNX Runtime's fused ops (attention, integer GEMMs) are the ort target's; TensorRT fuses by itself."""
+    import onnx
+
+    graphs = [onnx.load(str(f), load_external_data=False).graph for f in trt_set.glob("variant_*.onnx")]
+    ops = {n.op_type for g in graphs for n in g.node}
+    assert {"RotateQuantize", "LowbitGemm", "Softmax"} <= ops
+    assert not {"MultiHeadAttention", "MatMulIntegerToFloat", "MatMulInteger"} & ops
+
+
 def test_trt_set_runs_and_compares_on_the_reference_ops(pipeline_folder, trt_set, tmp_path):
     _, folder = pipeline_folder
     manifest = json.loads((trt_set / "manifest.json").read_text())

@@ -44,7 +44,7 @@ def test_integer_path_matches_simulation(tmp_path, bits):
                       (("l1", IN, HID), ("l2", HID, OUT), ("g", IN, OUT))})
     model, paths = _check(tmp_path, plan, 1, 60.0)
     assert paths == {"int": 4}
-    assert any(n.op_type == "MatMulInteger" for n in model.graph)
+    assert any(n.op_type == "MatMulIntegerToFloat" for n in model.graph)
     assert not any(n.op_type == "MatMul" for n in model.graph)
     dtypes = {v.const_value.dtype for k, v in model.graph.initializers.items() if ".wq" in k}
     assert dtypes == {ir.DataType.INT4 if bits <= 4 else ir.DataType.UINT8 if bits == 8 else ir.DataType.INT8}
