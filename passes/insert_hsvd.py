@@ -3,17 +3,23 @@
 The weight initializer becomes the residual ``W_H - W_G - W_L`` (what LowerOrtPass quantizes) and the FP
 branches are added as nodes beside the MatMul: SVD-G as two thin MatMuls ``(z B^T) A^T`` and SVD-L as two
 Einsums over the block grid (block (p, q) of W_L is ``s u v^T``), so their parameters stay factored. Run
-after FoldHadamardPass; the decomposition is the one the simulation computes (``hsvd`` on the same weight).
+after FoldHadamardPass; the decomposition is the one the simulation computes (``hsvd`` on the same weight). All of
+it is lazy: a layer is decomposed once, when the first of its tensors is written (see ``passes/lazy.py``).
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
 import torch
 from onnx_ir.passes import InPlacePass, PassResult
 
-from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, initializer_array, move_graph_output, set_initializer
+from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, move_graph_output, set_initializer
+from qdit4sr_export.passes.lazy import LayerCache, float_weight, lazy
 from qdit4sr_export.passes.linear_sites import matmul_sites
 from qdit4sr_export.quant.hsvd import HSVD, hsvd
 from qdit4sr_export.quant.plan import QuantPlan
@@ -23,20 +29,57 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy().astype(np.float32))
 
 
-def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD, name: str) -> ir.Value | None:
+@dataclass(frozen=True)
+class BranchFactors:
+    """The stored FP-branch factors of one layer, eager or lazy: SVD-G as ``B^T`` (in, r) and ``A^T`` (r, out),
+    SVD-L as ``v`` (P, Q, s_i) and sigma-scaled ``u`` (P, Q, s_o); None where the branch is absent."""
+
+    g_b: ir.TensorProtocol | None
+    g_a: ir.TensorProtocol | None
+    l_v: ir.TensorProtocol | None
+    l_u: ir.TensorProtocol | None
+
+    @classmethod
+    def of(cls, dec: HSVD, name: str) -> "BranchFactors":
+        """The factors of a computed decomposition."""
+        return cls.lazy(name, dec.global_.rank, dec.local.block if dec.local is not None else None,
+                        dec.residual.shape, lambda: dec, eager=True)
+
+    @classmethod
+    def lazy(cls, name: str, rank: int, block: tuple[int, int] | None, shape, decompose: Callable[[], HSVD], *,
+             eager: bool = False) -> "BranchFactors":
+        """Factors of known shapes whose data ``decompose()`` gives when they are read (``eager``: now)."""
+        out, in_ = shape
+
+        def make(key: str, dims, pick) -> ir.TensorProtocol:
+            t = lazy(f"{name}.{key}", ir.DataType.FLOAT, dims, lambda: _f32(pick(decompose())))
+            return ir.tensor(t.numpy(), name=t.name) if eager else t
+
+        g_b = g_a = l_v = l_u = None
+        if rank > 0:
+            g_b = make("svd_g.b", (in_, rank), lambda d: d.global_.b.T)
+            g_a = make("svd_g.a", (rank, out), lambda d: d.global_.a.T)
+        if block is not None:
+            s_o, s_i = block
+            p, q = out // s_o, in_ // s_i
+            l_v = make("svd_l.v", (p, q, s_i), lambda d: d.local.v)
+            l_u = make("svd_l.u", (p, q, s_o), lambda d: d.local.u * d.local.s[..., None])
+        return cls(g_b, g_a, l_v, l_u)
+
+
+def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD | BranchFactors, name: str) -> ir.Value | None:
     """The FP branch ``z (W_G + W_L)^T`` as nodes, or None when both branches are empty."""
+    f = dec if isinstance(dec, BranchFactors) else BranchFactors.of(dec, name)
     branch = None
-    if dec.global_.rank > 0:
-        h = em.op("MatMul", [z, em.const(f"{name}.svd_g.b", _f32(dec.global_.b.T))])
-        branch = em.op("MatMul", [h, em.const(f"{name}.svd_g.a", _f32(dec.global_.a.T))])
-    local = dec.local
-    if local is not None:
-        p, q, s_o = local.u.shape
-        s_i = local.v.shape[2]
+    if f.g_b is not None:
+        h = em.op("MatMul", [z, em.const(f"{name}.svd_g.b", f.g_b)])
+        branch = em.op("MatMul", [h, em.const(f"{name}.svd_g.a", f.g_a)])
+    if f.l_v is not None:
+        p, q, s_i = (int(d) for d in f.l_v.shape)
+        s_o = int(f.l_u.shape[2])
         blocks = em.op("Reshape", [z, em.const(f"shape.-1x{q}x{s_i}", np.array([-1, q, s_i], np.int64))])
-        t = em.op("Einsum", [blocks, em.const(f"{name}.svd_l.v", _f32(local.v))], {"equation": "nqi,pqi->npq"})
-        u = _f32(local.u * local.s[..., None])
-        t = em.op("Einsum", [t, em.const(f"{name}.svd_l.u", u)], {"equation": "npq,pqo->npo"})
+        t = em.op("Einsum", [blocks, em.const(f"{name}.svd_l.v", f.l_v)], {"equation": "nqi,pqi->npq"})
+        t = em.op("Einsum", [t, em.const(f"{name}.svd_l.u", f.l_u)], {"equation": "npq,pqo->npo"})
         lead = em.op("Shape", [z], {"end": -1})
         shape = em.op("Concat", [lead, em.const(f"shape.{p * s_o}", np.array([p * s_o], np.int64))], {"axis": 0})
         t = em.op("Reshape", [t, shape])
@@ -68,19 +111,27 @@ class InsertHSVDPass(InPlacePass):
         graph = model.graph
         names = [n for n, lp in self.plan.layers.items() if lp.svd_rank > 0 or lp.local_block is not None]
         sites = matmul_sites(graph, names)
+        cache = LayerCache()  # this graph's decompositions, each computed once when its tensors are written
         modified = False
         for name in names:
             if not sites[name]:
                 continue
             lp = self.plan.layers[name]
-            w_h = torch.from_numpy(np.array(initializer_array(graph.initializers[f"{name}.weight"]), np.float32))
-            dec = hsvd(w_h, rank=lp.svd_rank, local_rank=1 if lp.local_block else 0, block=lp.local_block)
-            set_initializer(graph, f"{name}.weight", _f32(dec.residual))
+            source = graph.initializers[f"{name}.weight"].const_value
+            decompose = functools.partial(cache.get, name, functools.partial(decompose_layer, source, lp))
+            factors = BranchFactors.lazy(name, lp.svd_rank, lp.local_block, tuple(source.shape), decompose)
+            set_initializer(graph, f"{name}.weight", lazy(f"{name}.weight", ir.DataType.FLOAT, source.shape,
+                                                          lambda d=decompose: _f32(d().residual)))
             for i, site in enumerate(sites[name]):
                 em = Emitter(graph, site.matmul, f"{name}/hsvd{i}")
-                branch = emit_fp_branch(em, site.input, dec, name)
+                branch = emit_fp_branch(em, site.input, factors, name)
                 if branch is not None:
                     add_after(site.matmul, branch, f"{name}/hsvd{i}/add")
                 site.matmul.metadata_props[LAYER_KEY] = name
             modified = True
         return PassResult(model, modified)
+
+
+def decompose_layer(source: ir.TensorProtocol, lp) -> HSVD:
+    """H-SVD of one layer's (rotated) weight, as the simulation computes it."""
+    return hsvd(float_weight(source), rank=lp.svd_rank, local_rank=1 if lp.local_block else 0, block=lp.local_block)

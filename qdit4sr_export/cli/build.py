@@ -61,23 +61,31 @@ def _load_plan(path: str, net):
               help="Lowering target (--list-targets).")
 @click.option("--list-targets", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda c, p, v: _list_targets(c, v), help="List the lowering targets, then exit.")
+@click.option("--max-latent", type=click.IntRange(min=1), default=None, metavar="SIDE",
+              help="Largest latent side the engine set accepts; only that crop of the positional table is stored "
+                   "(default: 128, or the whole table when smaller). Larger inputs are refused at run time.")
 @click.option("-o", "--output", default=None, help="Engine set folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
           wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
-          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, output, force, as_json) -> None:
+          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, max_latent, output, force,
+          as_json) -> None:
     """Build an engine set for MODEL (a DiT4SR checkpoint file or folder) into -o OUT.
 
     --method fp packages the unquantized model (the FP baseline). --abits is the average activation budget;
     VaTMP runs when calibration data exists (--calib, or the packaged photo crops when the model has a vae/).
+    The checkpoint is read one tensor at a time: the model is never in memory in float32.
     """
-    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.build import build_engine_set, default_max_latent, model_root
     from qdit4sr_export.cli.plan import _load_model
-    from qdit4sr_export.engine_writer import check_destination
+    from qdit4sr_export.engine_writer import check_destination, check_disk
     from qdit4sr_export.model.config import PRESETS
+    from qdit4sr_export.model.positions import max_grid
     from qdit4sr_export.quant.methods import get_method, make_config
+    from qdit4sr_export.size_report import predicted_engine_bytes
+    from qdit4sr_export.stages import Stages, peak_rss
 
     if list_methods:
         click.echo(_list_methods() + f"\n{FP_METHOD:<10} no quantization: the FP model as an engine set")
@@ -98,29 +106,41 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
         raise UserError("--plan and --method fp exclude each other")
     if method == FP_METHOD:
         given = [n for n in ctx.params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
-                 and n not in ("model", "method", "config", "steps", "target", "output", "force", "as_json")]
+                 and n not in ("model", "method", "config", "steps", "target", "max_latent", "output", "force",
+                               "as_json")]
         if given:
             raise UserError(f"--method fp takes no quantization options (got --{given[0].replace('_', '-')})")
         chosen, cfg = None, None
     else:
         chosen = get_method(method)
         cfg = make_config(chosen, _method_options(ctx, chosen, method_option))
-    net = _load_model(model, config)
+    stages = Stages()
+    with stages.stage("load"):
+        net = _load_model(model, config)
+    latent = default_max_latent(net.config) if max_latent is None else max_latent
+    grid = max_grid(net.config, latent)
+    # Before any work: the set cannot be smaller than this (4-bit codes, no branches; the exact size once planned).
+    check_disk(Path(output), predicted_engine_bytes(net, None, grid, model_root(Path(model)),
+                                                    lower_bound=chosen is not None))
     plan, calibration_source = None, None
-    if plan_file is not None:
-        plan = _load_plan(plan_file, net)
-    elif chosen is not None:
-        calibration, calibration_source = _calibration_inputs(chosen, calib, model, net, calib_count, seed,
-                                                              no_vatmp, notices)
-        if chosen.needs_calibration and calibration is None:
-            raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
-        plan = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
+    with stages.stage("plan"):
+        if plan_file is not None:
+            plan = _load_plan(plan_file, net)
+        elif chosen is not None:
+            calibration, calibration_source = _calibration_inputs(chosen, calib, model, net, calib_count, seed,
+                                                                  no_vatmp, notices)
+            if chosen.needs_calibration and calibration is None:
+                raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents "
+                                "file)")
+            plan = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
     plan_steps = len(plan.timesteps) if plan is not None else steps
     method = plan.method if plan is not None else method
     info = {"method": method, "method_config": plan.method_config if plan is not None else None,
             "steps": plan_steps, "max_variants": max_variants, "calibration": calibration_source}
     result = build_engine_set(net, model, output, plan=plan, steps=plan_steps, max_variants=max_variants,
-                              build_info=info, force=force, progress=not as_json, target=target)
+                              build_info=info, force=force, progress=not as_json, target=target, max_latent=latent,
+                              stages=stages)
+    stages.close()
     from qdit4sr_export.size_report import format_breakdown, size_breakdown
 
     manifest = result.manifest
@@ -132,9 +152,12 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
         "variants": len(manifest["variants"]),
         "calibration": calibration_source,
         "variant_cap": manifest["variant_cap"],
+        "max_latent": manifest["max_latent"],
         "lowering": {v["file"]: v["lowering"] for v in manifest["variants"]},
         "sizes": sizes,
         "seconds": round(time.perf_counter() - started, 1),
+        "stages": stages.to_list(),
+        "peak_rss_mb": round(peak_rss() / 2**20, 1),
         "notices": notices + result.notices,
     }
     if as_json:
@@ -151,7 +174,9 @@ def build(ctx: click.Context, model, method, list_methods, method_option, config
                    f"mean activation bits {cap['mean_abits_uncapped']} -> {cap['mean_abits']}")
     for line in format_breakdown(sizes):
         click.echo(line)
-    click.echo(f"time: {summary['seconds']} s")
+    click.echo("stages: " + ", ".join(f"{r['stage']} {r['seconds']} s / {r['peak_rss_mb']:.0f} MB"
+                                      for r in summary["stages"]))
+    click.echo(f"time: {summary['seconds']} s; peak memory (RSS) {summary['peak_rss_mb']:.0f} MB")
 
 
 def _list_targets(ctx: click.Context, value: bool) -> None:

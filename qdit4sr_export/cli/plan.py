@@ -21,14 +21,16 @@ def _parse_wbits(value: str) -> int | None:
 
 
 def _load_model(model: str, config: str | None):
-    from qdit4sr_export.model import build_dit4sr, load_dit4sr
+    """A preset (shapes only) or a checkpoint opened lazily (tensors read one at a time when needed)."""
+    from qdit4sr_export.model import build_dit4sr
     from qdit4sr_export.model.config import PRESETS
+    from qdit4sr_export.model.loading import open_dit4sr
 
     if model in PRESETS and not Path(model).exists():
         return build_dit4sr(config or model, device="meta")
     if not Path(model).exists():
         raise UserError(f"'{model}' is neither a file or folder nor a preset ({', '.join(sorted(PRESETS))})")
-    return load_dit4sr(model, config=config)
+    return open_dit4sr(model, config=config)
 
 
 def _calibration(calib: str, model_path: str, model, count: int, seed: int):
@@ -191,18 +193,27 @@ def plan(ctx: click.Context, model, method, list_methods, method_option, config,
         raise UserError("missing argument MODEL (a checkpoint or a preset name)")
     if output is not None and Path(output).exists() and not force:
         raise UserError(f"{output} already exists (pass --force to replace it)")
+    from qdit4sr_export.stages import Stages, peak_rss
+
     chosen = get_method(method)
     cfg = make_config(chosen, _method_options(ctx, chosen, method_option))
-    net = _load_model(model, config)
-    calibration = _calibration(calib, model, net, calib_count, seed) if calib and not no_vatmp else None
-    if chosen.needs_calibration and calibration is None:
-        raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
-    result = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
+    stages = Stages()
+    with stages.stage("load"):
+        net = _load_model(model, config)
+    with stages.stage("plan"):
+        calibration = _calibration(calib, model, net, calib_count, seed) if calib and not no_vatmp else None
+        if chosen.needs_calibration and calibration is None:
+            raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
+        result = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
     if output is not None:
-        result.save(output, overwrite=True)
+        with stages.stage("write"):
+            result.save(output, overwrite=True)
+    stages.close()
     summary = plan_summary(result, net)
     if output is not None:
         summary["output"] = str(output)
+    summary["stages"] = stages.to_list()
+    summary["peak_rss_mb"] = round(peak_rss() / 2**20, 1)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

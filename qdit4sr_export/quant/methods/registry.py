@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.weights import has_weights, lazy_copy, materialize, on_meta
 
 Builder = Callable[..., Any]  # (model, config, *, calibration, progress) -> QuantPlan
 
@@ -43,9 +44,11 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
                 if calibration is None:
                     raise UserError(f"method '{name}' needs calibration data: pass --calib (LR photos or a "
                                     "latents file)")
-                if next(model.parameters()).device.type == "meta":
+                if not has_weights(model):
                     raise UserError(f"method '{name}' runs the model on calibration data: give a checkpoint, "
                                     "not a preset name")
+                if on_meta(model):  # it runs the FP model: a lazily opened model is loaded whole (float32)
+                    model = materialize(lazy_copy(model))
             return build(model, cfg, calibration=calibration, progress=progress)
 
         _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration)
