@@ -63,7 +63,7 @@ def configs() -> list[tuple[str, str, dict]]:
     rows = []
     for abits in (6, 4):
         rows += [(label, "qdit4sr", {**opts, "abits": abits}) for label, opts in ABLATIONS]
-        rows += [(name, name, {"abits": abits}) for name in method_names() if name != "qdit4sr"]
+        rows += [(name, name, {"abits": abits}) for name in method_names(quantizing_only=True) if name != "qdit4sr"]
         rows += [(label, name, {**opts, "abits": abits}) for label, name, opts in CONTROLS]
     return rows
 

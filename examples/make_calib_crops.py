@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny import HELDOUT_PHOTOS, degrade, load_photos  # noqa: E402
+from degradation import degrade  # noqa: E402
+from photos import HELDOUT_PHOTOS, load_photos  # noqa: E402
 
 #: Colour training photos only (never the held-out ones); at most this side (px) before the /4 degradation.
 PHOTOS = ("astronaut.png", "coffee.png", "motorcycle_left.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg",

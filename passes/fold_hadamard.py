@@ -18,7 +18,7 @@ import torch
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import TopologicalSortPass
 
-from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, set_initializer
+from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, set_initializer
 from qdit4sr_export.passes.lazy import float_weight, lazy
 from qdit4sr_export.passes.linear_sites import matmul_sites
 from qdit4sr_export.passes.rotation_ops import emit_rotation
@@ -37,11 +37,15 @@ def fold_weight(source: ir.TensorProtocol, smooth: torch.Tensor | None, rot) -> 
 
 
 class FoldHadamardPass(InPlacePass):
-    """Fold the plan's rotations (and channel smoothing) into the weights; rotate activations online."""
+    """Fold the plan's rotations (and channel smoothing) into the weights; rotate activations online.
 
-    def __init__(self, plan: QuantPlan) -> None:
+    ``online=False`` folds the weights only and leaves each MatMul reading the unrotated input (the smoothing
+    vector stays as an initializer), for a lowering whose own op smooths and rotates (the TensorRT plugins)."""
+
+    def __init__(self, plan: QuantPlan, *, online: bool = True) -> None:
         super().__init__()
         self.plan = plan
+        self.online = online
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -58,6 +62,13 @@ class FoldHadamardPass(InPlacePass):
             source = graph.initializers[f"{name}.weight"].const_value
             set_initializer(graph, f"{name}.weight", lazy(f"{name}.weight", ir.DataType.FLOAT, source.shape,
                                                           functools.partial(fold_weight, source, smooth, rot)))
+            modified = True
+            if not self.online:  # the lowering's own op smooths and rotates the input (TensorRT plugins)
+                if smooth is not None:
+                    constant(graph, f"{name}.smooth", smooth.to(torch.float32).numpy())
+                for site in sites[name]:
+                    site.matmul.metadata_props[LAYER_KEY] = name
+                continue
             rot_key = json.dumps(dict(lp.rotation), sort_keys=True) if lp.rotation is not None else None
             if lp.rotation is not None and lp.rotation.get("kind", "hadamard") != "hadamard":
                 rot_key = name  # learned rotations belong to one layer
@@ -74,7 +85,6 @@ class FoldHadamardPass(InPlacePass):
                     rotated[key] = z
                 site.matmul.replace_input_with(0, rotated[key])
                 site.matmul.metadata_props[LAYER_KEY] = name
-            modified = True
-        if modified:
+        if modified and self.online:
             TopologicalSortPass()(model)
         return PassResult(model, modified)

@@ -18,7 +18,7 @@ import onnx_ir as ir
 import torch
 from onnx_ir.passes import InPlacePass, PassResult
 
-from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, move_graph_output, set_initializer
+from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, move_graph_output, set_initializer
 from qdit4sr_export.passes.lazy import LayerCache, float_weight, lazy
 from qdit4sr_export.passes.linear_sites import matmul_sites
 from qdit4sr_export.quant.hsvd import HSVD, hsvd
@@ -66,6 +66,11 @@ class BranchFactors:
             l_u = make("svd_l.u", (p, q, s_o), lambda d: d.local.u * d.local.s[..., None])
         return cls(g_b, g_a, l_v, l_u)
 
+    def named(self, name: str) -> dict[str, ir.TensorProtocol]:
+        """The present factors by stored name: ``<name>.svd_g.b``, ``.svd_g.a``, ``.svd_l.v``, ``.svd_l.u``."""
+        keys = {"svd_g.b": self.g_b, "svd_g.a": self.g_a, "svd_l.v": self.l_v, "svd_l.u": self.l_u}
+        return {f"{name}.{k}": t for k, t in keys.items() if t is not None}
+
 
 def emit_fp_branch(em: Emitter, z: ir.Value, dec: HSVD | BranchFactors, name: str) -> ir.Value | None:
     """The FP branch ``z (W_G + W_L)^T`` as nodes, or None when both branches are empty."""
@@ -101,11 +106,15 @@ def add_after(node: ir.Node, other: ir.Value, name: str) -> ir.Value:
 
 
 class InsertHSVDPass(InPlacePass):
-    """Add the SVD-G / SVD-L FP branches of every planned layer that has them; keep the residual as weight."""
+    """Add the SVD-G / SVD-L FP branches of every planned layer that has them; keep the residual as weight.
 
-    def __init__(self, plan: QuantPlan) -> None:
+    ``emit=False`` stores the branch factors as initializers without nodes, for a lowering that computes the
+    branches inside its own ops (the TensorRT plugins)."""
+
+    def __init__(self, plan: QuantPlan, *, emit: bool = True) -> None:
         super().__init__()
         self.plan = plan
+        self.emit = emit
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
@@ -122,13 +131,19 @@ class InsertHSVDPass(InPlacePass):
             factors = BranchFactors.lazy(name, lp.svd_rank, lp.local_block, tuple(source.shape), decompose)
             set_initializer(graph, f"{name}.weight", lazy(f"{name}.weight", ir.DataType.FLOAT, source.shape,
                                                           lambda d=decompose: _f32(d().residual)))
+            modified = True
+            if not self.emit:
+                for tname, tensor in factors.named(name).items():
+                    constant(graph, tname, tensor)
+                for site in sites[name]:
+                    site.matmul.metadata_props[LAYER_KEY] = name
+                continue
             for i, site in enumerate(sites[name]):
                 em = Emitter(graph, site.matmul, f"{name}/hsvd{i}")
                 branch = emit_fp_branch(em, site.input, factors, name)
                 if branch is not None:
                     add_after(site.matmul, branch, f"{name}/hsvd{i}/add")
                 site.matmul.metadata_props[LAYER_KEY] = name
-            modified = True
         return PassResult(model, modified)
 
 

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from qdit4sr_export.engine_writer import io_specs, write_engine_set
+from qdit4sr_export.model.folder import model_root
 from qdit4sr_export.model.positions import max_grid
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
@@ -46,15 +47,6 @@ class BuildResult:
     output: Path
     manifest: dict[str, Any]
     notices: list[str] = field(default_factory=list)
-
-
-def model_root(model_path: Path) -> Path | None:
-    """The pipeline folder holding ``transformer/`` (given it or ``transformer/`` itself), if any."""
-    path = model_path if model_path.is_dir() else model_path.parent
-    for root in (path, path.parent):
-        if (root / "transformer").is_dir():
-            return root
-    return None
 
 
 def timestep_ranges(timesteps: list[float], step_variant: list[int], index: int) -> list[list[float]]:
@@ -112,7 +104,7 @@ def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> C
     return write
 
 
-def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, progress: bool):
+def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, options, progress: bool):
     from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
 
     store = target.make_store()
@@ -121,7 +113,7 @@ def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, pr
                   disable=None if progress else True):  # None: bars only on a terminal
         model = base.clone()
         SplitTimestepVariantsPass(v)(model)
-        lower = target.lowering(plan, store)
+        lower = target.lowering(plan, store, options)
         lower(model)
         out.append((v, model, dict(sorted(lower.paths.items()))))
     return out, store
@@ -142,10 +134,11 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
             row["scales"][str(bits)] = lw.scale.name
     for layer, row in rows.items():
         lp = plan.layers[layer]
+        g_down = f"{layer}.svd_g.bt" if f"{layer}.svd_g.bt" in initializers else f"{layer}.svd_g.b"
         named = lambda *names: list(names) if all(n in initializers for n in names) else None
         row.update({"group_size": lp.group_size, "clip": lp.clip, "rotation": lp.rotation,
                     "smooth": f"{layer}.smooth" if f"{layer}.smooth" in initializers else None,
-                    "svd_g": named(f"{layer}.svd_g.b", f"{layer}.svd_g.a"),
+                    "svd_g": named(g_down, f"{layer}.svd_g.a"), "svd_g_down_transposed": g_down.endswith(".bt"),
                     "svd_l": named(f"{layer}.svd_l.v", f"{layer}.svd_l.u"),
                     "bias": f"{layer}.bias" if f"{layer}.bias" in initializers else None})
     return rows
@@ -153,8 +146,8 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
 
 def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
                      max_variants: int | None, build_info: dict[str, Any], force: bool = False,
-                     progress: bool = True, target: str = "ort", max_latent: int | None = None,
-                     stages: Stages | None = None) -> BuildResult:
+                     progress: bool = True, target: str = "ort", target_options: dict[str, Any] | None = None,
+                     max_latent: int | None = None, stages: Stages | None = None) -> BuildResult:
     """Trace ``model``, apply ``target``'s passes for ``plan`` (None: FP), lower every variant, write the engine
     set. ``max_latent`` (latent side; default the smaller of 128 and the table) crops the positional table; larger
     inputs are refused at run time. The model may be opened lazily: every weight is read, transformed and written
@@ -165,6 +158,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     from qdit4sr_export.trace import trace_to_onnx
 
     chosen = get_target(target)
+    options = chosen.configure({}) if target_options is None else target_options
     output = Path(output)
     check_destination(output, force)
     latent = default_max_latent(model.config) if max_latent is None else max_latent
@@ -176,7 +170,9 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     stages = stages if stages is not None else Stages()
     notices: list[str] = []
     with stages.stage("trace"), tqdm(total=1, desc="trace", unit="graph", disable=None if progress else True) as bar:
-        base = trace_to_onnx(model, max_latent=grid * model.config.patch_size)
+        side = grid * model.config.patch_size
+        base = trace_to_onnx(model, max_latent=side) if chosen.trace is None else \
+            chosen.trace(model, plan, options, max_latent=side)
         bar.update()
     if plan is None:
         timesteps = [float(t) for t in flow_schedule(steps)[0]]
@@ -187,11 +183,11 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     else:
         timesteps = list(plan.timesteps)
         with stages.stage("passes"):
-            _graph_passes(base, chosen.graph_passes(plan), progress)
+            _graph_passes(base, chosen.graph_passes(plan, options), progress)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
         with stages.stage("lowering"):
-            lowered, store = _variant_models(base, plan, schedule, chosen, progress)
+            lowered, store = _variant_models(base, plan, schedule, chosen, options, progress)
         names = {n for _, g, _ in lowered for n in g.graph.initializers}
         layers_stored = quantized_layers(plan, store, names)
     variants = []
@@ -217,7 +213,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
                       "architecture_fingerprint": architecture_fingerprint(model.config, linears),
                       "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
             "build": build_info,
-            "target": target,
+            "target": {"name": target, "options": options},
             "plan": "plan.json" if plan is not None else None,
             "max_latent": grid * model.config.patch_size,
             "timesteps": timesteps,
@@ -236,7 +232,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         if plan is not None:
             plan.save(folder / "plan.json")
         if chosen.finish is not None:  # e.g. serialized engines, built from the written graphs
-            written["manifest"].update(chosen.finish(folder, written["manifest"], notices) or {})
+            written["manifest"].update(chosen.finish(folder, written["manifest"], notices, options) or {})
 
     def manifest_now() -> dict[str, Any]:
         written["manifest"] = manifest()

@@ -18,7 +18,7 @@ import torch
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import architecture_fingerprint, weights_fingerprint
-from qdit4sr_export.runtime.backends import INPUTS, make_session
+from qdit4sr_export.runtime.backends import INPUTS, make_session, uses_plugin_ops
 from qdit4sr_export.runtime.engine_set import EngineSet
 
 Feed = dict[str, np.ndarray]
@@ -216,7 +216,9 @@ def compare_variant(engine: EngineSet, index: int, feeds: list[Feed], reference:
     variant = engine.variants[index]
     if runner is None:
         path = engine.folder / variant.file
-        poly = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"]), name=variant.file)
+        plugin_ops = uses_plugin_ops(engine)
+        poly = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"], plugin_ops=plugin_ops),
+                            name=variant.file)
     else:
         from qdit4sr_export.poly_runner import BackendVariantRunner
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -69,7 +70,8 @@ def file_entry(folder: Path, path: Path) -> dict[str, Any]:
 
 def file_table(folder: Path) -> list[dict[str, Any]]:
     """Every file under ``folder`` but the manifest, sorted by path."""
-    return [file_entry(folder, p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    return [file_entry(folder, p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}.")]
 
 
 def check_files(folder: Path, files: Iterable[Mapping[str, Any]], verify: str = "quick") -> None:
@@ -124,7 +126,12 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
 
     full = {"schema": SCHEMA, "version": VERSION, "tool_version": __version__, **manifest,
             "files": file_table(folder)}
-    (folder / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
+    tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
+    try:  # replaced in one rename: a reader sees the old manifest or the new one, never half of one
+        tmp.write_text(json.dumps(full, indent=1) + "\n")
+        os.replace(tmp, folder / MANIFEST)
+    finally:
+        tmp.unlink(missing_ok=True)
     return full
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.jsonfile import read_json_object
 from qdit4sr_export.passes.storage import layer_bytes
 from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.plan import QuantPlan
@@ -42,8 +43,41 @@ def run_lengths(values: tuple) -> str:
     return " ".join(out)
 
 
-def report(plan: QuantPlan | None, manifest: dict[str, Any] | None, *, latent_side: int = 64) -> dict[str, Any]:
-    """The inspect report as a JSON-ready dict."""
+def run_window(plan: QuantPlan, target: str | Path) -> dict[str, Any] | None:
+    """Which of the plan's grid steps a run executes, or None when that is unknown (a plan without a start sigma).
+
+    An engine set's run starts where its ``pipeline.json`` says (``start_sigma`` on a grid of ``steps``, diffusers'
+    img2img start); a plan file's where its method's ``start_sigma`` says. A grid step runs when its sigma (timestep
+    / 1000) is at most the sigma the run starts from."""
+    from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule, start_index
+
+    target = Path(target)
+    if target.is_dir():
+        pipeline = target / "pipeline.json"
+        if not pipeline.is_file():
+            return None
+        cfg = read_json_object(pipeline, "pipeline settings")
+        scheduler = target / "scheduler" / "scheduler_config.json"
+        shift = float(read_json_object(scheduler, "scheduler config").get("shift", DEFAULT_SHIFT)) \
+            if scheduler.is_file() else DEFAULT_SHIFT
+        steps, start_sigma = int(cfg.get("steps", len(plan.timesteps))), float(cfg.get("start_sigma", 1.0))
+        sigmas = flow_schedule(steps, shift=shift)[1]
+        first_sigma, source = float(sigmas[start_index(sigmas, start_sigma)]), "pipeline.json"
+    else:
+        start_sigma = plan.method_config.get("start_sigma")
+        if start_sigma is None:
+            return None
+        steps, start_sigma, source = len(plan.timesteps), float(start_sigma), "plan"
+        first_sigma = next((t / 1000 for t in plan.timesteps if t / 1000 <= start_sigma + 1e-6),
+                           plan.timesteps[-1] / 1000)
+    runs = [float(t) / 1000 <= first_sigma + 1e-6 for t in plan.timesteps]
+    return {"start_sigma": start_sigma, "steps": steps, "source": source, "runs": runs,
+            "first_step": runs.index(True) if any(runs) else len(runs)}
+
+
+def report(plan: QuantPlan | None, manifest: dict[str, Any] | None, *, latent_side: int = 64,
+           target: str | Path | None = None) -> dict[str, Any]:
+    """The inspect report as a JSON-ready dict (``target``: where the plan came from, for the steps a run executes)."""
     from qdit4sr_export.model import build_dit4sr
     from qdit4sr_export.model.config import DiT4SRConfig
 
@@ -53,7 +87,8 @@ def report(plan: QuantPlan | None, manifest: dict[str, Any] | None, *, latent_si
         acc = account(plan, model, latent_side=latent_side)
         out["plan"] = {"method": plan.method, "layers": len(plan.layers), "steps": len(plan.timesteps),
                        "timesteps": [float(t) for t in plan.timesteps], **acc.summary(),
-                       "stored_mb": round(sum(layer_bytes(lp) for lp in plan.layers.values()) / 1e6, 3)}
+                       "stored_mb": round(sum(layer_bytes(lp) for lp in plan.layers.values()) / 1e6, 3),
+                       "runs": run_window(plan, target) if target is not None else None}
         for name, lp in plan.layers.items():
             out["layers"].append({
                 "layer": name, "shape": [lp.out_features, lp.in_features], "wbits": lp.wbits,
@@ -80,11 +115,17 @@ def format_report(rep: dict[str, Any], *, layers: bool = True) -> str:
     if p is None:
         lines.append("no quantization plan (an FP engine set)")
     else:
-        lines.append(f"method {p['method']}: {p['layers']} layers, {p['steps']} steps, mean weight bits {p['avg_wbits']}")
+        lines.append(f"method {p['method']}: {p['layers']} layers, {p['steps']} steps, mean weight bits "
+                     f"{p['avg_wbits']:.2f}")
         lines.append(f"paper accounting: Params {p['params_m']} M in 32-bit units (FP {p['fp_params_m']} M, "
                      f"{p['size_ratio']}x smaller), {p['gbops_per_step']} GBOPs/step (FP {p['fp_gbops_per_step']}) "
                      f"at a {p['bops_latent_side']}-px latent; the planned layers store {p['stored_mb']} MB "
                      "(codes, scales, FP branches)")
+        runs = p.get("runs")
+        if runs is not None:
+            n, first = len(runs["runs"]), runs["first_step"]
+            which = f"all {n} grid steps" if first == 0 else f"grid steps {first}-{n - 1} of {n} (earlier ones never run)"
+            lines.append(f"a run executes {which}: start sigma {runs['start_sigma']}, from the {runs['source']}")
     if layers and rep["layers"]:
         lines.append(f"{'layer':<52}{'out x in':>12}{'W':>3}{'rank':>6}{'SVD-L':>9}{'bytes':>11}  activation bits")
         for r in rep["layers"]:

@@ -82,7 +82,7 @@ def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def variant_layer_errors(model: torch.nn.Module, variant_path: Path, feed: dict[str, np.ndarray],
-                         providers: list[str] | None = None) -> list[LayerError]:
+                         providers: list[str] | None = None, *, plugin_ops: bool = False) -> list[LayerError]:
     """Per-call SQNR of every linear layer of one variant graph against the FP model, in graph order."""
     layers = sorted(quantizable_linears(model))
     graph_model = ir.load(str(variant_path))
@@ -94,11 +94,12 @@ def variant_layer_errors(model: torch.nn.Module, variant_path: Path, feed: dict[
             raise RuntimeError(f"unnamed output value for layer {layer}")
         names.append(value.name)
         if value.name not in {o.name for o in proto.graph.output}:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(value.name, onnx.TensorProto.FLOAT, None))
+            elem = int(value.dtype) if value.dtype is not None else onnx.TensorProto.FLOAT
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(value.name, elem, None))
     # From bytes, with external data resolved against the engine folder (ORT rejects paths outside the model's
     # own folder, so the marked graph cannot live in a temp folder).
     session = make_session(proto.SerializeToString(), providers or ["CPUExecutionProvider"],
-                           external_folder=variant_path.parent)
+                           external_folder=variant_path.parent, plugin_ops=plugin_ops)
     values = session.run(names, {k: feed[k] for k in INPUTS})
     reference = torch_layer_outputs(model, layers, feed)
     calls: dict[str, int] = {}
@@ -109,7 +110,7 @@ def variant_layer_errors(model: torch.nn.Module, variant_path: Path, feed: dict[
         if k >= len(reference[layer]):
             continue
         ref = reference[layer][k]
-        errors.append(LayerError(order, layer, k, _sqnr(ref, out.reshape(ref.shape))))
+        errors.append(LayerError(order, layer, k, _sqnr(ref, out.astype(np.float32).reshape(ref.shape))))
     return errors
 
 

@@ -1,4 +1,5 @@
-"""Image quality metrics on 8-bit-quantised images: PSNR, SSIM, and the high-frequency energy ratio (the
+"""Image quality metrics on 8-bit-quantised images: PSNR, SSIM, gradient-magnitude similarity (GMSM, Xue et al.
+2014: do edges sit where the reference has them, with the same strength), and the high-frequency energy ratio (the
 paper's Fig. 2 frequency analysis: spectral energy above the LR image's Nyquist limit, output over reference)."""
 
 from __future__ import annotations
@@ -39,6 +40,25 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return s.mean((1, 2, 3))
 
 
+#: GMS stability constant for images in [0, 255] (Xue et al.: 0.0026 * 255^2).
+GMS_C = 170.0
+
+
+def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """(B, H/2-2, W/2-2) Prewitt gradient magnitude of the grey image after 2x2 mean pooling (GMSD's definition)."""
+    g = 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
+    g = F.avg_pool2d(g, 2)
+    h = torch.tensor([[1.0, 0.0, -1.0]] * 3, dtype=g.dtype) / 3
+    gx, gy = F.conv2d(g, h[None, None]), F.conv2d(g, h.t()[None, None])
+    return (gx ** 2 + gy ** 2).sqrt()[:, 0]
+
+
+def gms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image gradient-magnitude similarity mean (GMSM) of images in [0, 255]: 1 for identical gradients."""
+    ma, mb = gradient_magnitude(a), gradient_magnitude(b)
+    return ((2 * ma * mb + GMS_C) / (ma ** 2 + mb ** 2 + GMS_C)).mean((1, 2))
+
+
 def hf_energy(images: torch.Tensor, cutoff: float = HF_CUTOFF) -> torch.Tensor:
     """Per-image spectral energy of the grey image above ``cutoff`` cycles/px."""
     g = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
@@ -50,8 +70,8 @@ def hf_energy(images: torch.Tensor, cutoff: float = HF_CUTOFF) -> torch.Tensor:
 
 
 def image_metrics(out: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Mean PSNR, SSIM and HF-energy ratio (out / reference) of (B, 3, H, W) images in [0, 1]."""
+    """Mean PSNR, SSIM, GMS and HF-energy ratio (out / reference) of (B, 3, H, W) images in [0, 1]."""
     o, r = to_255(out), to_255(reference)
     ratio = hf_energy(o) / hf_energy(r).clamp_min(1e-10)
     return {"psnr": round(float(psnr(o, r).mean()), 3), "ssim": round(float(ssim(o, r).mean()), 4),
-            "hf_ratio": round(float(ratio.mean()), 4)}
+            "gms": round(float(gms(o, r).mean()), 4), "hf_ratio": round(float(ratio.mean()), 4)}

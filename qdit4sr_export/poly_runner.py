@@ -3,6 +3,8 @@ polygraphy's Comparator the same way (ONNX Runtime variants go through polygraph
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
@@ -27,12 +29,14 @@ class BackendVariantRunner(BaseRunner):
         from polygraphy.common import TensorMetadata
 
         meta = TensorMetadata()
-        for name in INPUTS:
-            meta.add(name, np.float32, None)
+        for name, rank in zip(INPUTS, (4, 4, 3, 2, 1)):  # every dimension dynamic (polygraphy needs the rank)
+            meta.add(name, np.float32, [None] * rank)
         return meta
 
     def infer_impl(self, feed_dict):
+        start = time.perf_counter()
         out = self.runner.infer(*(torch.from_numpy(np.asarray(feed_dict[n])) for n in INPUTS))
+        self.inference_time = time.perf_counter() - start  # polygraphy's Comparator sums it
         return {OUTPUT: out.detach().to("cpu", torch.float32).numpy()}
 
     def deactivate_impl(self) -> None:

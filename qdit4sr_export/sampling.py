@@ -1,13 +1,15 @@
-"""The DiT4SR sampling grid: flow-matching Euler (diffusers' scheduler, shift 3.0, 1000 train steps)."""
+"""The DiT4SR sampling grid: flow-matching Euler (diffusers' scheduler, shift 3.0, 1000 train steps).
+
+torch and diffusers load when a function needs them, so the CLI can read the defaults without them."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from typing import TYPE_CHECKING, Callable
 
 from qdit4sr_export.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_SHIFT = 3.0
 DEFAULT_STEPS = 40
@@ -16,6 +18,9 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 def flow_schedule(steps: int, *, shift: float = DEFAULT_SHIFT) -> tuple[torch.Tensor, torch.Tensor]:
     """(timesteps [steps], sigmas [steps + 1]) exactly as the official pipeline's scheduler produces them."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     if not isinstance(steps, int) or steps < 1:
         raise UserError(f"--steps must be a positive integer, got {steps!r}")
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
@@ -45,6 +50,8 @@ def euler_sample(
     on_step: Callable[[int, float], None] | None = None,
 ) -> torch.Tensor:
     """Flow-matching Euler from ``(1 - s) * lr_latent + s * noise`` (s = first schedule sigma <= start_sigma) to 0."""
+    import torch
+
     timesteps, sigmas = flow_schedule(steps, shift=shift)
     first = start_index(sigmas, start_sigma)
     noise = torch.randn(lr_latent.shape, generator=generator, dtype=torch.float32,

@@ -7,21 +7,22 @@ A new target registers here (or from its own module listed in :data:`TARGET_MODU
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from qdit4sr_export.errors import UserError
 
 #: Modules whose import registers targets (besides this one's ``ort``).
-TARGET_MODULES: tuple[str, ...] = ()
+TARGET_MODULES: tuple[str, ...] = ("qdit4sr_export.trt_target",)
 
 
 @dataclass(frozen=True)
 class Target:
-    """A lowering target. ``graph_passes(plan)`` run once on the traced FP graph; ``lowering(plan, store)`` is
-    the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``); ``finish(folder,
-    manifest, notices)`` runs after the engine set is written (e.g. building engines) and returns manifest
-    additions or None."""
+    """A lowering target. ``graph_passes(plan, options)`` run once on the traced FP graph; ``lowering(plan, store,
+    options)`` is the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``);
+    ``trace(model, plan, options, max_latent)`` makes the graph (default: ``trace_to_onnx``); ``finish(folder, manifest,
+    notices, options)`` runs after the graphs are written (e.g. building engines) and returns manifest additions.
+    ``options`` are the target's settings (``build -T KEY=VALUE``) with their defaults, ``check`` validates them."""
 
     name: str
     summary: str
@@ -29,6 +30,28 @@ class Target:
     lowering: Callable[..., Any]
     make_store: Callable[[], Any]
     finish: Callable[..., dict[str, Any] | None] | None = None
+    trace: Callable[..., Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    check: Callable[[dict[str, Any]], None] | None = None
+
+    def configure(self, given: Mapping[str, str]) -> dict[str, Any]:
+        """The target's options with ``given`` (strings from the CLI) converted to each default's type."""
+        out = dict(self.options)
+        for key, raw in given.items():
+            key = key.replace("-", "_")
+            if key not in self.options:
+                known = ", ".join(sorted(self.options)) or "none"
+                raise UserError(f"target '{self.name}' has no option '{key}' (its options: {known})")
+            default = self.options[key]
+            try:
+                out[key] = type(default)(raw) if not isinstance(default, bool) else \
+                    {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[str(raw).lower()]
+            except (ValueError, KeyError):
+                raise UserError(f"target '{self.name}' option {key}={raw!r}: expected a {type(default).__name__}") \
+                    from None
+        if self.check is not None:
+            self.check(out)
+        return out
 
 
 _REGISTRY: dict[str, Target] = {}
@@ -63,7 +86,7 @@ def get_target(name: str) -> Target:
         raise UserError(f"unknown target '{name}'; valid: {', '.join(_REGISTRY)}") from None
 
 
-def _ort_passes(plan) -> list:
+def _ort_passes(plan, options) -> list:
     from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
     from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
     from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
@@ -71,7 +94,7 @@ def _ort_passes(plan) -> list:
     return [FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)]
 
 
-def _ort_lowering(plan, store):
+def _ort_lowering(plan, store, options):
     from qdit4sr_export.passes.lower_ort import LowerOrtPass
 
     return LowerOrtPass(plan, store)

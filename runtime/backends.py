@@ -35,6 +35,11 @@ class Runner(Protocol):
     def deactivate(self) -> None: ...
 
 
+def numpy_feeds(*inputs: torch.Tensor) -> dict[str, np.ndarray]:
+    """The five model inputs as contiguous float32 numpy arrays by graph input name."""
+    return {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in zip(INPUTS, inputs)}
+
+
 def ort_providers(device: str) -> list[str]:
     """ONNX Runtime providers for ``device`` ("cpu" or "cuda"); asking for CUDA without it is an error."""
     import onnxruntime as ort
@@ -46,12 +51,24 @@ def ort_providers(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None):
+def uses_plugin_ops(engine: EngineSet) -> bool:
+    """Whether the engine set's graphs hold the TensorRT plugin ops (a ``--target trt`` build)."""
+    return engine.manifest.get("target", {}).get("name") == "trt"
+
+
+def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None,
+                 plugin_ops: bool = False):
     """An ORT session on one variant graph (a path, or serialized bytes whose external data lies in
-    ``external_folder``) with the runtime's settings."""
+    ``external_folder``) with the runtime's settings; ``plugin_ops`` registers the CPU reference implementations
+    of the TensorRT plugin ops (``plugins/ort_reference.py``) so a ``--target trt`` graph runs as TensorRT would
+    parse it."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if plugin_ops:
+        from qdit4sr_export.plugins.ort_reference import custom_ops_library
+
+        so.register_custom_ops_library(custom_ops_library())
     if external_folder is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
     # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
@@ -84,7 +101,7 @@ class OrtRunner:
             self.sessions.move_to_end(index)
             return self.sessions[index]
         path = self.engine.folder / self.engine.variants[index].file
-        session = make_session(path, self.providers, self.threads)
+        session = make_session(path, self.providers, self.threads, plugin_ops=uses_plugin_ops(self.engine))
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
@@ -105,8 +122,7 @@ class OrtRunner:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
         self.engine.check_latent(*hidden_states.shape[-2:])
-        feeds = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy()) for name, t in
-                 zip(INPUTS, (hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep))}
+        feeds = numpy_feeds(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep)
         return torch.from_numpy(self._session(self.active).run(None, feeds)[0])
 
     def deactivate(self) -> None:

@@ -1,5 +1,6 @@
-"""The built-in backends: ``ort`` (engine sets on ONNX Runtime, the embedded default) and ``torch`` (an FP
-checkpoint, or the fake-quant simulation of a plan on it: the oracle). Heavy imports happen when one is opened."""
+"""The built-in backends: ``ort`` (engine sets on ONNX Runtime, the embedded default), ``torch`` (an FP
+checkpoint, or the fake-quant simulation of a plan on it: the oracle) and ``trt`` (the TensorRT engines of a
+``--target trt`` set). Heavy imports happen when one is opened."""
 
 from __future__ import annotations
 
@@ -26,3 +27,20 @@ def open_torch(model_path: str | Path, *, plan: str | None = None, **_: Any):
 
     net = load_dit4sr(model_path)
     return TorchRunner(net, QuantPlan.load(plan) if plan else None)
+
+
+@register_backend("trt", summary="TensorRT engines of a --target trt engine set (needs TensorRT and a CUDA GPU)",
+                  reads=ENGINE_SET, devices=("cuda",))
+def open_trt(engine, **_: Any):
+    from qdit4sr_export.errors import UserError
+    from qdit4sr_export.trt_engines import check_engines, require_tensorrt
+
+    require_tensorrt()
+    target = engine.manifest.get("target", {}).get("name")
+    if target != "trt":
+        raise UserError(f"{engine.folder}: built for target '{target}'; the trt backend runs sets built with "
+                        "--target trt (run this one with --backend ort)")
+    check_engines(engine.manifest, engine.folder)
+    from qdit4sr_export.runtime.trt_backend import TrtRunner
+
+    return TrtRunner(engine)

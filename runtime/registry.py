@@ -16,7 +16,7 @@ from qdit4sr_export.errors import UserError
 ENGINE_SET = "engine set"
 CHECKPOINT = "checkpoint"
 #: Modules whose import registers backends; the order is the order listed in --help.
-BACKEND_MODULES = ("qdit4sr_export.runtime.builtin_backends",)
+BACKEND_MODULES = ("qdit4sr_export.runtime.builtin_backends", "qdit4sr_export.runtime.triton_backend")
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,18 @@ class Backend:
     open: Callable[..., Any]
     #: Where the backend compares through polygraphy's own runner (ONNX Runtime), the variant graphs are used.
     runs_graphs: bool = False
+    #: Called by ``check_device`` before anything heavy is imported: a one-line error for a missing dependency
+    #: or device, and whatever must happen first (the triton backend selects Triton's CPU interpreter).
+    prepare: Callable[[str], None] | None = None
 
-    def check_device(self, device: str) -> None:
+    def check_device(self, device: str | None) -> str:
+        """The device to run on (``None``: the backend's first, e.g. cuda for trt), checked and prepared."""
+        device = self.devices[0] if device is None else device
         if device not in self.devices:
             raise UserError(f"--backend {self.name} runs on {', '.join(self.devices)}, not --device {device}")
+        if self.prepare is not None:
+            self.prepare(device)
+        return device
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -42,7 +50,8 @@ _loaded = False
 
 
 def register_backend(name: str, *, summary: str, reads: str, devices: tuple[str, ...] = ("cpu",),
-                     runs_graphs: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                     runs_graphs: bool = False, prepare: Callable[[str], None] | None = None
+                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``open`` as backend ``name``."""
     if reads not in (ENGINE_SET, CHECKPOINT):
         raise ValueError(f"reads must be {ENGINE_SET!r} or {CHECKPOINT!r}")
@@ -50,7 +59,7 @@ def register_backend(name: str, *, summary: str, reads: str, devices: tuple[str,
     def wrap(open_: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"backend {name!r} registered twice")
-        _REGISTRY[name] = Backend(name, summary, reads, tuple(devices), open_, runs_graphs)
+        _REGISTRY[name] = Backend(name, summary, reads, tuple(devices), open_, runs_graphs, prepare)
         return open_
     return wrap
 

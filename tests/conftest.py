@@ -1,13 +1,21 @@
 """Shared fixtures: small seeded DiT4SR models; a tiny pipeline folder (12-channel pixel-unshuffle autoencoder)
-and FP and W8A8 engine sets built from it; a session-wide cache of traced graphs."""
+and FP and W8A8 engine sets built from it; a session-wide cache of traced graphs.
+
+Without CUDA the Triton kernels run in Triton's CPU interpreter, which must be chosen before triton is first
+imported (diffusers imports it), hence here, first."""
 
 import hashlib
 import json
+import os
 
-import pytest
 import torch
 
-from helpers import make_pipeline_folder, seeded_model
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from helpers import make_pipeline_folder, seeded_model  # noqa: E402
 from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.model import DiT4SRTransformer
 from qdit4sr_export.quant.calibration import CalibrationInputs
@@ -50,6 +58,17 @@ def engine_sets(pipeline_folder, tmp_path_factory):
     return out / "fp", out / "w8", plan
 
 
+@pytest.fixture(scope="session")
+def w4_engine_set(pipeline_folder, tmp_path_factory):
+    """A W4A4 engine set of the tiny pipeline (packed INT4 weights, 4-bit activations, H-SVD branches)."""
+    model, folder = pipeline_folder
+    method = get_method("qdit4sr")
+    plan = method.build(model, make_config(method, {"wbits": 4, "abits": 4, "steps": STEPS}))
+    out = tmp_path_factory.mktemp("engines-w4") / "w4"
+    build_engine_set(model, folder, out, plan=plan, steps=STEPS, max_variants=None, build_info={}, progress=False)
+    return out, plan
+
+
 @pytest.fixture(scope="session", autouse=True)
 def traced_graph_cache():
     """Trace each distinct architecture (config, positional crop) once per session; builds get a clone of the
@@ -63,10 +82,10 @@ def traced_graph_cache():
     original = trace.trace_graph
     cache = {}
 
-    def cached(config, *, grid=None, dynamic=True):
-        key = hashlib.sha256(json.dumps([config.to_dict(), grid, dynamic], sort_keys=True).encode()).hexdigest()
+    def cached(config, *, grid=None, dynamic=True, dtype=torch.float32):
+        key = hashlib.sha256(json.dumps([config.to_dict(), grid, dynamic, str(dtype)], sort_keys=True).encode()).hexdigest()
         if key not in cache:
-            cache[key] = original(config, grid=grid, dynamic=dynamic)
+            cache[key] = original(config, grid=grid, dynamic=dynamic, dtype=dtype)
         return cache[key].clone()
 
     with pytest.MonkeyPatch.context() as mp:

@@ -90,3 +90,40 @@ def overwrite_tensor(folder: Path, name: str, values) -> None:
         f.seek(entry.offset)
         f.write(new)
     rehash_engine_set(folder)
+
+
+def simulation_sqnr_per_step(model, folder: Path, plan, *, side: int = 8) -> list[float]:
+    """Output SQNR (dB) of an engine set through the runtime's ORT sessions against the simulation of ``plan``, at
+    every timestep of the plan's grid (same seeded inputs)."""
+    import copy
+
+    import numpy as np
+
+    from qdit4sr_export.quant.simulate import apply_plan
+    from qdit4sr_export.runtime.backends import OrtRunner
+    from qdit4sr_export.runtime.engine_set import EngineSet
+
+    engine = EngineSet.load(folder)
+    runner = OrtRunner(engine)
+    sim = copy.deepcopy(model)
+    apply_plan(sim, plan)
+    x, lr, ctx, pooled, _ = make_inputs(model, batch=1, side=side)
+    out = []
+    for t in plan.timesteps:
+        runner.activate(engine.variant_for_timestep(t).index)
+        got = runner.infer(x, lr, ctx, pooled, torch.tensor([t])).numpy()
+        with torch.no_grad():
+            want = sim(x, lr, ctx, pooled, torch.tensor([t]), return_dict=False)[0].numpy()
+        out.append(float(10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum())))
+    return out
+
+
+def lowered_layer_bytes(graph) -> dict[str, int]:
+    """Bytes each lowered layer's stored tensors (codes, scales, H-SVD factors) take in an onnx-ir graph."""
+    stored: dict[str, int] = {}
+    for name, value in graph.graph.initializers.items():
+        for marker in (".wq", ".wscale", ".svd_"):
+            if marker in name:
+                layer = name[:name.index(marker)]
+                stored[layer] = stored.get(layer, 0) + value.const_value.nbytes
+    return stored

@@ -1,8 +1,11 @@
-"""The shipped example model: loads as a pipeline folder, runs out of the box, and adds detail near bicubic."""
+"""The shipped example model: loads as a pipeline folder, runs out of the box, and adds detail near bicubic; the
+training degradations keep grey photos grey."""
 
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from click.testing import CliRunner
 
@@ -13,6 +16,8 @@ from qdit4sr_export.runtime.images import load_image
 from qdit4sr_export.runtime.resize import plan_resize, upscale_lr
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+from degradation import bicubic_down, degrade, degrade_kind, degrade_mix  # noqa: E402
 
 
 def test_example_folder_format():
@@ -36,3 +41,15 @@ def test_run_out_of_the_box_adds_detail_near_bicubic(tmp_path):
     assert float(psnr(o, b)) > 28  # stays close to the LR content (measured 35.3 dB)
     assert float(hf_energy(o)) > 1.5 * float(hf_energy(b))  # and adds detail bicubic lacks (measured 2.6x)
     assert not torch.equal(o, b)
+
+
+def test_degradations_keep_grey_photos_grey_and_clean_is_plain_bicubic():
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, axis=2)
+    colour = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for seed in range(20):  # the chain draws colour noise 60% of the time (for colour photos only)
+        lr = degrade(grey, np.random.default_rng(seed))
+        assert lr.shape == (16, 16, 3) and (lr == lr[..., :1]).all()
+    assert np.array_equal(degrade_kind(colour, rng, "clean"), bicubic_down(colour))
+    kinds = [np.array_equal(degrade_mix(colour, np.random.default_rng(s), 0.3), bicubic_down(colour)) for s in range(200)]
+    assert 0.2 < np.mean(kinds) < 0.4  # the clean share

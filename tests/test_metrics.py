@@ -1,10 +1,10 @@
-"""PSNR, SSIM and HF-energy ratio against hand-computed cases."""
+"""PSNR, SSIM, GMS and HF-energy ratio against hand-computed cases."""
 
 import math
 
 import torch
 
-from qdit4sr_export.metrics import hf_energy, image_metrics, psnr, ssim
+from qdit4sr_export.metrics import GMS_C, gms, gradient_magnitude, hf_energy, image_metrics, psnr, ssim
 
 
 def test_psnr_and_ssim_known_values():
@@ -22,3 +22,17 @@ def test_hf_ratio_sees_blur():
     assert float(hf_energy(blurred * 255)) < 0.1 * float(hf_energy(x * 255))
     m = image_metrics(blurred, x)
     assert m["hf_ratio"] < 0.1 and m["psnr"] < 20 and image_metrics(x, x)["psnr"] > 90
+
+
+def test_gms_known_values():
+    # A ramp of 6 levels/px: 12 per pooled px, and Prewitt's central difference spans 2 of them: 24 everywhere.
+    ramp = (torch.arange(32.0) * 6).expand(1, 3, 32, 32).clone()
+    assert torch.allclose(gradient_magnitude(ramp), torch.full((1, 14, 14), 24.0), atol=1e-4)
+    # Against half the slope: (2 * 24 * 12 + c) / (24^2 + 12^2 + c), the GMS formula by hand.
+    expected = (2 * 24 * 12 + GMS_C) / (24 ** 2 + 12 ** 2 + GMS_C)
+    assert abs(float(gms(ramp, ramp / 2)) - expected) < 1e-5
+    x = torch.rand(2, 3, 32, 32) * 255
+    assert torch.allclose(gms(x, x), torch.ones(2))
+    flat = torch.full_like(x, 128.0)  # no edges where the reference has many: far from 1 (measured 0.28-0.32)
+    assert float(gms(flat, x).max()) < 0.4
+    assert image_metrics(x / 255, x / 255)["gms"] == 1.0

@@ -1,4 +1,7 @@
-"""The ``qdit4sr-export`` command line: a click group whose commands live one per module."""
+"""The ``qdit4sr-export`` command line: a click group whose commands live one per module.
+
+Command modules import torch, onnx and diffusers inside their functions, after the arguments and paths are
+checked, so a mistyped command answers in a fraction of a second."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from qdit4sr_export.errors import UserError
 
 
 class _Group(click.Group):
-    """Turns :class:`UserError` into a one-line ``error: ...`` on stderr and exit status 2 (Ctrl-C: exit 130)."""
+    """Turns :class:`UserError` and a command's usage errors (a missing argument, a path that does not exist)
+    into a one-line ``error: ...`` on stderr and exit status 2 (Ctrl-C: exit 130)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -27,12 +31,16 @@ class _Group(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:
+            command = f"{exc.ctx.command_path} " if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()} (see {command}--help)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:  # outputs are written under temporary names and renamed at the end
             click.echo("error: interrupted; nothing was written (partial outputs removed)", err=True)
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, "--version", prog_name="qdit4sr-export")
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail.")
 def main(verbose: bool) -> None:
@@ -43,6 +51,7 @@ def main(verbose: bool) -> None:
 def _register() -> None:
     from qdit4sr_export.cli.build import build
     from qdit4sr_export.cli.compare import compare
+    from qdit4sr_export.cli.engines import engines
     from qdit4sr_export.cli.info import info
     from qdit4sr_export.cli.inspect import inspect
     from qdit4sr_export.cli.plan import plan
@@ -54,6 +63,7 @@ def _register() -> None:
     main.add_command(run)
     main.add_command(compare)
     main.add_command(inspect)
+    main.add_command(engines)
 
 
 _register()

@@ -62,9 +62,9 @@ def _table(result: dict) -> str:
 
 
 @click.command()
-@click.argument("fp_model", metavar="FP_MODEL")
-@click.argument("engine_dir", metavar="ENGINE_DIR")
-@click.option("--inputs", "inputs_file", default=None,
+@click.argument("fp_model", metavar="FP_MODEL", type=click.Path(exists=True))
+@click.argument("engine_dir", metavar="ENGINE_DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Inputs (.safetensors/.npz with the five model inputs); default: generated per variant.")
 @click.option("--per-variant", type=click.IntRange(min=1), default=2, show_default=True,
               help="Generated input sets per variant, at that variant's timesteps.")
@@ -76,12 +76,13 @@ def _table(result: dict) -> str:
 @click.option("--layers", is_flag=True, help="Localise error: per-layer SQNR against the FP model's layers.")
 @click.option("--layer-threshold", type=float, default=None,
               help="--layers: SQNR (dB) below which a layer counts as where the error starts (default --min-sqnr).")
-@click.option("--images", "images_dir", default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="--images: denoising steps.")
 @click.option("--backend", default="ort", show_default=True, metavar="NAME",
               help="Backend that runs the engine set (`run --list-backends`); ort runs the variant graphs in "
                    "polygraphy's OnnxrtRunner.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where the backend runs (default: its first device: cpu, cuda for trt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr, min_cosine, atol, layers,
             layer_threshold, images_dir, steps, backend, device, as_json) -> None:
@@ -90,19 +91,21 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     Default inputs sit at the timesteps the engine set's pipeline.json runs, built from real LR photos where the
     set has an autoencoder: x_t = (1 - sigma) LR latent + sigma noise.
     """
+    from qdit4sr_export.runtime.registry import ENGINE_SET, get_backend
+
+    # The backend first, before the model's imports: check_device may have to act before triton is imported.
+    chosen = get_backend(backend)
+    if chosen.reads != ENGINE_SET:
+        raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
+    device = chosen.check_device(device)
     from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.model.loading import open_dit4sr
     from qdit4sr_export.model.positions import max_grid
     from qdit4sr_export.model.weights import crop_positions_, materialize
+    from qdit4sr_export.runtime.backends import uses_plugin_ops
     from qdit4sr_export.runtime.engine_set import EngineSet
-    from qdit4sr_export.runtime.registry import ENGINE_SET, get_backend
-
-    chosen = get_backend(backend)
-    if chosen.reads != ENGINE_SET:
-        raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
-    chosen.check_device(device)
     engine = EngineSet.load(engine_dir)
     model = open_dit4sr(fp_model)  # lazily: the fingerprint check streams the weights
     check_engine_matches(engine, model)
@@ -139,7 +142,8 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
         threshold = min_sqnr if layer_threshold is None else layer_threshold
         result["layers"] = {}
         for v in tqdm(engine.variants, desc="layers", unit="variant", disable=as_json):
-            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0])
+            errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0],
+                                          plugin_ops=uses_plugin_ops(engine))
             result["layers"][str(v.index)] = {**error_onset(errors, threshold),
                                               "all": [e.to_dict() for e in errors]}
     if images_dir:

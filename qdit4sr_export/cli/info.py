@@ -15,6 +15,9 @@ import click
 @click.option("--no-layers", is_flag=True, help="Leave out the per-layer list (text output).")
 def info(model: str, config: str | None, as_json: bool, no_layers: bool) -> None:
     """Describe MODEL (a preset name or a checkpoint) without loading its weights."""
+    from qdit4sr_export.cli.plan import is_preset
+
+    is_preset(model)  # a path that does not exist and is no preset: an error before torch loads
     from qdit4sr_export.model.summary import format_summary, summarize
 
     summary = summarize(model, config=config)

@@ -22,8 +22,8 @@ def _variance_layer(plan) -> str:
 
 
 @click.command()
-@click.argument("target", metavar="ENGINE_DIR|PLAN")
-@click.option("--plots", "plots_dir", default=None, help="Write PNG plots to this folder.")
+@click.argument("target", metavar="ENGINE_DIR|PLAN", type=click.Path(exists=True))
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, help="Write PNG plots to this folder.")
 @click.option("--layer", default=None, help="Layer of the activation-variance plot (default: the most varying).")
 @click.option("--latent-side", type=click.IntRange(min=2), default=64, show_default=True,
               help="Latent side for the bit-operation count (64: a 512x512 output).")
@@ -34,18 +34,19 @@ def inspect(target, plots_dir, layer, latent_side, as_json, no_layers) -> None:
     from qdit4sr_export.inspect_report import format_report, load_target, report
 
     plan, manifest = load_target(target)
-    rep = report(plan, manifest, latent_side=latent_side)
+    rep = report(plan, manifest, latent_side=latent_side, target=target)
     if plots_dir:
         if plan is None:
             raise UserError(f"{target}: an FP engine set has no plan to plot")
         from qdit4sr_export.plots import plot_abits_heatmap, plot_act_variance, plot_weight_bits
 
         folder = Path(plots_dir)
+        runs = rep["plan"]["runs"]
         written = [plot_weight_bits(plan, folder / "weight_bits.png")]
         try:
-            written.append(plot_abits_heatmap(plan, folder / "abits_heatmap.png"))
+            written.append(plot_abits_heatmap(plan, folder / "abits_heatmap.png", runs=runs))
             chosen = layer or _variance_layer(plan)
-            written.append(plot_act_variance(plan, chosen, folder / "act_variance.png"))
+            written.append(plot_act_variance(plan, chosen, folder / "act_variance.png", runs=runs))
         except UserError as exc:
             if layer:
                 raise

@@ -1,4 +1,7 @@
-"""``qdit4sr-export plan MODEL``: make a QuantPlan (Q-DiT4SR) and report its size and compute."""
+"""``qdit4sr-export plan MODEL``: make a QuantPlan (Q-DiT4SR or another method) and report its size and compute.
+
+Everything a typo can get wrong (the model path, the method and its options, the output) is checked before
+torch loads."""
 
 from __future__ import annotations
 
@@ -20,16 +23,29 @@ def _parse_wbits(value: str) -> int | None:
         raise UserError(f"--wbits must be 'auto' or an integer in 2..8, got {value!r}") from None
 
 
+def is_preset(model: str) -> bool:
+    """Whether MODEL names a preset (shape-only accounting) rather than a checkpoint; an error if neither."""
+    from qdit4sr_export.model.config import PRESETS
+
+    if Path(model).exists():
+        return False
+    if model in PRESETS:
+        return True
+    raise UserError(f"'{model}' is neither a file or folder nor a preset ({', '.join(sorted(PRESETS))})")
+
+
+def check_output(output: str | None, force: bool) -> None:
+    if output is not None and Path(output).exists() and not force:
+        raise UserError(f"{output} already exists (pass --force to replace it)")
+
+
 def _load_model(model: str, config: str | None):
     """A preset (shapes only) or a checkpoint opened lazily (tensors read one at a time when needed)."""
     from qdit4sr_export.model import build_dit4sr
-    from qdit4sr_export.model.config import PRESETS
     from qdit4sr_export.model.loading import open_dit4sr
 
-    if model in PRESETS and not Path(model).exists():
+    if is_preset(model):
         return build_dit4sr(config or model, device="meta")
-    if not Path(model).exists():
-        raise UserError(f"'{model}' is neither a file or folder nor a preset ({', '.join(sorted(PRESETS))})")
     return open_dit4sr(model, config=config)
 
 
@@ -95,28 +111,14 @@ def _method_options(ctx: click.Context, method, raw_options: tuple[str, ...]) ->
         if not sep or not key:
             raise UserError(f"--method-option expects KEY=VALUE, got {item!r}")
         options[key.strip().replace("-", "_")] = value
-    if "start_sigma" not in options and "start_sigma" in method.options() and p.get("model"):
-        sigma = _pipeline_start_sigma(Path(p["model"]))
-        if sigma is not None:
-            options["start_sigma"] = sigma
+    if p.get("model"):  # runs of a pipeline folder follow its trajectory: calibrate and plan on the same one
+        from qdit4sr_export.model.folder import pipeline_trajectory
+
+        fields = method.options()
+        for key, value in pipeline_trajectory(Path(p["model"])).items():
+            if key in fields and key not in options:
+                options[key] = value
     return options
-
-
-def _pipeline_start_sigma(model: Path) -> float | None:
-    """The start sigma of the model folder's pipeline.json, when it has one (runs begin there)."""
-    from qdit4sr_export.build import model_root
-    from qdit4sr_export.jsonfile import read_json_object
-
-    root = model_root(model) if model.exists() else None
-    if root is None or not (root / "pipeline.json").is_file():
-        return None
-    path = root / "pipeline.json"
-    value = read_json_object(path, "pipeline settings").get("start_sigma")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise UserError(f"{path}: start_sigma must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 def _list_methods() -> str:
@@ -130,10 +132,24 @@ def _list_methods() -> str:
     return "\n".join(lines)
 
 
+def _print_methods(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--list-methods: print the registry and exit before MODEL is required."""
+    if value and not ctx.resilient_parsing:
+        click.echo(_list_methods())
+        ctx.exit()
+
+
+def _method_help() -> str:
+    from qdit4sr_export.quant.methods import method_names
+
+    return f"Quantization method: {', '.join(method_names())} (--list-methods)."
+
+
 #: Options shared by ``plan`` and ``build`` (the method and its knobs, calibration, the timestep grid).
 PLAN_OPTIONS = [
-    click.option("--method", default="qdit4sr", show_default=True, help="Quantization method (--list-methods)."),
-    click.option("--list-methods", is_flag=True, help="List the methods and their options, then exit."),
+    click.option("--method", default="qdit4sr", help=_method_help()),
+    click.option("--list-methods", is_flag=True, is_eager=True, expose_value=False, callback=_print_methods,
+                  help="List the methods and their options, then exit."),
     click.option("-O", "--method-option", "method_option", multiple=True, metavar="KEY=VALUE",
                   help="Set any option of the method's config (repeatable), e.g. -O group_size=64."),
     click.option("--config", default=None, help="Preset name or config.json for a checkpoint that carries none."),
@@ -141,15 +157,19 @@ PLAN_OPTIONS = [
     click.option("--wbits-budget", type=float, default=4.0, help="Average weight bits for VaSMP."),
     click.option("--wbits-min", type=int, default=None, help="Lowest VaSMP bits (default budget-1)."),
     click.option("--wbits-max", type=int, default=None, help="Highest VaSMP bits (default budget+1)."),
-    click.option("--abits", type=float, default=4.0, help="Activation bits: the average budget for VaTMP, else static bits."),
+    click.option("--abits", type=float, default=4.0,
+                  help="Activation bits: the average budget for VaTMP, else static bits."),
     click.option("--svd-rank", type=int, default=32, help="SVD-G rank (FP global branch)."),
     click.option("--local-rank", type=int, default=8, help="SVD-L budget in rank units (0: no SVD-L)."),
-    click.option("--calib", default=None, help="Folder of LR images (needs vae/ beside the model) or a latents file."),
-    click.option("--calib-count", type=click.IntRange(min=1), default=32, show_default=True, help="Random 128x128 crops from --calib images."),
-    click.option("--steps", type=int, default=40, help="Sampling steps of the timestep grid."),
-    click.option("--start-sigma", type=float, default=None,
-                  help="Q-DiT4SR: runs start from the LR latent at this sigma, so VaTMP schedules only the steps "
-                       "that run (default: the model folder's pipeline.json, else 1: every step)."),
+    click.option("--calib", type=click.Path(exists=True), default=None,
+                  help="Folder of LR images (needs vae/ beside the model) or a latents file."),
+    click.option("--calib-count", type=click.IntRange(min=1), default=32, help="Random 128x128 crops from --calib images."),
+    click.option("--steps", type=click.IntRange(min=1), default=None,
+                  help="Sampling steps of the timestep grid (default: the model folder's pipeline.json, else 40)."),
+    click.option("--start-sigma", type=click.FloatRange(0, 1, min_open=True), default=None,
+                  help="Calibrated methods: runs start from the LR latent at this sigma, so calibration samples (and "
+                       "VaTMP schedules) only the steps that run (default: the model folder's pipeline.json, else 1: "
+                       "every step)."),
     click.option("--max-segments", type=int, default=3, help="VaTMP: constant segments per layer."),
     click.option("--hadamard", type=click.Choice(["signed", "plain"]), default="signed",
                   help="signed: Hadamard with seeded random signs; plain: the bare Hadamard (see README)."),
@@ -170,38 +190,43 @@ def plan_options(f):
     return f
 
 
+def method_and_config(ctx: click.Context, method: str, raw_options: tuple[str, ...]):
+    """The registered method and its validated config from the command line and the model folder."""
+    from qdit4sr_export.quant.methods import get_method, make_config
+
+    chosen = get_method(method)
+    return chosen, make_config(chosen, _method_options(ctx, chosen, raw_options))
+
+
 @click.command()
-@click.argument("model", required=False)
+@click.argument("model")
 @plan_options
-@click.option("-o", "--output", default=None, help="Write the plan JSON here.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def plan(ctx: click.Context, model, method, list_methods, method_option, config, wbits, wbits_budget, wbits_min,
-         wbits_max, abits, svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
+def plan(ctx: click.Context, model, method, method_option, config, wbits, wbits_budget, wbits_min, wbits_max, abits,
+         svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, output, force, as_json) -> None:
     """Make a QuantPlan for MODEL (a checkpoint, or a preset name for shape-only accounting).
 
-    Flags a method does not have are an error; each method's own defaults apply otherwise.
+    Flags a method does not have are an error; each method's own defaults apply otherwise. A pipeline folder's
+    pipeline.json sets the grid and start sigma that calibration follows (--steps, --start-sigma override).
     """
-    from qdit4sr_export.quant.methods import get_method, make_config
-
-    if list_methods:
-        click.echo(_list_methods())
-        return
-    if model is None:
-        raise UserError("missing argument MODEL (a checkpoint or a preset name)")
-    if output is not None and Path(output).exists() and not force:
-        raise UserError(f"{output} already exists (pass --force to replace it)")
+    is_preset(model)
+    check_output(output, force)
+    chosen, cfg = method_and_config(ctx, method, method_option)
+    if not chosen.quantizes:
+        raise UserError(f"method '{method}' makes no plan (it is the unquantized model); "
+                        f"`qdit4sr-export build --method {method}` packages it")
     from qdit4sr_export.stages import Stages, peak_rss
 
-    chosen = get_method(method)
-    cfg = make_config(chosen, _method_options(ctx, chosen, method_option))
     stages = Stages()
     with stages.stage("load"):
         net = _load_model(model, config)
     with stages.stage("plan"):
-        calibration = _calibration(calib, model, net, calib_count, seed) if calib and not no_vatmp else None
+        use = calib and chosen.uses_calibration and not no_vatmp
+        calibration = _calibration(calib, model, net, calib_count, seed) if use else None
         if chosen.needs_calibration and calibration is None:
             raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
         result = chosen.build(net, cfg, calibration=calibration, progress=not as_json)

@@ -68,8 +68,7 @@ def _resolve_backend(name: str | None, is_engine: bool, device: str):
             raise UserError(f"--backend {backend.name} needs a checkpoint (an engine set holds no FP weights); give "
                             "the FP model folder, with --plan to simulate a plan")
         raise UserError(f"--backend {backend.name} needs an engine set (build one with `qdit4sr-export build`)")
-    backend.check_device(device)
-    return backend
+    return backend, backend.check_device(device)
 
 
 @click.command()
@@ -92,7 +91,8 @@ def _resolve_backend(name: str | None, is_engine: bool, device: str):
               help="List the backends, then exit.")
 @click.option("--plan", "plan_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="torch backend: simulate this QuantPlan.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where the backend runs (default: its first device: cpu, cuda for trt).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
 @click.option("--verify", is_flag=True,
               help="Hash every engine-set file in full before running (by default large files get a sampled check).")
@@ -108,19 +108,23 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
     16-bit. A file that cannot be read is reported and skipped; the others still run (exit status 1 then).
     """
     from qdit4sr_export import __version__
-    from qdit4sr_export.runtime.images import find_inputs
 
     if tile <= overlap:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     is_engine = (model / "manifest.json").is_file()
     if plan_file and is_engine:
         raise UserError("--plan is for the torch backend on a checkpoint, not for an engine set")
+    missing = next((p for p in inputs if not p.exists()), None)
+    if missing is not None:  # before the runtime (torch) loads; find_inputs says the same
+        raise UserError(f"{missing}: no such file or folder")
+    from qdit4sr_export.runtime.images import find_inputs
+
     files = find_inputs(list(inputs))
     if not files:
         raise UserError(f"no image files in {', '.join(map(str, inputs))}")
     many = len(files) > 1 or any(p.is_dir() for p in inputs)
     targets = _outputs(files, output, many)
-    chosen = _resolve_backend(backend, is_engine, device)
+    chosen, device = _resolve_backend(backend, is_engine, device)
     if is_engine:
         pipe, info = _engine_pipeline(model, chosen, device, threads, verify)
     else:

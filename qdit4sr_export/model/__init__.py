@@ -1,16 +1,29 @@
-"""The DiT4SR transformer, its configs and presets, and checkpoint loading/saving."""
+"""The DiT4SR transformer, its configs and presets, and checkpoint loading/saving.
 
-from qdit4sr_export.model.config import PRESETS, DiT4SRConfig, resolve_config
-from qdit4sr_export.model.loading import load_dit4sr, save_dit4sr
-from qdit4sr_export.model.transformer import DiT4SROutput, DiT4SRTransformer, build_dit4sr
+Names load on first use (PEP 562), so ``qdit4sr_export.model.config`` (the presets) imports without torch."""
 
-__all__ = [
-    "PRESETS",
-    "DiT4SRConfig",
-    "DiT4SROutput",
-    "DiT4SRTransformer",
-    "build_dit4sr",
-    "load_dit4sr",
-    "resolve_config",
-    "save_dit4sr",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "PRESETS": "config",
+    "DiT4SRConfig": "config",
+    "resolve_config": "config",
+    "load_dit4sr": "loading",
+    "save_dit4sr": "loading",
+    "DiT4SROutput": "transformer",
+    "DiT4SRTransformer": "transformer",
+    "build_dit4sr": "transformer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value

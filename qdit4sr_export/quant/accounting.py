@@ -83,6 +83,14 @@ class PlanAccounting:
         }
 
 
+def mean_wbits(plan: QuantPlan) -> float:
+    """Mean weight bits per quantized weight (layers weighted by their weight count): the one definition that
+    ``inspect``'s text and its weight-bit plot share."""
+    counts = [(lp.out_features * lp.in_features, lp.wbits) for lp in plan.layers.values() if lp.wbits is not None]
+    total = sum(n for n, _ in counts)
+    return sum(n * b for n, b in counts) / total if total else float("nan")
+
+
 def account(plan: QuantPlan, model: DiT4SRTransformer, *, latent_side: int = 64, text_tokens: int = 333,
             batch: int = 1) -> PlanAccounting:
     """Params and BOPs of ``plan`` on ``model`` (shapes only; ``model`` may live on the meta device).
@@ -119,7 +127,7 @@ def account(plan: QuantPlan, model: DiT4SRTransformer, *, latent_side: int = 64,
         fp_params=fp_params,
         quantized_weights=qweights,
         fp_branch_params=branch,
-        avg_wbits=bits_sum / qweights if qweights else float("nan"),
+        avg_wbits=mean_wbits(plan),
         bops_per_step=bops,
         fp_bops_per_step=fp_bops,
         latent_side=latent_side,

@@ -1,15 +1,20 @@
-"""Calibration inputs for VaTMP and the activation statistics v(l, t) collected along a sampling trajectory.
+"""Calibration inputs and the statistics every method collects along one sampling trajectory.
 
 Inputs come from a prepared file (``.safetensors``/``.pt`` with ``lr_latent`` and optionally
 ``encoder_hidden_states`` / ``pooled_projections``) or from a folder of LR images encoded by the model's
 autoencoder (see :mod:`qdit4sr_export.quant.calib_images`).
+
+The trajectory is the SR pipeline's own (its grid, start sigma and seeded noise; see :func:`run_trajectory`);
+a method that needs several statistics of layer inputs (activation variance, sampled rows, channel maxima,
+GPTQ Hessians) gets them from one pass with :func:`collect`, under ``torch.inference_mode``, in batches.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ from tqdm.auto import tqdm
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.quant.gptq import HessianAccumulator
 from qdit4sr_export.sampling import flow_schedule, start_index
 
 #: Text tokens used when a calibration file carries no prompt embeddings (a zero "null" prompt).
@@ -100,125 +106,173 @@ def run_trajectory(
 ) -> torch.Tensor:
     """Sample every calibration input with flow-matching Euler and return the final latents.
 
-    ``on_step(step, model_args)`` sees the model's inputs ``(x_t, lr, text, pooled, t)`` before each step.
-    The trajectory starts from seeded noise, or, with ``start_sigma``, as the SR pipeline does: at the first
-    grid step with sigma <= start_sigma, from ``(1 - sigma) * lr + sigma * noise`` (earlier steps do not run).
-    It follows the model's own predictions, as inference does.
+    ``on_step(step, model_args)`` sees the model's inputs ``(x_t, lr, text, pooled, t)`` before each step, batch
+    by batch (all steps of one batch, then the next). The trajectory starts from seeded noise, or, with
+    ``start_sigma``, as the SR pipeline does: at the first grid step with sigma <= start_sigma, from
+    ``(1 - sigma) * lr + sigma * noise`` (earlier steps do not run). It follows the model's own predictions, as
+    inference does, under ``torch.inference_mode`` (tensors it hands out are inference tensors).
     """
     timesteps, sigmas = flow_schedule(steps, shift=shift)
     first = 0 if start_sigma is None else start_index(sigmas, start_sigma)
     generator = torch.Generator().manual_seed(seed)
     finals = []
     batches = range(0, len(inputs), batch_size)
-    bar = tqdm(total=len(batches) * (steps - first), desc="calibration", disable=not progress, leave=False)
-    for start in batches:
-        sl = slice(start, start + batch_size)
-        lr = inputs.lr_latent[sl]
-        ctx, pooled = inputs.encoder_hidden_states[sl], inputs.pooled_projections[sl]
-        noise = torch.randn(lr.shape, generator=generator)
-        x = noise if start_sigma is None else (1 - sigmas[first]) * lr + sigmas[first] * noise
-        for i in range(first, steps):
-            args = (x, lr, ctx, pooled, timesteps[i].expand(lr.shape[0]))
-            if on_step is not None:
-                on_step(i, args)
-            with torch.no_grad():
-                v = model(*args)
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
-            bar.update(1)
-        finals.append(x)
+    bar = tqdm(total=len(batches) * (steps - first), desc="calibration", unit="step", disable=not progress,
+               leave=False)
+    with torch.inference_mode():
+        for start in batches:
+            sl = slice(start, start + batch_size)
+            lr = inputs.lr_latent[sl]
+            ctx, pooled = inputs.encoder_hidden_states[sl], inputs.pooled_projections[sl]
+            noise = torch.randn(lr.shape, generator=generator)
+            x = noise if start_sigma is None else (1 - sigmas[first]) * lr + sigmas[first] * noise
+            for i in range(first, steps):
+                args = (x, lr, ctx, pooled, timesteps[i].expand(lr.shape[0]))
+                if on_step is not None:
+                    on_step(i, args)
+                x = x + (sigmas[i + 1] - sigmas[i]) * model(*args)
+                bar.update(1)
+            finals.append(x)
     bar.close()
     return torch.cat(finals)
 
 
-def trace_layer_inputs(
-    model: nn.Module,
-    layer_names: list[str],
-    inputs: CalibrationInputs,
-    observe: Callable[[int, int, torch.Tensor], None],
-    *,
-    steps: int,
-    **kwargs,
-) -> None:
-    """Run :func:`run_trajectory` and call ``observe(layer_index, step, x)`` with each named layer's input."""
+class Statistic:
+    """A statistic of some layers' inputs along the trajectory: ``observe`` sees each call, ``result`` sums up."""
+
+    def __init__(self, layers: Sequence[str]) -> None:
+        self.layers = list(layers)
+
+    def observe(self, index: int, step: int, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def result(self):
+        raise NotImplementedError
+
+
+class ActivationVariance(Statistic):
+    """v(l, t) of Eq. 17: the mean square of each layer's input at each grid step, shape (L, steps).
+
+    The Hadamard rotation is orthonormal, so the mean squared value of the rotated activation equals that
+    of the input: no rotation is needed here. Layers never called, and steps that do not run, get NaN."""
+
+    def __init__(self, layers: Sequence[str], steps: int) -> None:
+        super().__init__(layers)
+        self.sums = np.zeros((len(self.layers), steps))
+        self.counts = np.zeros((len(self.layers), steps))
+
+    def observe(self, index: int, step: int, x: torch.Tensor) -> None:
+        self.sums[index, step] += float(x.double().pow(2).sum())
+        self.counts[index, step] += x.numel()
+
+    def result(self) -> np.ndarray:
+        return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+
+
+class InputSamples(Statistic):
+    """Up to ``rows_per_step`` seeded random input rows (tokens) of each layer per step and batch, concatenated:
+    what searches that score a layer's output error (SVDQuant's smoothing) need."""
+
+    def __init__(self, layers: Sequence[str], rows_per_step: int = 64, seed: int = 0) -> None:
+        super().__init__(layers)
+        self.rows_per_step = rows_per_step
+        self.rows: dict[int, list[torch.Tensor]] = {}
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def observe(self, index: int, step: int, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1]).float()
+        pick = torch.randperm(flat.shape[0], generator=self.generator)[:self.rows_per_step]
+        self.rows.setdefault(index, []).append(flat[pick])
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {self.layers[i]: torch.cat(parts) for i, parts in self.rows.items()}
+
+
+class ChannelAbsMax(Statistic):
+    """Per layer, the max |x| of each input channel at each step that ran, shape (steps run, C) (PTQ4DiT's
+    salience s_k(X))."""
+
+    def __init__(self, layers: Sequence[str], steps: int) -> None:
+        super().__init__(layers)
+        self.steps = steps
+        self.tables: dict[int, torch.Tensor] = {}
+        self.seen: set[int] = set()
+
+    def observe(self, index: int, step: int, x: torch.Tensor) -> None:
+        m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+        table = self.tables.setdefault(index, torch.zeros(self.steps, x.shape[-1]))
+        table[step] = torch.maximum(table[step], m)
+        self.seen.add(step)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        ran = sorted(self.seen)
+        return {self.layers[i]: t[ran].clone() for i, t in self.tables.items()}
+
+
+class Hessians(Statistic):
+    """GPTQ Hessians of each layer's (transformed) input over the trajectory: H = sum_t w_t 2 X_t^T X_t /
+    sum_t w_t n_t, with w_t = ``step_weights[t]`` (or :attr:`weight`, settable per step; default 1)."""
+
+    def __init__(self, layers: Sequence[str], transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 step_weights: Sequence[float] | None = None) -> None:
+        super().__init__(layers)
+        self.transforms = transforms or {}
+        self.step_weights = step_weights
+        self.weight = 1.0
+        self.accumulators: dict[int, HessianAccumulator] = {}
+        
+    def observe(self, index: int, step: int, x: torch.Tensor) -> None:
+        name = self.layers[index]
+        z = self.transforms[name](x) if name in self.transforms else x
+        acc = self.accumulators.setdefault(index, HessianAccumulator(z.shape[-1]))
+        acc.add(z, self.weight if self.step_weights is None else float(self.step_weights[step]))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {self.layers[i]: acc.hessian() for i, acc in self.accumulators.items()}
+
+
+@contextmanager
+def watching(model: nn.Module, statistics: Sequence[Statistic]) -> Iterator[dict[str, int]]:
+    """Hooks every layer some statistic watches (one hook per layer, whatever the number of statistics); yields
+    the step holder: set ``holder["step"]`` before each forward call."""
     modules = dict(model.named_modules())
     current = {"step": 0}
+    watchers: dict[str, list[tuple[Statistic, int]]] = {}
+    for stat in statistics:
+        for index, name in enumerate(stat.layers):
+            watchers.setdefault(name, []).append((stat, index))
 
-    def hook(index: int):
+    def hook(name: str):
+        targets = watchers[name]
+
         def record(module, args):
-            observe(index, current["step"], args[0].detach())
+            x = args[0].detach()
+            for stat, index in targets:
+                stat.observe(index, current["step"], x)
         return record
 
-    handles = [modules[name].register_forward_pre_hook(hook(i)) for i, name in enumerate(layer_names)]
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in watchers]
     try:
-        run_trajectory(model, inputs, steps=steps, on_step=lambda i, _: current.__setitem__("step", i), **kwargs)
+        yield current
     finally:
         for h in handles:
             h.remove()
 
 
+def collect(model: nn.Module, inputs: CalibrationInputs, statistics: Sequence[Statistic], *, steps: int,
+            on_step: Callable[[int, tuple[torch.Tensor, ...]], None] | None = None, **kwargs) -> torch.Tensor:
+    """One :func:`run_trajectory` pass feeding every statistic; returns the final latents."""
+    with watching(model, statistics) as current:
+        def step(i: int, args: tuple[torch.Tensor, ...]) -> None:
+            current["step"] = i
+            if on_step is not None:
+                on_step(i, args)
+        return run_trajectory(model, inputs, steps=steps, on_step=step, **kwargs)
+
+
 def collect_activation_variance(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *,
                                 steps: int, **kwargs) -> np.ndarray:
-    """v(l, t) of Eq. 17 for each named layer's input at each of ``steps`` Euler steps, shape (L, T).
-
-    The Hadamard rotation is orthonormal, so the mean squared value of the rotated activation equals that
-    of the input: no rotation is needed here. Layers never called get NaN.
-    """
-    sums = np.zeros((len(layer_names), steps))
-    counts = np.zeros((len(layer_names), steps))
-
-    def observe(index: int, step: int, x: torch.Tensor) -> None:
-        sums[index, step] += float(x.double().pow(2).sum())
-        counts[index, step] += x.numel()
-
-    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def collect_input_samples(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *, steps: int,
-                          rows_per_step: int = 64, seed: int = 0, **kwargs) -> dict[str, torch.Tensor]:
-    """Up to ``rows_per_step`` seeded random input rows (tokens) of each layer per step and batch,
-    concatenated: what searches that score a layer's output error (SVDQuant's smoothing) need."""
-    rows: dict[int, list[torch.Tensor]] = {}
-    g = torch.Generator().manual_seed(seed + 1)
-
-    def observe(index: int, step: int, x: torch.Tensor) -> None:
-        flat = x.reshape(-1, x.shape[-1]).float()
-        pick = torch.randperm(flat.shape[0], generator=g)[:rows_per_step]
-        rows.setdefault(index, []).append(flat[pick])
-
-    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, seed=seed, **kwargs)
-    return {layer_names[i]: torch.cat(parts) for i, parts in rows.items()}
-
-
-def collect_channel_absmax(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *, steps: int,
-                           **kwargs) -> dict[str, torch.Tensor]:
-    """Per layer, the max |x| of each input channel at each step, shape (T, C) (PTQ4DiT's salience s_k(X))."""
-    out: dict[int, torch.Tensor] = {}
-
-    def observe(index: int, step: int, x: torch.Tensor) -> None:
-        m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
-        table = out.setdefault(index, torch.zeros(steps, x.shape[-1]))
-        table[step] = torch.maximum(table[step], m)
-
-    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
-    return {layer_names[i]: t for i, t in out.items()}
-
-
-def collect_hessians(model: nn.Module, layer_names: list[str], inputs: CalibrationInputs, *, steps: int,
-                     transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                     step_weights: np.ndarray | None = None, **kwargs) -> dict[str, torch.Tensor]:
-    """GPTQ Hessians of each layer's (transformed) input over the trajectory: H = sum_t w_t 2 X_t^T X_t /
-    sum_t w_t n_t, with w_t = ``step_weights[t]`` (AdaTSQ's Fisher weights) or 1."""
-    from qdit4sr_export.quant.gptq import HessianAccumulator
-
-    transforms = transforms or {}
-    accumulators: dict[int, HessianAccumulator] = {}
-
-    def observe(index: int, step: int, x: torch.Tensor) -> None:
-        name = layer_names[index]
-        z = transforms[name](x) if name in transforms else x
-        acc = accumulators.setdefault(index, HessianAccumulator(z.shape[-1]))
-        acc.add(z, 1.0 if step_weights is None else float(step_weights[step]))
-
-    trace_layer_inputs(model, layer_names, inputs, observe, steps=steps, **kwargs)
-    return {layer_names[i]: acc.hessian() for i, acc in accumulators.items()}
+    """:class:`ActivationVariance` of the named layers over one trajectory pass, shape (L, steps)."""
+    stat = ActivationVariance(layer_names, steps)
+    collect(model, inputs, [stat], steps=steps, **kwargs)
+    return stat.result()

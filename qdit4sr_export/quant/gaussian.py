@@ -22,24 +22,15 @@ import numpy as np
 import torch
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.checks import BITS, check_bits
 
 GRIDS = ("integer", "midrise")
-BITS = range(2, 9)
 CLIPS = ("gaussian", "minmax")
 
 # Scale floor for all-zero tokens / rows: dividing zero by it gives zero, never NaN.
 _TINY = torch.finfo(torch.float32).tiny
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def check_bits(bits: int, what: str = "bits") -> int:
-    """Return `bits` as an int if it is an integer in 2..8, else raise UserError naming `what`."""
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise UserError(f"{what} must be an integer in {BITS.start}..{BITS.stop - 1}, got {bits!r}")
-    if int(bits) not in BITS:
-        raise UserError(f"{what} must be in {BITS.start}..{BITS.stop - 1}, got {int(bits)}")
-    return int(bits)
 
 
 def _check_grid(grid: str) -> str:

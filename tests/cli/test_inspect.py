@@ -1,6 +1,7 @@
 """``qdit4sr-export inspect``: per-layer report, totals, variant timeline, plots; FP sets and bad targets."""
 
 import json
+import shutil
 
 from click.testing import CliRunner
 from PIL import Image
@@ -32,8 +33,23 @@ def test_engine_set_report_and_plots(engine_sets, tmp_path):
     for path in rep["plots"]:
         with Image.open(path) as img:
             assert img.format == "PNG"
+    assert rep["plan"]["runs"] == {"start_sigma": 1.0, "steps": len(plan.timesteps), "source": "pipeline.json",
+                                   "runs": [True] * len(plan.timesteps), "first_step": 0}
     text = invoke(w8).output
     assert "variant(s):" in text and "timeline:" in text and "Params" in text
+    assert f"a run executes all {len(plan.timesteps)} grid steps: start sigma 1.0" in text
+
+
+def test_steps_that_run_follow_the_engine_sets_pipeline(engine_sets, tmp_path):
+    _, w8, plan = engine_sets
+    copy = shutil.copytree(w8, tmp_path / "w8")
+    settings = json.loads((copy / "pipeline.json").read_text())
+    (copy / "pipeline.json").write_text(json.dumps({**settings, "start_sigma": 0.5}))
+    runs = json.loads(invoke(copy, "--json").output)["plan"]["runs"]
+    first = next(i for i, t in enumerate(plan.timesteps) if t / 1000 <= 0.5 + 1e-6)
+    assert 0 < first and runs["first_step"] == first and runs["runs"] == [i >= first for i in range(len(plan.timesteps))]
+    n = len(plan.timesteps)
+    assert f"grid steps {first}-{n - 1} of {n} (earlier ones never run): start sigma 0.5" in invoke(copy).output
 
 
 def test_fp_engine_set_and_bad_targets(engine_sets, tmp_path):

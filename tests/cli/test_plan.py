@@ -144,3 +144,43 @@ def test_plan_succeeds_for_every_method(tmp_path, tiny_model, method):
                  "--calib", tmp_path / "calib.safetensors", *QUICK.get(method, []), "-o", tmp_path / "p.json", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["method"] == method and QuantPlan.load(tmp_path / "p.json").method == method
+
+
+def test_help_shows_defaults_the_required_model_and_every_method():
+    result = run("plan", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "plan [OPTIONS] MODEL" in text
+    assert "[default: qdit4sr]" in text and "[default: 32; x>=1]" in text and "[default: auto]" in text
+    assert "qdit4sr, rtn, quarot, svdquant, ptq4dit, qdit, adatsq, lrq-dit, fp" in text
+    assert "--calib PATH" in text and "-o, --output FILE" in text
+    listed = run("plan", "--list-methods")  # no MODEL needed
+    assert listed.exit_code == 0 and "\nfp " in listed.output
+
+
+def test_fp_is_a_method_that_makes_no_plan():
+    result = run("plan", "dit4sr-tiny", "--method", "fp")
+    assert result.exit_code == 2 and "method 'fp' makes no plan" in result.output
+
+
+def test_the_model_folders_trajectory_is_the_default(tmp_path):
+    """A pipeline folder's pipeline.json sets the grid and the start sigma every calibrated method samples."""
+    from helpers import make_pipeline_folder
+
+    make_pipeline_folder(tmp_path / "pipe", steps=5)
+    settings = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({**settings, "start_sigma": 0.5}))
+    save_file({"lr_latent": torch.randn(2, 12, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    out = tmp_path / "p.json"
+    result = run("plan", tmp_path / "pipe", "--method", "ptq4dit", "--calib", tmp_path / "calib.safetensors",
+                 "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    plan = QuantPlan.load(out)
+    assert len(plan.timesteps) == 5 and plan.method_config["start_sigma"] == 0.5
+    override = run("plan", tmp_path / "pipe", "--method", "ptq4dit", "--calib", tmp_path / "calib.safetensors",
+                   "--steps", 3, "--start-sigma", 1, "-o", tmp_path / "q.json", "--json")
+    assert override.exit_code == 0, override.output
+    again = QuantPlan.load(tmp_path / "q.json")
+    assert len(again.timesteps) == 3 and again.method_config["start_sigma"] == 1
+    rtn = run("plan", tmp_path / "pipe", "--method", "rtn", "-o", tmp_path / "r.json", "--json")
+    assert rtn.exit_code == 0 and len(QuantPlan.load(tmp_path / "r.json").timesteps) == 5  # no start sigma: rtn

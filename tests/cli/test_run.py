@@ -119,3 +119,14 @@ def test_damaged_weights_never_become_an_image(engine_sets, tmp_path):
     assert result.exit_code == 1
     assert "produced non-finite values at step" in result.output and "variant" in result.output
     assert not (tmp_path / "b.png").exists()
+
+
+def test_w4a4_engine_set_runs(w4_engine_set, tmp_path):
+    w4, _ = w4_engine_set
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(src)
+    result = invoke(w4, src, "-o", tmp_path / "out.png", "--steps", 3, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out.png").size == (96, 64)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["backend"] == "ort" and len(report["images"][0]["steps"]) == 3

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from helpers import make_inputs
+from helpers import lowered_layer_bytes, make_inputs
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
 from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
@@ -22,7 +22,7 @@ from qdit4sr_export.quant.variants import plan_variants
 from qdit4sr_export.trace import INPUT_NAMES
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", method_names(quantizing_only=True))
 def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     model, traced = traced_tiny
     method = get_method(name)
@@ -55,10 +55,5 @@ def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     assert sqnr >= 100.0  # the same arithmetic as the simulation: measured 126-133 dB
     assert sum(lower.paths.values()) > 0
     # what the graph stores for each lowered layer is what the plan's storage accounting predicts
-    stored: dict[str, int] = {}
-    for init, value in graph.graph.initializers.items():
-        for marker in (".wq", ".wscale", ".svd_"):
-            if marker in init:
-                layer = init[:init.index(marker)]
-                stored[layer] = stored.get(layer, 0) + value.const_value.nbytes
+    stored = lowered_layer_bytes(graph)
     assert stored and {n: layer_bytes(plan.layers[n]) for n in stored} == stored

@@ -1,5 +1,7 @@
 import pytest
 
+from helpers import lowered_layer_bytes
+
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
 from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
@@ -24,11 +26,6 @@ def test_prediction_equals_the_lowered_graph(traced_tiny, bits):
         p(graph)
     SplitTimestepVariantsPass(plan_variants(plan).variants[0])(graph)
     LowerOrtPass(plan)(graph)
-    stored: dict[str, int] = {}
-    for name, value in graph.graph.initializers.items():
-        for marker in (".wq", ".wscale", ".svd_"):
-            if marker in name:
-                layer = name[:name.index(marker)]
-                stored[layer] = stored.get(layer, 0) + value.const_value.nbytes
+    stored = lowered_layer_bytes(graph)
     lowered = {n for n in plan.layers if n in stored}
     assert lowered and all(stored[n] == layer_bytes(plan.layers[n]) for n in lowered)

@@ -48,6 +48,19 @@ def test_w8a8_engine_tracks_the_simulation(pipeline_folder, engine_sets):
     assert psnr(a, b) >= 40.0
 
 
+def test_w4a4_engine_tracks_the_simulation(pipeline_folder, w4_engine_set):
+    """Packed INT4 weights through the runtime's own sessions (OrtRunner, make_session) end to end."""
+    model, _ = pipeline_folder
+    w4, plan = w4_engine_set
+    engine = EngineSet.load(w4)
+    assert {row["kind"] for row in engine.quantized_layers.values()} == {"int"}
+    assert all(engine.weights.entries[row["codes"]["4"]].dtype == "INT4" for row in engine.quantized_layers.values())
+    img = lr_image(seed=4)
+    a, _ = ort_pipeline(w4)[0].upscale(img, PipelineOptions(seed=2))
+    b, _ = torch_pipeline(model, w4, plan).upscale(img, PipelineOptions(seed=2))
+    assert psnr(a, b) >= 40.0
+
+
 def test_variants_switch_at_manifest_boundaries(engine_sets):
     _, w8, _ = engine_sets
     pipe, engine = ort_pipeline(w8)

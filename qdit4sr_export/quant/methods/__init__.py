@@ -1,4 +1,5 @@
-"""Quantization methods, registered by name (``--method``): Q-DiT4SR and the comparators."""
+"""Quantization methods, registered by name (``--method``): Q-DiT4SR, the comparators and the FP baseline.
+Importing this package loads no torch: builders import what they need when they run."""
 
 from qdit4sr_export.quant.methods.registry import Method, get_method, make_config, method_names, register
 
@@ -11,5 +12,6 @@ from qdit4sr_export.quant.methods import ptq4dit as _ptq4dit  # noqa: E402,F401 
 from qdit4sr_export.quant.methods import qdit as _qdit  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import adatsq as _adatsq  # noqa: E402,F401  isort: skip
 from qdit4sr_export.quant.methods import lrq_dit as _lrq_dit  # noqa: E402,F401  isort: skip
+from qdit4sr_export.quant.methods import fp as _fp  # noqa: E402,F401  isort: skip
 
 __all__ = ["Method", "get_method", "make_config", "method_names", "register"]

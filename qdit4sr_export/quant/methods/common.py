@@ -14,7 +14,7 @@ from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.layer_plan import LayerPlan
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
-from qdit4sr_export.sampling import flow_schedule
+from qdit4sr_export.sampling import flow_schedule, start_index
 
 
 @dataclass
@@ -26,21 +26,27 @@ class PlanContext:
     timesteps: tuple[float, ...]
     on_meta: bool
     fingerprint: dict[str, str | None] = field(default_factory=dict)
+    sigmas: tuple[float, ...] = ()
 
     @classmethod
     def build(cls, model: DiT4SRTransformer, *, steps: int, shift: float) -> "PlanContext":
         linears = quantizable_linears(model)
         on_meta = not has_weights(model)
-        timesteps, _ = flow_schedule(steps, shift=shift)
+        timesteps, sigmas = flow_schedule(steps, shift=shift)
         fingerprint = {
             "architecture": architecture_fingerprint(model.config, linears),
             "weights": None if on_meta else weights_fingerprint(model, sorted(linears)),
         }
-        return cls(model, linears, tuple(float(t) for t in timesteps), on_meta, fingerprint)
+        return cls(model, linears, tuple(float(t) for t in timesteps), on_meta, fingerprint,
+                   tuple(float(s) for s in sigmas))
 
     @property
     def steps(self) -> int:
         return len(self.timesteps)
+
+    def first_step(self, start_sigma: float) -> int:
+        """The first grid step a run from ``start_sigma`` executes (0: every step)."""
+        return start_index(self.sigmas, start_sigma)
 
     def weight(self, name: str) -> torch.Tensor:
         """A layer's FP weight (float32, read from the checkpoint when the model was opened lazily: one layer in
@@ -58,6 +64,12 @@ class PlanContext:
         return QuantPlan(method=method, method_config=config.to_dict(), model_config=self.model.config.to_dict(),
                          fingerprint=self.fingerprint, timesteps=self.timesteps, layers=dict(layers),
                          notes=tuple(notes or ()), tensors=dict(tensors or {}))
+
+
+def trajectory(config: Any) -> dict[str, Any]:
+    """:func:`~qdit4sr_export.quant.calibration.run_trajectory`'s keywords for a calibrated method's config: its
+    grid, the pipeline's start sigma and the noise seed, the one trajectory all its statistics come from."""
+    return {"steps": config.steps, "shift": config.shift, "start_sigma": config.start_sigma, "seed": config.calib_seed}
 
 
 def hadamard_rotations(linears: Mapping[str, tuple[int, int]], *, seed: int | None,

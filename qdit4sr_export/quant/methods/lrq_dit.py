@@ -7,21 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.quant.calibration import collect_channel_absmax, collect_input_samples
-from qdit4sr_export.quant.hadamard import Rotation
-from qdit4sr_export.quant.layer_plan import LayerPlan
-from qdit4sr_export.quant.methods.base import MethodConfig
-from qdit4sr_export.quant.methods.common import PlanContext, static_bits
+from qdit4sr_export.quant.methods.base import CalibratedConfig
 from qdit4sr_export.quant.methods.registry import register
-from qdit4sr_export.quant.outlier_rotation import activation_fluctuation, outlier_rotation
-from qdit4sr_export.quant.smoothing import smoothing_scales, weight_absmax
-from qdit4sr_export.quant.tlq import search_tlq
 
 
 @dataclass(frozen=True)
-class LRQDiTConfig(MethodConfig):
+class LRQDiTConfig(CalibratedConfig):
     """``fluctuation_threshold``: mean over tokens of max|x| / rms(x) above which a layer gets the
     outlier-aware rotation (Gaussian tokens give about sqrt(2 ln C): 3.8 at C = 1536)."""
 
@@ -31,7 +23,6 @@ class LRQDiTConfig(MethodConfig):
     greedy_steps: int = 8
     rotation_seed: int = 0
     rows_per_step: int = 64
-    calib_seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,13 +41,21 @@ def _block_for(n: int, preferred: int) -> int:
 @register("lrq-dit", summary="Twin-Log Quantization of weights + adaptive rotation (Hadamard or outlier-aware "
           "block rotation + zigzag) after smoothing", config=LRQDiTConfig, needs_calibration=True)
 def build_lrq_dit(model, config: LRQDiTConfig, *, calibration=None, progress: bool = False):
+    from qdit4sr_export.quant.calibration import ChannelAbsMax, InputSamples, collect
+    from qdit4sr_export.quant.hadamard import Rotation
+    from qdit4sr_export.quant.layer_plan import LayerPlan
+    from qdit4sr_export.quant.methods.common import PlanContext, static_bits, trajectory
+    from qdit4sr_export.quant.outlier_rotation import activation_fluctuation, outlier_rotation
+    from qdit4sr_export.quant.smoothing import smoothing_scales, weight_absmax
+    from qdit4sr_export.quant.tlq import search_tlq
+
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     abits = static_bits(config.abits, ctx.steps)
     names = list(ctx.linears)
-    absmax = collect_channel_absmax(model, names, calibration, steps=ctx.steps, shift=config.shift,
-                                    seed=config.calib_seed, progress=progress)
-    samples = collect_input_samples(model, names, calibration, steps=ctx.steps, shift=config.shift,
-                                    rows_per_step=config.rows_per_step, seed=config.calib_seed)
+    maxima = ChannelAbsMax(names, ctx.steps)
+    sampled = InputSamples(names, rows_per_step=config.rows_per_step, seed=config.calib_seed)
+    collect(model, calibration, [maxima, sampled], progress=progress, **trajectory(config))  # one pass, both
+    absmax, samples = maxima.result(), sampled.result()
     layers, tensors, kinds = {}, {}, {"hadamard": 0, "outlier": 0}
     for name, (out, inp) in ctx.linears.items():
         weight = ctx.weight(name)

@@ -7,26 +7,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qdit4sr_export.quant.calibration import collect_channel_absmax
-from qdit4sr_export.quant.layer_plan import LayerPlan
-from qdit4sr_export.quant.methods.base import MethodConfig
-from qdit4sr_export.quant.methods.common import PlanContext, static_bits
+from qdit4sr_export.quant.methods.base import CalibratedConfig
 from qdit4sr_export.quant.methods.registry import register
-from qdit4sr_export.quant.smoothing import salience_balance, weight_absmax
 
 
 @dataclass(frozen=True)
-class PTQ4DiTConfig(MethodConfig):
-    calib_seed: int = 0
+class PTQ4DiTConfig(CalibratedConfig):
+    """The timestep saliences come from the steps the calibration trajectory runs."""
 
 
 @register("ptq4dit", summary="channel salience balancing across timesteps (Spearman-weighted), then RTN",
           config=PTQ4DiTConfig, needs_calibration=True)
 def build_ptq4dit(model, config: PTQ4DiTConfig, *, calibration=None, progress: bool = False):
+    from qdit4sr_export.quant.calibration import ChannelAbsMax, collect
+    from qdit4sr_export.quant.layer_plan import LayerPlan
+    from qdit4sr_export.quant.methods.common import PlanContext, static_bits, trajectory
+    from qdit4sr_export.quant.smoothing import salience_balance, weight_absmax
+
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     abits = static_bits(config.abits, ctx.steps)
-    salience = collect_channel_absmax(model, list(ctx.linears), calibration, steps=ctx.steps, shift=config.shift,
-                                      seed=config.calib_seed, progress=progress)
+    absmax = ChannelAbsMax(list(ctx.linears), ctx.steps)
+    collect(model, calibration, [absmax], progress=progress, **trajectory(config))
+    salience = absmax.result()
     layers, tensors = {}, {}
     for name, (out, inp) in ctx.linears.items():
         balanced = name in salience

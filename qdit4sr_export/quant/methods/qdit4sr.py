@@ -5,25 +5,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.model.weights import lazy_copy
-from qdit4sr_export.model.transformer import DiT4SRTransformer
-from qdit4sr_export.quant.calibration import CalibrationInputs, collect_activation_variance
-from qdit4sr_export.quant.gaussian import check_bits, kappa_table
-from qdit4sr_export.quant.hadamard import Rotation
-from qdit4sr_export.quant.methods.common import PlanContext, check_rank, hadamard_rotations
+from qdit4sr_export.quant.checks import check_bits
 from qdit4sr_export.quant.methods.registry import register
-from qdit4sr_export.quant.hsvd import select_block
-from qdit4sr_export.quant.plan import LayerPlan, QuantPlan
-from qdit4sr_export.quant.simulate import apply_plan
-from qdit4sr_export.quant.vasmp import allocate_weight_bits
-from qdit4sr_export.quant.vatmp import schedule_layers
-from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS, flow_schedule, start_index
+from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
+
+if TYPE_CHECKING:
+    import torch
+
+    from qdit4sr_export.model.transformer import DiT4SRTransformer
+    from qdit4sr_export.quant.calibration import CalibrationInputs
+    from qdit4sr_export.quant.hadamard import Rotation
+    from qdit4sr_export.quant.methods.common import PlanContext
+    from qdit4sr_export.quant.plan import QuantPlan
 
 #: Layers whose output never reaches the model output: attn2's text projections and to_k_control.
 _INACTIVE = re.compile(r"(\.attn2\.(add_q_proj|add_k_proj|add_v_proj|to_add_out)|\.to_k_control)$")
@@ -92,6 +88,19 @@ def make_plan(
     progress: bool = False,
 ) -> QuantPlan:
     """Build a Q-DiT4SR plan. With an integer ``wbits`` and no calibration, only shapes are used (meta ok)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from qdit4sr_export.model.weights import lazy_copy
+    from qdit4sr_export.quant.calibration import collect_activation_variance
+    from qdit4sr_export.quant.gaussian import kappa_table
+    from qdit4sr_export.quant.hsvd import select_block
+    from qdit4sr_export.quant.methods.common import PlanContext, check_rank, hadamard_rotations, trajectory
+    from qdit4sr_export.quant.plan import LayerPlan
+    from qdit4sr_export.quant.simulate import apply_plan
+    from qdit4sr_export.quant.vasmp import allocate_weight_bits
+    from qdit4sr_export.quant.vatmp import schedule_layers
+
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     linears = ctx.linears
     check_rank(linears, config.svd_rank)
@@ -151,9 +160,8 @@ def make_plan(
     weights_only = plan_with({n: (None,) * steps for n in names}, [])
     sim = apply_plan(lazy_copy(model, latent_side=calibration.lr_latent.shape[-1]), weights_only, check=False)
     sim.weights_only()
-    first = start_index(flow_schedule(steps, shift=config.shift)[1], config.start_sigma)
-    variance = collect_activation_variance(sim.model, active, calibration, steps=steps, shift=config.shift,
-                                           seed=config.calib_seed, progress=progress, start_sigma=config.start_sigma)
+    first = ctx.first_step(config.start_sigma)
+    variance = collect_activation_variance(sim.model, active, calibration, progress=progress, **trajectory(config))
     seen = ~np.isnan(variance[:, first:]).any(axis=1)
     schedule = schedule_layers(variance[seen, first:], budget=config.abits, kappa=kappa_table("integer"),
                                bits=ACT_BITS, max_segments=config.max_segments)
@@ -172,6 +180,6 @@ def make_plan(
 
 
 @register("qdit4sr", summary="Q-DiT4SR: Hadamard + H-SVD (SVD-G and block-wise rank-1 SVD-L) + VaSMP weight bits "
-          "+ VaTMP per-timestep activation bits", config=QDiT4SRConfig)
+          "+ VaTMP per-timestep activation bits", config=QDiT4SRConfig, uses_calibration=True)
 def build_qdit4sr(model, config: QDiT4SRConfig, *, calibration=None, progress: bool = False) -> QuantPlan:
     return make_plan(model, config, calibration=calibration, progress=progress)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qdit4sr_export.quant.layer_plan import LayerPlan
 from qdit4sr_export.quant.methods.base import MethodConfig
-from qdit4sr_export.quant.methods.common import PlanContext, hadamard_rotations, static_bits
 from qdit4sr_export.quant.methods.registry import register
 
 
@@ -21,6 +19,9 @@ class QuaRotConfig(MethodConfig):
 @register("quarot", summary="random Hadamard rotation of every linear's input, then RTN weights and activations",
           config=QuaRotConfig)
 def build_quarot(model, config: QuaRotConfig, *, calibration=None, progress: bool = False):
+    from qdit4sr_export.quant.layer_plan import LayerPlan
+    from qdit4sr_export.quant.methods.common import PlanContext, hadamard_rotations, static_bits
+
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     abits = static_bits(config.abits, ctx.steps)
     rotations = hadamard_rotations(ctx.linears, seed=config.rotation_seed)

@@ -1,4 +1,6 @@
-"""Methods register by name: a frozen config dataclass plus a builder from (model, calibration) to a QuantPlan."""
+"""Methods register by name: a frozen config dataclass plus a builder from (model, calibration) to a QuantPlan,
+with the properties the CLI acts on. Method modules import torch inside their builders, so listing methods and
+checking options costs no heavy import."""
 
 from __future__ import annotations
 
@@ -9,20 +11,25 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.model.weights import has_weights, lazy_copy, materialize, on_meta
 
 Builder = Callable[..., Any]  # (model, config, *, calibration, progress) -> QuantPlan
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered quantization method."""
+    """A registered quantization method and what the CLI needs to know about it.
+
+    ``uses_calibration``: it calibrates when calibration data is given (``needs_calibration``: it cannot run
+    without). ``quantizes`` False marks the FP baseline: its builder returns no plan, and ``build`` packages the
+    unquantized model."""
 
     name: str
     summary: str
     config_cls: type
     build: Builder
     needs_calibration: bool = False
+    uses_calibration: bool = False
+    quantizes: bool = True
 
     def options(self) -> dict[str, Any]:
         """Config fields and their defaults (what ``--method-option KEY=VALUE`` may set)."""
@@ -32,8 +39,13 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, summary: str, config: type, needs_calibration: bool = False) -> Callable[[Builder], Builder]:
-    """Decorator: register ``build`` under ``name``."""
+def register(name: str, *, summary: str, config: type, needs_calibration: bool = False,
+             uses_calibration: bool | None = None, quantizes: bool = True) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build`` under ``name`` (``uses_calibration`` defaults to ``needs_calibration``)."""
+    uses = needs_calibration if uses_calibration is None else uses_calibration
+    if needs_calibration and not uses:
+        raise ValueError(f"method {name!r} needs calibration data but does not use it")
+
     def wrap(build: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
@@ -41,6 +53,8 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
         @functools.wraps(build)
         def checked(model, cfg, *, calibration=None, progress: bool = False):
             if needs_calibration:
+                from qdit4sr_export.model.weights import has_weights, lazy_copy, materialize, on_meta
+
                 if calibration is None:
                     raise UserError(f"method '{name}' needs calibration data: pass --calib (LR photos or a "
                                     "latents file)")
@@ -49,15 +63,16 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
                                     "not a preset name")
                 if on_meta(model):  # it runs the FP model: a lazily opened model is loaded whole (float32)
                     model = materialize(lazy_copy(model))
-            return build(model, cfg, calibration=calibration, progress=progress)
+            return build(model, cfg, calibration=calibration if uses else None, progress=progress)
 
-        _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration)
+        _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration, uses, quantizes)
         return build
     return wrap
 
 
-def method_names() -> list[str]:
-    return list(_REGISTRY)
+def method_names(*, quantizing_only: bool = False) -> list[str]:
+    """Every registered name in registration order; ``quantizing_only`` leaves out the FP baseline."""
+    return [n for n, m in _REGISTRY.items() if m.quantizes or not quantizing_only]
 
 
 def get_method(name: str) -> Method:

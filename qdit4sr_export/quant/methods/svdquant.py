@@ -7,21 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.quant.calibration import collect_input_samples
-from qdit4sr_export.quant.layer_plan import LayerPlan
-from qdit4sr_export.quant.methods.base import MethodConfig
-from qdit4sr_export.quant.methods.common import PlanContext, check_rank, static_bits
+from qdit4sr_export.quant.methods.base import CalibratedConfig
 from qdit4sr_export.quant.methods.registry import register
-from qdit4sr_export.quant.smoothing import search_smoothing
 
 
 @dataclass(frozen=True)
-class SVDQuantConfig(MethodConfig):
+class SVDQuantConfig(CalibratedConfig):
     svd_rank: int = 32
     group_size: int = 64  # 0: per-row weight and per-token activation scales (Q-DiT4SR's granularity)
     alpha_points: int = 20  # alphas i/alpha_points for i = 1..alpha_points (SVDQuant: about 20)
     rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the search
-    calib_seed: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,12 +34,18 @@ def _group(size: int, width: int) -> int | None:
 @register("svdquant", summary="smoothing (alpha search on calibration data) + FP rank-32 branch + INT4 g64 "
           "weights and activations", config=SVDQuantConfig, needs_calibration=True)
 def build_svdquant(model, config: SVDQuantConfig, *, calibration=None, progress: bool = False):
+    from qdit4sr_export.quant.calibration import InputSamples, collect
+    from qdit4sr_export.quant.layer_plan import LayerPlan
+    from qdit4sr_export.quant.methods.common import PlanContext, check_rank, static_bits, trajectory
+    from qdit4sr_export.quant.smoothing import search_smoothing
+
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     check_rank(ctx.linears, config.svd_rank)
     abits = static_bits(config.abits, ctx.steps)
     names = list(ctx.linears)
-    samples = collect_input_samples(model, names, calibration, steps=ctx.steps, shift=config.shift,
-                                    rows_per_step=config.rows_per_step, seed=config.calib_seed, progress=progress)
+    sampled = InputSamples(names, rows_per_step=config.rows_per_step, seed=config.calib_seed)
+    collect(model, calibration, [sampled], progress=progress, **trajectory(config))
+    samples = sampled.result()
     alphas = tuple(i / config.alpha_points for i in range(1, config.alpha_points + 1))
     layers, tensors, notes = {}, {}, []
     per_row = []

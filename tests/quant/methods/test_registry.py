@@ -19,7 +19,7 @@ SMALL_OPTIONS = {"qdit4sr": {"svd_rank": 8, "local_rank": 2}, "svdquant": {"svd_
                  "qdit": {"min_mean_group": 32, **QUICK_SEARCH}, "lrq-dit": {"fluctuation_threshold": 1.0}}
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", method_names(quantizing_only=True))
 def test_every_method_yields_a_plan_that_simulates(tmp_path, tiny_model, name):
     method = get_method(name)
     config = make_config(method, {"steps": 3, **SMALL_OPTIONS.get(name, {})})
@@ -152,3 +152,67 @@ def test_lrq_dit_adaptive_rotation_and_tlq(tiny_model):
     outlier = [n for n, lp in wild.layers.items() if lp.rotation.get("kind") == "outlier"]
     assert outlier and all(f"{n}.rotation.blocks_1" in wild.tensors for n in outlier)
     assert all(lp.weight_format == "tlq" and set(lp.tlq) == {"eta", "p_pos", "p_neg"} for lp in wild.layers.values())
+
+
+def test_the_registry_says_which_methods_calibrate():
+    assert get_method("qdit4sr").uses_calibration and not get_method("qdit4sr").needs_calibration
+    for name in ("svdquant", "ptq4dit", "qdit", "adatsq", "lrq-dit"):
+        assert get_method(name).needs_calibration and get_method(name).uses_calibration
+    for name in ("rtn", "quarot", "fp"):
+        assert not get_method(name).uses_calibration
+    assert method_names()[-1] == "fp" and "fp" not in method_names(quantizing_only=True)
+    assert not get_method("fp").quantizes and "start_sigma" not in get_method("rtn").options()
+    assert "start_sigma" in get_method("svdquant").options()  # every calibrated method follows the trajectory
+
+
+def test_a_new_method_needs_no_cli_edit(tmp_path, tiny_model):
+    """The CLI acts on the registered properties: a method registered with uses_calibration gets --calib data."""
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from qdit4sr_export.cli import main
+    from qdit4sr_export.model.loading import save_dit4sr
+    from qdit4sr_export.quant.methods import register
+    from qdit4sr_export.quant.methods import registry
+    from qdit4sr_export.quant.methods.rtn import RTNConfig, build_rtn
+
+    received = {}
+
+    def builder(name):
+        def build(model, config, *, calibration=None, progress=False):
+            received[name] = calibration
+            return build_rtn(model, config)
+        return build
+
+    register("test-calibrating", summary="test", config=RTNConfig, uses_calibration=True)(builder("test-calibrating"))
+    register("test-plain", summary="test", config=RTNConfig)(builder("test-plain"))
+    try:
+        ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+        save_file({"lr_latent": torch.randn(2, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+        for name in ("test-calibrating", "test-plain"):
+            result = CliRunner().invoke(main, ["plan", str(ckpt), "--method", name, "--wbits", "4", "--steps", "2",
+                                               "--calib", str(tmp_path / "calib.safetensors"), "--json"])
+            assert result.exit_code == 0, result.output
+        assert len(received["test-calibrating"]) == 2 and received["test-plain"] is None
+    finally:
+        for name in ("test-calibrating", "test-plain"):
+            registry._REGISTRY.pop(name, None)
+
+
+def test_adatsq_caching_gives_the_uncached_plan_in_fewer_model_calls(tiny_model):
+    """Caching the state before each step changes nothing in the plan, only the number of model calls: one per
+    evaluated prefix instead of one per prefix element."""
+    from qdit4sr_export.quant.methods.adatsq import search_extensions
+
+    method = get_method("adatsq")
+    plans, calls = {}, {}
+    for cached in (True, False):
+        seen = []
+        hook = tiny_model.register_forward_pre_hook(lambda m, args: seen.append(m is tiny_model))
+        plans[cached] = method.build(tiny_model, make_config(method, {"steps": 4, "beam_width": 2,
+                                                                      "cache_states": cached}),
+                                     calibration=calibration(tiny_model))
+        hook.remove()
+        calls[cached] = seen.count(False)  # the simulated copies' calls: the search
+    assert plans[True].layers == plans[False].layers and plans[True].tensors.keys() == plans[False].tensors.keys()
+    assert calls[True] <= search_extensions(4, 2) < calls[False]

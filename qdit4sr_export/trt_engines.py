@@ -1,0 +1,124 @@
+"""TensorRT engines of a ``trt`` engine set: one serialized engine per variant, built with polygraphy's loaders.
+
+The plugins (``plugins/trt_plugins.py``) are registered by importing that module before parsing. Each engine has
+one optimization profile (batch 1..``max_batch``, latent side ``min_side``..``max_side``, the engine set's prompt
+length), strongly typed (the graph's own fp16/fp32 types), and the builder's timing cache is kept in the engine
+set (``timing.cache``) so rebuilding is faster. The manifest records the TensorRT version and the GPU's compute
+capability: an engine is refused on another version or GPU with a one-line error.
+
+Nothing here imports TensorRT at module import: the profile logic is plain Python (tested without TensorRT).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from qdit4sr_export.errors import UserError
+
+TIMING_CACHE = "timing.cache"
+INSTALL_HINT = ("TensorRT is not installed: pip install 'qdit4sr-export[trt]' and TensorRT >= 10.9 itself (NVIDIA's "
+                "wheels: pip install tensorrt --extra-index-url https://pypi.nvidia.com, on a machine with a GPU)")
+
+
+def tensorrt_available() -> bool:
+    """Whether TensorRT with Python plugins (``tensorrt.plugin``, 10.9+) imports here."""
+    try:
+        import tensorrt  # noqa: F401
+        import tensorrt.plugin  # noqa: F401
+    except Exception:  # noqa: BLE001 - a stub package or a broken install is "not available"
+        return False
+    return True
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or a one-line error naming the ``trt`` extra and TensorRT's own install."""
+    if not tensorrt_available():
+        raise UserError(INSTALL_HINT)
+    import tensorrt
+
+    return tensorrt
+
+
+def engine_file(variant_file: str) -> str:
+    return Path(variant_file).with_suffix(".engine").as_posix()
+
+
+def prompt_tokens(folder: Path) -> int:
+    """Text tokens of the engine set's prompt embeddings (the profile's fixed text length)."""
+    from safetensors import safe_open
+
+    path = folder / "prompt_embeds.safetensors"
+    with safe_open(str(path), "np") as f:
+        return int(f.get_slice("prompt_embeds").get_shape()[1])
+
+
+def profile_shapes(config: Mapping[str, Any], options: Mapping[str, Any], tokens: int) -> dict[str, tuple]:
+    """(min, opt, max) shape per graph input for the engines' optimization profile."""
+    c = int(config["in_channels"])
+    b, lo, opt, hi = int(options["max_batch"]), int(options["min_side"]), int(options["opt_side"]), \
+        int(options["max_side"])
+    patch = int(config.get("patch_size", 2))
+    limit = int(config["pos_embed_max_size"]) * patch
+    for side in (lo, opt, hi):
+        if side % patch or side > limit:
+            raise UserError(f"target trt: latent side {side} must be a multiple of {patch} and at most {limit}")
+    latent = ((1, c, lo, lo), (b, c, opt, opt), (b, c, hi, hi))
+    return {"hidden_states": latent, "lr_latent": latent,
+            "encoder_hidden_states": tuple((n, tokens, int(config["joint_attention_dim"])) for n in (1, b, b)),
+            "pooled_projections": tuple((n, int(config["pooled_projection_dim"])) for n in (1, b, b)),
+            "timestep": ((1,), (b,), (b,))}
+
+
+def device_capability() -> str:
+    """Compute capability of the current CUDA device, e.g. "9.0"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("TensorRT engines need a CUDA GPU; none is visible here")
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def check_engines(manifest: Mapping[str, Any], folder: Path) -> None:
+    """Refuse engines built by another TensorRT version or for another GPU, naming both."""
+    trt = require_tensorrt()
+    engines = manifest.get("engines")
+    if not engines:
+        raise UserError(f"{folder}: the engine set has no TensorRT engines; build them with "
+                        f"`qdit4sr-export engines {folder}` where TensorRT is installed")
+    if engines["tensorrt_version"] != trt.__version__:
+        raise UserError(f"{folder}: engines were built with TensorRT {engines['tensorrt_version']}, this is "
+                        f"{trt.__version__}; rebuild them with `qdit4sr-export engines {folder} --force`")
+    cc = device_capability()
+    if engines["compute_capability"] != cc:
+        raise UserError(f"{folder}: engines were built for compute capability {engines['compute_capability']}, this "
+                        f"GPU is {cc}; rebuild them with `qdit4sr-export engines {folder} --force`")
+
+
+def build_engines(folder: Path, manifest: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Build and save one engine per variant graph in ``folder``; returns the manifest's ``engines`` entry."""
+    trt = require_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, NetworkFromOnnxPath, Profile, engine_from_network, save_engine
+
+    import qdit4sr_export.plugins.trt_plugins  # noqa: F401  registers the qdit4sr plugins with TensorRT
+
+    shapes = profile_shapes(manifest["model"]["config"], options, prompt_tokens(folder))
+    profile = Profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.add(name, min=lo, opt=opt, max=hi)
+    cache = folder / TIMING_CACHE
+    files = {}
+    for v in manifest["variants"]:
+        network = NetworkFromOnnxPath(str(folder / v["file"]), strongly_typed=True)
+        config = CreateConfig(profiles=[profile], load_timing_cache=str(cache) if cache.is_file() else None)
+        engine = engine_from_network(network, config=config, save_timing_cache=str(cache))
+        out = engine_file(v["file"])
+        tmp = folder / f".{out}.tmp-{os.getpid()}"
+        save_engine(engine, str(tmp))
+        os.replace(tmp, folder / out)
+        files[str(v["index"])] = out
+    return {"tensorrt_version": trt.__version__, "compute_capability": device_capability(),
+            "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "files": files,
+            "timing_cache": TIMING_CACHE}
