@@ -1,13 +1,15 @@
 """FoldHadamardPass: rotate each planned linear's weight offline and rotate its input online.
 
 ``W x = (W R)(x R)`` for an orthonormal R, so the weight initializer becomes ``W R`` (after the per-channel
-smoothing ``W * s`` when the plan smooths the layer) and the activation path gets ``x / s`` and the
-structured rotation (see ``rotation_ops``) in front of the MatMul. Layers fed by the same tensor with the
-same rotation (q, k, v) share one online rotation. The FP output is unchanged up to float rounding.
+smoothing ``W * s`` when the plan smooths the layer; a lazy tensor, computed when it is read) and the activation
+path gets ``x / s`` and the structured rotation (see ``rotation_ops``) in front of the MatMul. Layers fed by the
+same tensor with the same rotation (q, k, v) share one online rotation. The FP output is unchanged up to float
+rounding.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -16,11 +18,22 @@ import torch
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import TopologicalSortPass
 
-from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, initializer_array, set_initializer
+from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, set_initializer
+from qdit4sr_export.passes.lazy import float_weight, lazy
 from qdit4sr_export.passes.linear_sites import matmul_sites
 from qdit4sr_export.passes.rotation_ops import emit_rotation
 from qdit4sr_export.quant.plan import QuantPlan
 from qdit4sr_export.quant.simulate import make_rotation
+
+
+def fold_weight(source: ir.TensorProtocol, smooth: torch.Tensor | None, rot) -> np.ndarray:
+    """``(W * s) R`` in float32 for one layer (read from ``source`` when it is called)."""
+    weight = float_weight(source)
+    if smooth is not None:
+        weight = weight * smooth.to(torch.float32)
+    if rot is not None:
+        weight = rot.apply(weight)
+    return weight.numpy()
 
 
 class FoldHadamardPass(InPlacePass):
@@ -45,14 +58,10 @@ class FoldHadamardPass(InPlacePass):
                 continue
             lp = self.plan.layers[name]
             rot = make_rotation(lp.rotation, name, self.plan.tensors)
-            weight = torch.from_numpy(np.array(initializer_array(graph.initializers[f"{name}.weight"]),
-                                               dtype=np.float32))
             smooth = self.plan.tensors.get(f"{name}.smooth") if lp.smoothing else None
-            if smooth is not None:
-                weight = weight * smooth.to(torch.float32)
-            if rot is not None:
-                weight = rot.apply(weight)
-            set_initializer(graph, f"{name}.weight", weight.numpy())
+            source = graph.initializers[f"{name}.weight"].const_value
+            set_initializer(graph, f"{name}.weight", lazy(f"{name}.weight", ir.DataType.FLOAT, source.shape,
+                                                          functools.partial(fold_weight, source, smooth, rot)))
             modified = True
             if not self.online:  # the lowering's own op smooths and rotates the input (TensorRT plugins)
                 if smooth is not None:

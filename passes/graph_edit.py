@@ -79,10 +79,10 @@ def initializer_array(value: ir.Value) -> np.ndarray:
     return value.const_value.numpy()
 
 
-def set_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> None:
-    """Replace the data of the existing initializer ``name`` (same dtype, any shape)."""
+def set_initializer(graph: ir.Graph, name: str, array: np.ndarray | ir.TensorProtocol) -> None:
+    """Replace the data of the existing initializer ``name`` (same dtype, any shape; a tensor may be lazy)."""
     value = graph.initializers[name]
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    tensor = array if isinstance(array, ir.TensorProtocol) else ir.tensor(np.ascontiguousarray(array), name=name)
     value.const_value = tensor
     value.shape = ir.Shape(tensor.shape)
     value.type = ir.TensorType(tensor.dtype)

@@ -14,11 +14,13 @@ residual weight initializer is quantized exactly as the simulation does (``quant
   scales like any other.
 
 Softmax, norms and the H-SVD branches stay in float. Quantized weights go through a shared ``WeightStore``
-so every variant of a build references the very same tensors (stored once in the engine set).
+so every variant of a build references the very same tensors (stored once in the engine set); they are lazy,
+quantized when the engine set is written.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from qdit4sr_export.passes.graph_edit import ABITS_KEY, LAYER_KEY, WBITS_KEY, Emitter, annotated_matmuls, constant, replace_output
+from qdit4sr_export.passes.lazy import LayerCache, float_weight, lazy
 from qdit4sr_export.passes.quant_ops import ZERO_POINT, emit_fake_quant, emit_uint8_codes
 from qdit4sr_export.quant.gaussian import quantize_weight
 from qdit4sr_export.quant.plan import QuantPlan
@@ -51,15 +54,41 @@ class LayerWeights:
 
 @dataclass
 class WeightStore:
-    """Quantized weights by (layer, bits), shared across the variants of one build."""
+    """Quantized weights by (layer, bits), shared across the variants of one build. Codes and scales are lazy
+    tensors of known type and shape, quantized from the residual when first written (once per layer and bits)."""
 
     entries: dict[tuple[str, int], LayerWeights] = field(default_factory=dict)
+    cache: LayerCache = field(default_factory=LayerCache, repr=False, compare=False)
 
-    def get(self, plan: QuantPlan, layer: str, bits: int, residual: np.ndarray) -> LayerWeights:
+    def get(self, plan: QuantPlan, layer: str, bits: int, residual: np.ndarray | ir.TensorProtocol) -> LayerWeights:
         key = (layer, bits)
         if key not in self.entries:
-            self.entries[key] = _quantize(plan, layer, bits, residual)
+            quantize = functools.partial(self.cache.get, key,
+                                         lambda: _quantize(plan, layer, bits, float_weight(residual).numpy()))
+            self.entries[key] = _lazy_weights(plan, layer, bits, quantize)
         return self.entries[key]
+
+
+def _stored_kind(plan: QuantPlan, layer: str, bits: int) -> tuple[str, ir.DataType]:
+    """How ``_quantize`` stores a layer at ``bits``: kind (int | grouped | float) and the codes' type."""
+    lp = plan.layers[layer]
+    on_grid = lp.stored_weight and f"{layer}.weight_scale.{bits}" in plan.tensors
+    if lp.weight_format != "int" or (lp.stored_weight and not on_grid):
+        return "float", ir.DataType.FLOAT
+    code = ir.DataType.UINT8 if bits == 8 else ir.DataType.INT4 if bits <= 4 else ir.DataType.INT8
+    return ("int" if lp.group_size is None else "grouped"), code
+
+
+def _lazy_weights(plan: QuantPlan, layer: str, bits: int, quantize) -> LayerWeights:
+    """LayerWeights whose tensors ``quantize()`` computes when they are read."""
+    lp = plan.layers[layer]
+    kind, code = _stored_kind(plan, layer, bits)
+    codes = lazy(f"{layer}.wq{bits}", code, (lp.in_features, lp.out_features), lambda: quantize().codes)
+    if kind == "float":
+        return LayerWeights(kind, codes)
+    scale_shape = (lp.out_features,) if kind == "int" else (lp.in_features // lp.group_size, lp.out_features)
+    return LayerWeights(kind, codes, lazy(f"{layer}.wscale{bits}", ir.DataType.FLOAT, scale_shape,
+                                          lambda: quantize().scale))
 
 
 def _code_tensor(codes: torch.Tensor, bits: int, name: str) -> ir.Tensor:
@@ -155,7 +184,7 @@ class LowerOrtPass(InPlacePass):
         weight_value = transpose.inputs[0] if transpose is not None and transpose.op_type == "Transpose" else None
         if weight_value is None or weight_value.const_value is None:
             raise ir.passes.PassError(f"layer '{layer}': MatMul weight is not Transpose(initializer)")
-        weights = self.store.get(self.plan, layer, wbits, weight_value.const_value.numpy())
+        weights = self.store.get(self.plan, layer, wbits, weight_value.const_value)
         z = mm.inputs[0]
         em = Emitter(graph, mm, f"{layer}/{mm.name}/q")
         codes = constant(graph, weights.codes.name, weights.codes)

@@ -3,6 +3,11 @@
 Passes, in order: FoldHadamardPass, InsertHSVDPass, AnnotateWeightBitsPass on the traced FP graph; then per
 variant, on a clone (weights shared): SplitTimestepVariantsPass, LowerOrtPass. Method "fp" packages the FP
 graph alone (the baseline and the oracle's twin).
+
+Memory: the graph is traced without weights and every initializer is a lazy tensor (read from the checkpoint, then
+rotated, decomposed and quantized by the passes' lazy tensors) computed when ``weights.bin`` is written, one tensor
+at a time; the positional table is the crop for latents up to ``max_latent``. The destination's free space is
+checked against the predicted size before the trace starts.
 """
 
 from __future__ import annotations
@@ -19,15 +24,19 @@ from tqdm import tqdm
 
 from qdit4sr_export.engine_writer import io_specs, write_engine_set
 from qdit4sr_export.model.folder import model_root
+from qdit4sr_export.model.positions import max_grid
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
 from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule
 from qdit4sr_export.size_report import checkpoint_bytes
+from qdit4sr_export.stages import Stages
 
 log = logging.getLogger(__name__)
 
 PIPELINE_SCHEMA = "qdit4sr-export/pipeline"
+#: Latent side (not pixels) an engine set accepts by default: 1024 px outputs untiled; DiT4SR's tiles are 64.
+DEFAULT_MAX_LATENT = 128
 PROMPT_KEYS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 
 
@@ -110,6 +119,11 @@ def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, op
     return out, store
 
 
+def _graph_passes(base, passes: list, progress: bool) -> None:
+    for p in tqdm(passes, desc="graph passes", unit="pass", disable=None if progress else True):
+        p(base)
+
+
 def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str, dict[str, Any]]:
     """Per planned layer, what the engine set stores for it and under which names (what backends read)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -120,8 +134,8 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
             row["scales"][str(bits)] = lw.scale.name
     for layer, row in rows.items():
         lp = plan.layers[layer]
-        named = lambda *names: list(names) if all(n in initializers for n in names) else None
         g_down = f"{layer}.svd_g.bt" if f"{layer}.svd_g.bt" in initializers else f"{layer}.svd_g.b"
+        named = lambda *names: list(names) if all(n in initializers for n in names) else None
         row.update({"group_size": lp.group_size, "clip": lp.clip, "rotation": lp.rotation,
                     "smooth": f"{layer}.smooth" if f"{layer}.smooth" in initializers else None,
                     "svd_g": named(g_down, f"{layer}.svd_g.a"), "svd_g_down_transposed": g_down.endswith(".bt"),
@@ -132,24 +146,34 @@ def quantized_layers(plan: QuantPlan, store, initializers: set[str]) -> dict[str
 
 def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan: QuantPlan | None, steps: int,
                      max_variants: int | None, build_info: dict[str, Any], force: bool = False,
-                     progress: bool = True, target: str = "ort",
-                     target_options: dict[str, Any] | None = None) -> BuildResult:
+                     progress: bool = True, target: str = "ort", target_options: dict[str, Any] | None = None,
+                     max_latent: int | None = None, stages: Stages | None = None) -> BuildResult:
     """Trace ``model``, apply ``target``'s passes for ``plan`` (None: FP), lower every variant, write the engine
-    set."""
-    from qdit4sr_export.engine_writer import check_destination
+    set. ``max_latent`` (latent side; default the smaller of 128 and the table) crops the positional table; larger
+    inputs are refused at run time. The model may be opened lazily: every weight is read, transformed and written
+    one layer at a time, never held twice. ``stages`` (optional) records the time and peak memory of each stage."""
+    from qdit4sr_export.engine_writer import check_destination, check_disk
+    from qdit4sr_export.size_report import predicted_engine_bytes
     from qdit4sr_export.targets import get_target
     from qdit4sr_export.trace import trace_to_onnx
 
     chosen = get_target(target)
     options = chosen.configure({}) if target_options is None else target_options
-
     output = Path(output)
     check_destination(output, force)
+    latent = default_max_latent(model.config) if max_latent is None else max_latent
+    grid = max_grid(model.config, latent)
+    root = model_root(Path(model_path))
+    schedule = plan_variants(plan, max_variants) if plan is not None else None
+    check_disk(output, predicted_engine_bytes(model, plan, grid, root,
+                                              variants=len(schedule.variants) if schedule else 1))
+    stages = stages if stages is not None else Stages()
     notices: list[str] = []
-    stages = tqdm(total=3 if plan is not None else 1, desc="tracing", unit="stage",
-                  disable=None if progress else True)
-    base = trace_to_onnx(model) if chosen.trace is None else chosen.trace(model, plan, options)
-    stages.update()
+    with stages.stage("trace"), tqdm(total=1, desc="trace", unit="graph", disable=None if progress else True) as bar:
+        side = grid * model.config.patch_size
+        base = trace_to_onnx(model, max_latent=side) if chosen.trace is None else \
+            chosen.trace(model, plan, options, max_latent=side)
+        bar.update()
     if plan is None:
         timesteps = [float(t) for t in flow_schedule(steps)[0]]
         lowered = [(None, base, {})]
@@ -158,18 +182,14 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
         layers_stored: dict[str, Any] = {}
     else:
         timesteps = list(plan.timesteps)
-        stages.set_description("folding rotations, H-SVD branches")
-        for p in chosen.graph_passes(plan, options):
-            p(base)
-        stages.update()
-        schedule = plan_variants(plan, max_variants)
+        with stages.stage("passes"):
+            _graph_passes(base, chosen.graph_passes(plan, options), progress)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
-        lowered, store = _variant_models(base, plan, schedule, chosen, options, progress)
+        with stages.stage("lowering"):
+            lowered, store = _variant_models(base, plan, schedule, chosen, options, progress)
         names = {n for _, g, _ in lowered for n in g.graph.initializers}
         layers_stored = quantized_layers(plan, store, names)
-        stages.update()
-    stages.close()
     for _, graph, _ in lowered:  # target rewrites every graph gets, the FP build's included
         for p in chosen.final_passes(plan, options) if chosen.final_passes is not None else []:
             p(graph)
@@ -188,30 +208,44 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
             entry["layers"] = {n: {"wbits": v.wbits[n], "abits": v.abits[n]} for n in sorted(v.abits)}
         variants.append(entry)
     linears = quantizable_linears(model)
-    manifest = {
-        "model": {"config": model.config.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
-                  "checkpoint_bytes": checkpoint_bytes(model_path),
-                  "architecture_fingerprint": architecture_fingerprint(model.config, linears),
-                  "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
-        "build": build_info,
-        "target": {"name": target, "options": options},
-        "plan": "plan.json" if plan is not None else None,
-        "timesteps": timesteps,
-        "step_variant": step_variant,
-        "variants": variants,
-        "variant_cap": cap,
-        "quantized_layers": layers_stored,
-        **io_specs(files[0][1]),
-        "notices": notices,
-    }
-    extras = _write_extras(model_root(Path(model_path)), model, steps, notices)
+
+    def manifest() -> dict[str, Any]:  # after the weights: the fingerprint then reads the checkpoint a last time
+        return {
+            "model": {"config": model.config.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+                      "checkpoint_bytes": checkpoint_bytes(model_path),
+                      "architecture_fingerprint": architecture_fingerprint(model.config, linears),
+                      "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
+            "build": build_info,
+            "target": {"name": target, "options": options},
+            "plan": "plan.json" if plan is not None else None,
+            "max_latent": grid * model.config.patch_size,
+            "timesteps": timesteps,
+            "step_variant": step_variant,
+            "variants": variants,
+            "variant_cap": cap,
+            "quantized_layers": layers_stored,
+            **io_specs(files[0][1]),
+            "notices": notices,
+        }
+    extras = _write_extras(root, model, steps, notices)
+    written: dict[str, Any] = {}
 
     def write_all(folder: Path) -> None:
         extras(folder)
         if plan is not None:
             plan.save(folder / "plan.json")
         if chosen.finish is not None:  # e.g. serialized engines, built from the written graphs
-            manifest.update(chosen.finish(folder, manifest, notices, options) or {})
+            written["manifest"].update(chosen.finish(folder, written["manifest"], notices, options) or {})
 
-    out = write_engine_set(output, files, manifest, write_all, force=force)
+    def manifest_now() -> dict[str, Any]:
+        written["manifest"] = manifest()
+        return written["manifest"]
+
+    with stages.stage("write"):
+        out = write_engine_set(output, files, manifest_now, write_all, force=force, progress=progress)
     return BuildResult(out, json.loads((out / "manifest.json").read_text()), notices)
+
+
+def default_max_latent(config) -> int:
+    """The latent side an engine set accepts by default: DEFAULT_MAX_LATENT, or the whole table when smaller."""
+    return min(DEFAULT_MAX_LATENT, config.pos_embed_max_size * config.patch_size)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import onnx_ir as ir
+from tqdm import tqdm
 
 from qdit4sr_export.engine_format import ALIGN, WEIGHTS_FILE, TensorEntry, write_manifest
 from qdit4sr_export.errors import UserError
@@ -44,16 +45,24 @@ def shared_initializers(models: Sequence[ir.Model]) -> dict[str, ir.TensorProtoc
     return dict(sorted(tensors.items()))
 
 
-def write_weights(folder: Path, tensors: Mapping[str, ir.TensorProtocol]) -> dict[str, TensorEntry]:
-    """Write ``weights.bin``; returns its index, name -> entry."""
+def write_weights(folder: Path, tensors: Mapping[str, ir.TensorProtocol], *,
+                  progress: bool = False) -> dict[str, TensorEntry]:
+    """Write ``weights.bin`` one tensor at a time (a lazy tensor is computed as it is written, then dropped);
+    returns its index, name -> entry."""
     layout = {}
-    with open(folder / WEIGHTS_FILE, "wb") as f:
+    bar = tqdm(total=sum(t.nbytes for t in tensors.values()), desc="write weights.bin", unit="B", unit_scale=True,
+               disable=None if progress else True)
+    with open(folder / WEIGHTS_FILE, "wb") as f, bar:
         for name, t in tensors.items():
             pad = (-f.tell()) % ALIGN
             f.write(b"\0" * pad)
             data = t.tobytes()
+            if len(data) != t.nbytes:
+                raise RuntimeError(f"tensor {name!r} produced {len(data)} bytes, {t.nbytes} expected")
             layout[name] = TensorEntry(name, t.dtype.name, tuple(int(d) for d in t.shape), f.tell(), len(data))
             f.write(data)
+            del data
+            bar.update(t.nbytes)
     return layout
 
 
@@ -102,9 +111,11 @@ def check_disk(output: Path, needed: int) -> None:
                         f"{free / 1e6:.1f} MB free")
 
 
-def write_engine_set(output: str | Path, variants: Sequence[tuple[str, ir.Model]], manifest: Mapping[str, Any],
-                     extras: Callable[[Path], None], *, force: bool = False) -> Path:
-    """Write the engine set atomically: temp folder, then rename (replacing ``output`` when ``force``)."""
+def write_engine_set(output: str | Path, variants: Sequence[tuple[str, ir.Model]],
+                     manifest: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+                     extras: Callable[[Path], None], *, force: bool = False, progress: bool = False) -> Path:
+    """Write the engine set atomically: temp folder, then rename (replacing ``output`` when ``force``).
+    ``manifest`` may be a function, called after the weights are written."""
     output = Path(output)
     check_destination(output, force)
     tensors = shared_initializers([m for _, m in variants])
@@ -113,7 +124,9 @@ def write_engine_set(output: str | Path, variants: Sequence[tuple[str, ir.Model]
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        layout = write_weights(tmp, tensors)
+        layout = write_weights(tmp, tensors, progress=progress)
+        if callable(manifest):
+            manifest = manifest()
         for file, model in variants:
             externalize(model, layout, tmp)
             strip_exporter_metadata(model)

@@ -22,9 +22,9 @@ class Target:
     options)`` is the per-variant pass (it fills ``store``, shared by the variants, and counts its ``paths``);
     ``final_passes(plan, options)`` run on every graph written, the FP build's included (target-specific rewrites
     both must get so their speeds compare fairly, e.g. ONNX Runtime's fused attention); ``trace(model, plan,
-    options)`` makes the graph (default: ``trace_to_onnx``); ``finish(folder, manifest, notices, options)`` runs
-    after the graphs are written (e.g. building engines) and returns manifest additions. ``options`` are the
-    target's settings (``build -T KEY=VALUE``) with their defaults, ``check`` validates them."""
+    options, max_latent)`` makes the graph (default: ``trace_to_onnx``); ``finish(folder, manifest, notices,
+    options)`` runs after the graphs are written (e.g. building engines) and returns manifest additions.
+    ``options`` are the target's settings (``build -T KEY=VALUE``) with their defaults, ``check`` validates them."""
 
     name: str
     summary: str

@@ -30,10 +30,9 @@ def check_options(options: dict[str, Any]) -> None:
         raise UserError("target trt: the profile needs 1 <= min_side <= opt_side <= max_side and max_batch >= 1")
 
 
-def _trace(model, plan, options):
+def _trace(model, plan, options, max_latent=None):
     import torch
 
-    from qdit4sr_export.passes.graph_edit import set_initializer
     from qdit4sr_export.trace import trace_to_onnx
 
     if plan is not None:
@@ -41,16 +40,10 @@ def _trace(model, plan, options):
 
         check_supported(plan)  # refuse before tracing, naming the layer
     if options["precision"] == "fp32":
-        return trace_to_onnx(model)
-    graph = trace_to_onnx(model, dtype=torch.float16)
-    if plan is not None:  # the quantizer reads the float32 weights, exactly as the simulation does
-        modules = dict(model.named_modules())
-        for name in plan.layers:
-            for part in ("weight", "bias"):
-                key = f"{name}.{part}"
-                if key in graph.graph.initializers and getattr(modules[name], part, None) is not None:
-                    set_initializer(graph.graph, key, getattr(modules[name], part).detach().float().numpy())
-    return graph
+        return trace_to_onnx(model, max_latent=max_latent)
+    # the quantizer reads the planned layers' float32 weights, exactly as the simulation does
+    keep = [f"{name}.{part}" for name in (plan.layers if plan is not None else ()) for part in ("weight", "bias")]
+    return trace_to_onnx(model, dtype=torch.float16, max_latent=max_latent, float32=keep)
 
 
 def _passes(plan, options) -> list:

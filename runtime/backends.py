@@ -133,6 +133,7 @@ class OrtRunner:
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
+        self.engine.check_latent(*hidden_states.shape[-2:])
         feeds = numpy_feeds(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep)
         return torch.from_numpy(self._session(self.active).run(None, feeds)[0])
 

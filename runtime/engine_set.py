@@ -64,6 +64,19 @@ class EngineSet:
         raise UserError(f"timestep {t} is outside every variant's range (0..1000)")
 
     @property
+    def max_latent(self) -> int | None:
+        """The largest latent side the set accepts (its positional crop); None: the model's whole table."""
+        value = self.manifest.get("max_latent")
+        return int(value) if value is not None else None
+
+    def check_latent(self, height: int, width: int) -> None:
+        """A one-line error for a latent larger than the positional crop the set was built with."""
+        m = self.max_latent
+        if m is not None and max(height, width) > m:
+            raise UserError(f"{self.folder}: latent {height}x{width} is larger than this engine set accepts "
+                            f"({m}x{m}, built with --max-latent {m}); use latent tiles of at most {m} (run --tile)")
+
+    @property
     def plan_path(self) -> Path | None:
         plan = self.manifest.get("plan")
         return self.folder / plan if plan else None

@@ -71,26 +71,23 @@ def w4_engine_set(pipeline_folder, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def traced_graph_cache():
-    """Trace each distinct model (config and weights) once per session; builds get a clone of the cached graph.
+    """Trace each distinct architecture (config, positional crop) once per session; builds get a clone of the
+    cached weight-free graph and attach their own weights.
 
-    Tracing (torch.export + the ONNX exporter) is most of a build's time in these tests; it is deterministic for a
-    given model, and tests/test_trace.py checks it on its own.
+    Tracing (torch.export + the ONNX exporter) is most of a build's time in these tests; it never reads weights and
+    is deterministic for a given config, and tests/test_trace.py checks it on its own.
     """
     from qdit4sr_export import trace
 
-    original = trace.trace_to_onnx
+    original = trace.trace_graph
     cache = {}
 
-    def cached(model, *, dynamic=True, dtype=torch.float32):
-        h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode() + f"{dynamic}{dtype}".encode())
-        for name, t in sorted(model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-        key = h.hexdigest()
+    def cached(config, *, grid=None, dynamic=True, dtype=torch.float32):
+        key = hashlib.sha256(json.dumps([config.to_dict(), grid, dynamic, str(dtype)], sort_keys=True).encode()).hexdigest()
         if key not in cache:
-            cache[key] = original(model, dynamic=dynamic, dtype=dtype)
+            cache[key] = original(config, grid=grid, dynamic=dynamic, dtype=dtype)
         return cache[key].clone()
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trace, "trace_to_onnx", cached)
+        mp.setattr(trace, "trace_graph", cached)
         yield cache

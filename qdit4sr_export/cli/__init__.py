@@ -6,7 +6,14 @@ checked, so a mistyped command answers in a fraction of a second."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# GNU OpenMP worker threads spin while they wait. On a machine whose few cores are shared with other jobs, a spinning
+# thread burns the time slice its partner needs: LAPACK (eigh, SVD) ran 10-20x slower with 2 threads on a busy
+# 2-core machine (measured; bench/full_size.py). Sleeping waits cost little when the machine is idle. Set before
+# torch loads the OpenMP runtime; an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 
@@ -16,7 +23,7 @@ from qdit4sr_export.errors import UserError
 
 class _Group(click.Group):
     """Turns :class:`UserError` and a command's usage errors (a missing argument, a path that does not exist)
-    into a one-line ``error: ...`` on stderr and exit status 2."""
+    into a one-line ``error: ...`` on stderr and exit status 2 (Ctrl-C: exit 130)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -28,6 +35,9 @@ class _Group(click.Group):
             command = f"{exc.ctx.command_path} " if exc.ctx is not None else ""
             click.echo(f"error: {exc.format_message()} (see {command}--help)", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # outputs are written under temporary names and renamed at the end
+            click.echo("error: interrupted; nothing was written (partial outputs removed)", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -60,18 +60,22 @@ def _load_plan(path: str, net):
               help="Set an option of the target (repeatable; --list-targets shows them), e.g. -T precision=fp32.")
 @click.option("--list-targets", is_flag=True, is_eager=True, expose_value=False,
               callback=lambda c, p, v: _list_targets(c, v), help="List the lowering targets, then exit.")
+@click.option("--max-latent", type=click.IntRange(min=1), default=None, metavar="SIDE",
+              help="Largest latent side the engine set accepts; only that crop of the positional table is stored "
+                   "(default: 128, or the whole table when smaller). Larger inputs are refused at run time.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Engine set folder to write.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def build(ctx: click.Context, model, method, method_option, config, wbits, wbits_budget, wbits_min, wbits_max, abits,
           svd_rank, local_rank, calib, calib_count, steps, start_sigma, max_segments, hadamard, rotation_seed,
-          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, target_option, output,
-          force, as_json) -> None:
+          hadamard_block, seed, no_hsvd, no_vasmp, no_vatmp, plan_file, max_variants, target, target_option,
+          max_latent, output, force, as_json) -> None:
     """Build an engine set for MODEL (a DiT4SR checkpoint file or folder) into -o OUT.
 
     --method fp packages the unquantized model (the FP baseline). --abits is the average activation budget;
     VaTMP runs when calibration data exists (--calib, or the packaged photo crops when the model has a vae/).
+    The checkpoint is read one tensor at a time: the model is never in memory in float32.
     """
     if is_preset(model):
         raise UserError(f"'{model}' is a preset name; build needs a checkpoint with weights")
@@ -83,28 +87,43 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
 
     target_options = get_target(target).configure(_key_values(target_option, "--target-option"))
 
-    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.build import build_engine_set, default_max_latent
     from qdit4sr_export.cli.plan import _load_model
+    from qdit4sr_export.engine_writer import check_disk
+    from qdit4sr_export.model.folder import model_root
+    from qdit4sr_export.model.positions import max_grid
+    from qdit4sr_export.size_report import predicted_engine_bytes
+    from qdit4sr_export.stages import Stages, peak_rss
 
     started = time.perf_counter()
     notices: list[str] = []
-    net = _load_model(model, config)
+    stages = Stages()
+    with stages.stage("load"):
+        net = _load_model(model, config)
+    latent = default_max_latent(net.config) if max_latent is None else max_latent
+    grid = max_grid(net.config, latent)
+    # Before any work: the set cannot be smaller than this (4-bit codes, no branches; the exact size once planned).
+    check_disk(Path(output), predicted_engine_bytes(net, None, grid, model_root(Path(model)),
+                                                    lower_bound=chosen.quantizes))
     plan, calibration_source = None, None
-    if plan_file is not None:
-        plan = _load_plan(plan_file, net)
-    else:
-        calibration, calibration_source = _calibration_inputs(chosen, calib, model, net, calib_count, seed,
-                                                              no_vatmp, notices)
-        if chosen.needs_calibration and calibration is None:
-            raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
-        plan = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
+    with stages.stage("plan"):
+        if plan_file is not None:
+            plan = _load_plan(plan_file, net)
+        else:
+            calibration, calibration_source = _calibration_inputs(chosen, calib, model, net, calib_count, seed,
+                                                                  no_vatmp, notices)
+            if chosen.needs_calibration and calibration is None:
+                raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents "
+                                "file)")
+            plan = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
     plan_steps = len(plan.timesteps) if plan is not None else cfg.steps
     method = plan.method if plan is not None else method
     info = {"method": method, "method_config": plan.method_config if plan is not None else None,
             "steps": plan_steps, "max_variants": max_variants, "calibration": calibration_source}
     result = build_engine_set(net, model, output, plan=plan, steps=plan_steps, max_variants=max_variants,
                               build_info=info, force=force, progress=not as_json, target=target,
-                              target_options=target_options)
+                              target_options=target_options, max_latent=latent, stages=stages)
+    stages.close()
     from qdit4sr_export.size_report import format_breakdown, size_breakdown
 
     manifest = result.manifest
@@ -116,9 +135,12 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
         "variants": len(manifest["variants"]),
         "calibration": calibration_source,
         "variant_cap": manifest["variant_cap"],
+        "max_latent": manifest["max_latent"],
         "lowering": {v["file"]: v["lowering"] for v in manifest["variants"]},
         "sizes": sizes,
         "seconds": round(time.perf_counter() - started, 1),
+        "stages": stages.to_list(),
+        "peak_rss_mb": round(peak_rss() / 2**20, 1),
         "notices": notices + result.notices,
     }
     if as_json:
@@ -135,7 +157,9 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
                    f"mean activation bits {cap['mean_abits_uncapped']} -> {cap['mean_abits']}")
     for line in format_breakdown(sizes):
         click.echo(line)
-    click.echo(f"time: {summary['seconds']} s")
+    click.echo("stages: " + ", ".join(f"{r['stage']} {r['seconds']} s / {r['peak_rss_mb']:.0f} MB"
+                                      for r in summary["stages"]))
+    click.echo(f"time: {summary['seconds']} s; peak memory (RSS) {summary['peak_rss_mb']:.0f} MB")
 
 
 def _list_targets(ctx: click.Context, value: bool) -> None:

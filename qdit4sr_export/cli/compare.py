@@ -101,12 +101,16 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
                                         load_inputs, torch_outputs)
     from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
-    from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.model.loading import open_dit4sr
+    from qdit4sr_export.model.positions import max_grid
+    from qdit4sr_export.model.weights import crop_positions_, materialize
     from qdit4sr_export.runtime.backends import uses_plugin_ops
     from qdit4sr_export.runtime.engine_set import EngineSet
     engine = EngineSet.load(engine_dir)
-    model = load_dit4sr(fp_model).eval()
+    model = open_dit4sr(fp_model)  # lazily: the fingerprint check streams the weights
     check_engine_matches(engine, model)
+    grid = max_grid(model.config, engine.max_latent)
+    model = materialize(crop_positions_(model, grid)).eval()  # float32, with the engine set's positional crop
     in_run: dict = {}
     if inputs_file:
         given = load_inputs(inputs_file, model)
@@ -127,6 +131,8 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
               "backend": backend, "device": device, "inputs": source,
               "tolerance": {"min_sqnr": min_sqnr, "min_cosine": min_cosine, "atol": atol}, "variants": []}
     for v in tqdm(engine.variants, desc="variants", unit="variant", disable=as_json or None):
+        for feed in feeds[v.index]:
+            engine.check_latent(*feed["hidden_states"].shape[-2:])
         reference = torch_outputs(model, feeds[v.index])
         res = compare_variant(engine, v.index, feeds[v.index], reference, tolerance,
                               runner=runner, providers=providers)

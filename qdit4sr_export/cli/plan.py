@@ -40,11 +40,13 @@ def check_output(output: str | None, force: bool) -> None:
 
 
 def _load_model(model: str, config: str | None):
-    from qdit4sr_export.model import build_dit4sr, load_dit4sr
+    """A preset (shapes only) or a checkpoint opened lazily (tensors read one at a time when needed)."""
+    from qdit4sr_export.model import build_dit4sr
+    from qdit4sr_export.model.loading import open_dit4sr
 
     if is_preset(model):
         return build_dit4sr(config or model, device="meta")
-    return load_dit4sr(model, config=config)
+    return open_dit4sr(model, config=config)
 
 
 def _calibration(calib: str, model_path: str, model, count: int, seed: int):
@@ -217,17 +219,26 @@ def plan(ctx: click.Context, model, method, method_option, config, wbits, wbits_
     if not chosen.quantizes:
         raise UserError(f"method '{method}' makes no plan (it is the unquantized model); "
                         f"`qdit4sr-export build --method {method}` packages it")
-    net = _load_model(model, config)
-    use = calib and chosen.uses_calibration and not no_vatmp
-    calibration = _calibration(calib, model, net, calib_count, seed) if use else None
-    if chosen.needs_calibration and calibration is None:
-        raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
-    result = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
+    from qdit4sr_export.stages import Stages, peak_rss
+
+    stages = Stages()
+    with stages.stage("load"):
+        net = _load_model(model, config)
+    with stages.stage("plan"):
+        use = calib and chosen.uses_calibration and not no_vatmp
+        calibration = _calibration(calib, model, net, calib_count, seed) if use else None
+        if chosen.needs_calibration and calibration is None:
+            raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")
+        result = chosen.build(net, cfg, calibration=calibration, progress=not as_json)
     if output is not None:
-        result.save(output, overwrite=True)
+        with stages.stage("write"):
+            result.save(output, overwrite=True)
+    stages.close()
     summary = plan_summary(result, net)
     if output is not None:
         summary["output"] = str(output)
+    summary["stages"] = stages.to_list()
+    summary["peak_rss_mb"] = round(peak_rss() / 2**20, 1)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

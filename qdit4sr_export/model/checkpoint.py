@@ -1,7 +1,8 @@
 """Read DiT4SR checkpoints lazily: diffusers folders (single or sharded), ``.safetensors`` and ``.pt`` files.
 
 A :class:`Checkpoint` exposes tensor names, shapes and stored dtypes without reading the data (so
-``info`` on the 6.6 GB release is instant), then streams tensors one at a time for loading.
+``info`` on the 6.6 GB release is instant), then streams tensors one at a time for loading, or reads any one
+tensor by name (what the lazy, layer-by-layer build uses).
 """
 
 from __future__ import annotations
@@ -57,10 +58,27 @@ class Checkpoint:
     config: DiT4SRConfig | None
     specs: dict[str, TensorSpec]
     _reader: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    _read_one: Callable[[str], torch.Tensor] | None = None
+    _read_rows: Callable[[str, int, int], torch.Tensor] | None = None
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` in the stored dtype, one at a time."""
         return self._reader()
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor by name, in its stored dtype (a one-line error when the file cannot deliver it)."""
+        if name not in self.specs:
+            raise UserError(f"{self.path}: no tensor named '{name}'")
+        if self._read_one is None:
+            return dict(self.tensors())[name]
+        return self._read_one(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` along the second axis of a 3-D tensor (e.g. a span of the positional table), read
+        without the rest of it where the format allows."""
+        if self._read_rows is None:
+            return self.read(name)[:, start:stop]
+        return self._read_rows(name, start, stop)
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -128,7 +146,7 @@ def _open_safetensors(files: list[Path], path: Path, fmt: str, config: DiT4SRCon
                     specs[name] = TensorSpec(tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
                     owner[name] = f
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"{f}: not a readable safetensors file ({exc})") from None
+            raise UserError(f"{f}: not a readable safetensors file, truncated or damaged ({exc})") from None
         if config is None and CONFIG_METADATA_KEY in metadata:
             try:
                 config = DiT4SRConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]), source=str(f))
@@ -141,7 +159,23 @@ def _open_safetensors(files: list[Path], path: Path, fmt: str, config: DiT4SRCon
                 for name in handle.keys():
                     yield name, handle.get_tensor(name)
 
-    return Checkpoint(path, fmt, config, specs, read)
+    handles: dict[Path, Any] = {}
+
+    def handle(name: str):
+        f = owner[name]
+        if f not in handles:
+            handles[f] = safe_open(str(f), framework="pt")
+        return handles[f]
+
+    def guarded(name: str, get: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+        try:
+            return get(handle(name))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise UserError(f"{owner[name]}: cannot read tensor '{name}' (truncated or changed since it was opened? "
+                            f"{exc})") from None
+
+    return Checkpoint(path, fmt, config, specs, read, lambda name: guarded(name, lambda h: h.get_tensor(name)),
+                      lambda name, a, b: guarded(name, lambda h: h.get_slice(name)[:, a:b]))
 
 
 def _torch_load(path: Path) -> Any:
@@ -178,4 +212,4 @@ def _open_torch(path: Path) -> Checkpoint:
     if not state:
         raise UserError(f"{path}: holds no tensors")
     specs = {n: TensorSpec(tuple(t.shape), _TORCH_DTYPE_NAMES.get(t.dtype, str(t.dtype))) for n, t in state.items()}
-    return Checkpoint(path, "torch", config, specs, lambda: iter(state.items()))
+    return Checkpoint(path, "torch", config, specs, lambda: iter(state.items()), state.__getitem__)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from safetensors.torch import save_file
 
 from qdit4sr_export.atomic import atomic_path
@@ -23,10 +22,10 @@ from qdit4sr_export.model.checkpoint import (
     open_checkpoint,
 )
 from qdit4sr_export.model.config import DiT4SRConfig, resolve_config
+from qdit4sr_export.model.positions import POS_EMBED_KEY, default_pos_embed
 from qdit4sr_export.model.transformer import DiT4SRTransformer, build_dit4sr
+from qdit4sr_export.model.weights import CheckpointWeights, attach_source, materialize
 
-#: Deterministic buffer: loaded when the checkpoint has it (the release stores it as F16), else recomputed.
-POS_EMBED_KEY = "pos_embed.pos_embed"
 _SHOW = 5
 
 
@@ -62,16 +61,15 @@ def check_state_specs(model: torch.nn.Module, specs: Mapping[str, TensorSpec], s
             )
 
 
-def default_pos_embed(config: DiT4SRConfig) -> torch.Tensor:
-    """The sin-cos table that diffusers' PatchEmbed registers, computed on the CPU in float32."""
-    table = get_2d_sincos_pos_embed(
-        config.inner_dim,
-        config.pos_embed_max_size,
-        base_size=config.sample_size // config.patch_size,
-        interpolation_scale=1,
-        output_type="pt",
-    )
-    return table.float().unsqueeze(0)
+def open_dit4sr(path: str | Path, *, config: Any = None) -> DiT4SRTransformer:
+    """Open a DiT4SR checkpoint lazily: a meta-device model whose tensors are read one at a time, in their stored
+    dtype, when something asks for them (see :mod:`qdit4sr_export.model.weights`). Names and shapes are checked
+    now; nothing is loaded."""
+    ckpt = open_checkpoint(path)
+    cfg = checkpoint_config(ckpt, config)
+    model = build_dit4sr(cfg, device="meta")
+    check_state_specs(model, ckpt.specs, ckpt.path)
+    return attach_source(model, CheckpointWeights(ckpt, cfg)).eval()
 
 
 def load_dit4sr(
@@ -81,16 +79,10 @@ def load_dit4sr(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> DiT4SRTransformer:
-    """Load a DiT4SR checkpoint in any accepted format, casting every tensor (mixed F16/F32 included) to ``dtype``."""
-    ckpt = open_checkpoint(path)
-    cfg = checkpoint_config(ckpt, config)
-    model = build_dit4sr(cfg, device="meta", dtype=dtype)
-    check_state_specs(model, ckpt.specs, ckpt.path)
-    state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in ckpt.tensors()}
-    if POS_EMBED_KEY not in state:
-        state[POS_EMBED_KEY] = default_pos_embed(cfg).to(device=device, dtype=dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+    """Load a DiT4SR checkpoint in any accepted format into memory, casting every tensor (mixed F16/F32 included)
+    to ``dtype``, one tensor at a time."""
+    model = materialize(open_dit4sr(path, config=config), dtype=dtype)
+    return model.to(device=device).eval()
 
 
 def _state_for_saving(model: DiT4SRTransformer) -> dict[str, torch.Tensor]:

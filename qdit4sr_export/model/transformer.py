@@ -88,10 +88,11 @@ class DiT4SRTransformer(nn.Module):
                 f"DiT4SR needs a square token grid, got a {height}x{width} latent: the cross-stream convolution "
                 "reshapes tokens to a square grid; tile non-square images into square tiles"
             )
-        if height // p > cfg.pos_embed_max_size:
+        grid = self.pos_embed.pos_embed_max_size  # the config's, or a smaller crop kept for an engine set
+        if height // p > grid:
             raise UserError(
                 f"latent {height}x{width} is larger than the positional table allows "
-                f"({cfg.pos_embed_max_size * p}x{cfg.pos_embed_max_size * p}); tile the image"
+                f"({grid * p}x{grid * p}); tile the image"
             )
         batch = shape[0]
         ctx = tuple(encoder_hidden_states.shape)

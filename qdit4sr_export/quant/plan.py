@@ -127,16 +127,12 @@ def architecture_fingerprint(config: DiT4SRConfig, linears: Mapping[str, tuple[i
 
 
 def weights_fingerprint(model: torch.nn.Module, names: list[str]) -> str | None:
-    """sha256 over the named linears' weights (float32 bytes); None when the model lives on the meta device."""
-    h = hashlib.sha256()
-    modules = dict(model.named_modules())
-    for name in names:
-        w = modules[name].weight
-        if w.device.type == "meta":
-            return None
-        h.update(name.encode())
-        h.update(w.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 over the named linears' weights (float32 bytes, one layer in memory at a time, from the model or the
+    checkpoint it was opened from); None for a model without weights (a preset on the meta device)."""
+    from qdit4sr_export.model.weights import source_of
+
+    source = source_of(model)
+    return None if source is None else source.fingerprint(names)
 
 
 def check_plan_matches(plan: QuantPlan, config: DiT4SRConfig, linears: Mapping[str, tuple[int, int]],

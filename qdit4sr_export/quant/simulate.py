@@ -17,9 +17,10 @@ from torch import nn
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.accounting import quantizable_linears
-from qdit4sr_export.quant.gaussian import fake_quantize_tokens, fake_quantize_weight
+from qdit4sr_export.model.weights import materialize, source_of
+from qdit4sr_export.quant.gaussian import QuantizedWeight, fake_quantize_tokens, fake_quantize_weight, quantize_weight
 from qdit4sr_export.quant.hadamard import Rotation
-from qdit4sr_export.quant.hsvd import hsvd
+from qdit4sr_export.quant.hsvd import HSVD, hsvd
 from qdit4sr_export.quant.plan import LayerPlan, QuantPlan, check_plan_matches, weights_fingerprint
 
 
@@ -61,7 +62,11 @@ def quantize_residual(residual: torch.Tensor, plan: LayerPlan, bits: int) -> tor
 
 class FakeQuantLinear(nn.Module):
     """Eq. 11 for one layer (plus the smoothing, groups and weight formats other methods need); weights are
-    transformed and quantized once, at construction, for every weight bit-width the plan schedules."""
+    transformed and quantized once, at construction, for every weight bit-width the plan schedules.
+
+    Storage is compact, so a 2.7B model simulates in a few GB: integer-grid weights as int8 codes and float32 scales,
+    the FP branch as its H-SVD factors; the float weights are rebuilt per call (bit-identical: the same ``codes *
+    scale`` and ``fp_dense`` the quantizer and ``hsvd`` define). TLQ levels and method-stored weights stay float."""
 
     def __init__(self, linear: nn.Linear, plan: LayerPlan, state: StepState, *, name: str = "",
                  tensors: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -69,7 +74,7 @@ class FakeQuantLinear(nn.Module):
         tensors = tensors or {}
         self.plan = plan
         self.state = state
-        dtype = linear.weight.dtype
+        self.dtype = dtype = linear.weight.dtype
         weight = linear.weight.detach().to(torch.float32)
         smooth = None
         if plan.smoothing:
@@ -80,22 +85,40 @@ class FakeQuantLinear(nn.Module):
         self.register_buffer("smooth", smooth.to(dtype) if smooth is not None else None)
         self.rotation = make_rotation(plan.rotation, name, tensors)
         w_h = self.rotation.apply(weight) if self.rotation is not None else weight
+        self.shape = tuple(w_h.shape)
+        self.branch: HSVD | None = None
         if plan.svd_rank > 0 or plan.local_block is not None:
-            dec = hsvd(w_h, rank=plan.svd_rank, local_rank=1 if plan.local_block else 0, block=plan.local_block)
-            fp_branch, residual = dec.fp_dense(), dec.residual
+            self.branch = hsvd(w_h, rank=plan.svd_rank, local_rank=1 if plan.local_block else 0,
+                               block=plan.local_block)
+            residual = self.branch.residual
+            self.branch.residual = None  # only the factors are kept
         else:
-            fp_branch, residual = None, w_h
+            residual = w_h
+        del weight, w_h
+        self.codes: dict[int, QuantizedWeight] = {}
         for bits in plan.distinct_weight_bits():
             if plan.stored_weight:
                 key = f"{name}.weight.{bits}"
                 if key not in tensors:
                     raise UserError(f"plan lacks tensor '{key}' (layer '{name}' stores its quantized weight)")
-                q = tensors[key]
+                self.register_buffer(f"w_quant_{bits}", tensors[key].to(dtype))
+            elif plan.weight_format == "int":
+                rows = residual if plan.group_size is None else residual.reshape(-1, plan.group_size)
+                self.codes[bits] = quantize_weight(rows, bits, clip=plan.clip)
             else:
-                q = quantize_residual(residual, plan, bits)
-            self.register_buffer(f"w_quant_{bits}", q.to(dtype))
-        self.register_buffer("w_fp", fp_branch.to(dtype) if fp_branch is not None else None)
+                self.register_buffer(f"w_quant_{bits}", quantize_residual(residual, plan, bits).to(dtype))
         self.register_buffer("bias", linear.bias.detach().clone() if linear.bias is not None else None)
+
+    def quantized_weight(self, bits: int) -> torch.Tensor:
+        """The layer's quantized residual at ``bits`` (what ``quantize_residual`` gives), in the layer's dtype."""
+        if bits in self.codes:
+            return self.codes[bits].dequantize(torch.float32).reshape(self.shape).to(self.dtype)
+        return getattr(self, f"w_quant_{bits}")
+
+    @property
+    def w_fp(self) -> torch.Tensor | None:
+        """The FP branch ``W_G + W_L`` as one matrix (None without H-SVD)."""
+        return self.branch.fp_dense().to(self.dtype) if self.branch is not None else None
 
     def current_abits(self) -> int | None:
         if not self.state.quantize_activations or self.state.step is None:
@@ -111,9 +134,10 @@ class FakeQuantLinear(nn.Module):
         z = self.rotation.apply(x) if self.rotation is not None else x
         abits = self.current_abits()
         zq = fake_quantize_tokens(z, abits, clip=self.plan.clip, group_size=self.plan.group_size) if abits else z
-        y = torch.nn.functional.linear(zq, getattr(self, f"w_quant_{self.current_wbits()}"))
-        if self.w_fp is not None:
-            y = y + torch.nn.functional.linear(z, self.w_fp)
+        y = torch.nn.functional.linear(zq, self.quantized_weight(self.current_wbits()))
+        w_fp = self.w_fp
+        if w_fp is not None:
+            y = y + torch.nn.functional.linear(z, w_fp)
         if self.bias is not None:
             y = y + self.bias
         return y
@@ -132,6 +156,15 @@ class SimulatedModel:
         self.state.quantize_activations = not enabled
 
 
+def _loaded_linear(linear: nn.Linear, source, name: str) -> nn.Linear:
+    """A float32 copy of a meta linear with its weight and bias read from ``source``."""
+    loaded = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    loaded.weight = nn.Parameter(source.tensor(f"{name}.weight"), requires_grad=False)
+    if linear.bias is not None:
+        loaded.bias = nn.Parameter(source.tensor(f"{name}.bias"), requires_grad=False)
+    return loaded
+
+
 def apply_plan(model: nn.Module, plan: QuantPlan, *, check: bool = True) -> SimulatedModel:
     """Swap every planned linear of ``model`` for a :class:`FakeQuantLinear`, in place.
 
@@ -142,10 +175,15 @@ def apply_plan(model: nn.Module, plan: QuantPlan, *, check: bool = True) -> Simu
     if check:
         check_plan_matches(plan, model.config, linears, weights_fingerprint(model, sorted(plan.layers)))
     state = StepState()
+    source = source_of(model)
+    materialize(model, skip=plan.layers)  # a lazily opened model: everything but the planned layers, in float32
     modules = dict(model.named_modules())
     for name, lp in plan.layers.items():
         parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name], child, FakeQuantLinear(modules[name], lp, state, name=name, tensors=plan.tensors))
+        linear = modules[name]
+        if linear.weight.device.type == "meta":  # read this layer alone, quantize it, drop the float weight
+            linear = _loaded_linear(linear, source, name)
+        setattr(modules[parent_name], child, FakeQuantLinear(linear, lp, state, name=name, tensors=plan.tensors))
 
     def follow_timestep(module, args, kwargs):
         t = kwargs.get("timestep", args[4] if len(args) > 4 else None)

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.weights import has_weights, source_of
 from qdit4sr_export.model.transformer import DiT4SRTransformer
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.hadamard import Rotation
@@ -30,7 +31,7 @@ class PlanContext:
     @classmethod
     def build(cls, model: DiT4SRTransformer, *, steps: int, shift: float) -> "PlanContext":
         linears = quantizable_linears(model)
-        on_meta = next(model.parameters()).device.type == "meta"
+        on_meta = not has_weights(model)
         timesteps, sigmas = flow_schedule(steps, shift=shift)
         fingerprint = {
             "architecture": architecture_fingerprint(model.config, linears),
@@ -48,10 +49,11 @@ class PlanContext:
         return start_index(self.sigmas, start_sigma)
 
     def weight(self, name: str) -> torch.Tensor:
-        """A layer's FP weight (float32); a one-line error when the model has no weights (a preset)."""
+        """A layer's FP weight (float32, read from the checkpoint when the model was opened lazily: one layer in
+        memory at a time); a one-line error when the model has no weights (a preset)."""
         if self.on_meta:
             raise UserError("this method reads the weights: give a checkpoint, not a preset name")
-        return dict(self.model.named_modules())[name].weight.detach().float()
+        return source_of(self.model).tensor(f"{name}.weight")
 
     def require_weights(self, why: str) -> None:
         if self.on_meta:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from qdit4sr_export.model.transformer import DiT4SRTransformer
     from qdit4sr_export.quant.calibration import CalibrationInputs
     from qdit4sr_export.quant.hadamard import Rotation
+    from qdit4sr_export.quant.methods.common import PlanContext
     from qdit4sr_export.quant.plan import QuantPlan
 
 #: Layers whose output never reaches the model output: attn2's text projections and to_k_control.
@@ -74,10 +75,9 @@ class QDiT4SRConfig:
         return dataclasses.asdict(self)
 
 
-def _layer_variance(model: torch.nn.Module, name: str, rotation: Rotation) -> float:
+def _layer_variance(ctx: PlanContext, name: str, rotation: Rotation) -> float:
     """Average output-channel variance of the Hadamard-domain weight W_H = W R (VaSMP's statistic)."""
-    w = dict(model.named_modules())[name].weight.detach().float()
-    return float(rotation.apply(w).var(dim=1, unbiased=False).mean())
+    return float(rotation.apply(ctx.weight(name)).var(dim=1, unbiased=False).mean())
 
 
 def make_plan(
@@ -88,10 +88,10 @@ def make_plan(
     progress: bool = False,
 ) -> QuantPlan:
     """Build a Q-DiT4SR plan. With an integer ``wbits`` and no calibration, only shapes are used (meta ok)."""
-    import copy
-
     import numpy as np
+    from tqdm import tqdm
 
+    from qdit4sr_export.model.weights import lazy_copy
     from qdit4sr_export.quant.calibration import collect_activation_variance
     from qdit4sr_export.quant.gaussian import kappa_table
     from qdit4sr_export.quant.hsvd import select_block
@@ -118,7 +118,8 @@ def make_plan(
         if on_meta:
             raise UserError("--wbits auto (VaSMP) reads the weights: give a checkpoint, or an integer --wbits "
                             "for shape-only accounting")
-        variances = [_layer_variance(model, n, rotations[n]) for n in active]
+        variances = [_layer_variance(ctx, n, rotations[n]) for n in
+                     tqdm(active, desc="VaSMP layer statistics", unit="layer", disable=None if progress else True)]
         weight_var = dict(zip(active, variances))
         sizes = [linears[n][0] * linears[n][1] for n in active]
         bits = allocate_weight_bits(variances, sizes, budget=config.wbits_budget, kappa=kappa_table("integer"),
@@ -154,9 +155,10 @@ def make_plan(
 
     ctx.require_weights("VaTMP calibration")
     calibration.check(model.config, "calibration inputs")
-    # Collect v(l, t) under quantized weights (paper Sec. 3.4.2), on a copy so the caller's model is untouched.
+    # Collect v(l, t) under quantized weights (paper Sec. 3.4.2), on a copy that reads the caller's weights (the
+    # model is untouched; the simulation stores int8 codes and low-rank factors, a few GB at full size).
     weights_only = plan_with({n: (None,) * steps for n in names}, [])
-    sim = apply_plan(copy.deepcopy(model), weights_only, check=False)
+    sim = apply_plan(lazy_copy(model, latent_side=calibration.lr_latent.shape[-1]), weights_only, check=False)
     sim.weights_only()
     first = ctx.first_step(config.start_sigma)
     variance = collect_activation_variance(sim.model, active, calibration, progress=progress, **trajectory(config))

@@ -53,12 +53,16 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
         @functools.wraps(build)
         def checked(model, cfg, *, calibration=None, progress: bool = False):
             if needs_calibration:
+                from qdit4sr_export.model.weights import has_weights, lazy_copy, materialize, on_meta
+
                 if calibration is None:
                     raise UserError(f"method '{name}' needs calibration data: pass --calib (LR photos or a "
                                     "latents file)")
-                if next(model.parameters()).device.type == "meta":
+                if not has_weights(model):
                     raise UserError(f"method '{name}' runs the model on calibration data: give a checkpoint, "
                                     "not a preset name")
+                if on_meta(model):  # it runs the FP model: a lazily opened model is loaded whole (float32)
+                    model = materialize(lazy_copy(model))
             return build(model, cfg, calibration=calibration if uses else None, progress=progress)
 
         _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration, uses, quantizes)

@@ -18,10 +18,16 @@ QUICK = {"qdit4sr": {"svd_rank": 8, "local_rank": 2, "wbits": 4, "abits": 4.5},
 
 
 def calls_of(model):
-    """Every forward call of ``model`` and of its deep copies (simulations): (is the FP model, timestep)."""
+    """Every forward call of ``model`` and of any other DiT4SR (its copies and the simulations, which may be lazy
+    twins built afresh): (is the FP model, timestep). A global hook, removed by the returned handle."""
+    from qdit4sr_export.model import DiT4SRTransformer
+
     seen = []
-    model.register_forward_pre_hook(lambda m, args: seen.append((m is model, float(args[4][0]))))
-    return seen
+
+    def record(m, args):
+        if isinstance(m, DiT4SRTransformer):
+            seen.append((m is model, float(args[4][0])))
+    return seen, torch.nn.modules.module.register_module_forward_pre_hook(record)
 
 
 @pytest.mark.parametrize("name", ["qdit4sr", "svdquant", "ptq4dit", "qdit", "adatsq", "lrq-dit"])
@@ -33,8 +39,11 @@ def test_calibration_runs_only_the_pipelines_steps(tiny_model, name):
     lr = torch.randn(SAMPLES, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     method = get_method(name)
     config = make_config(method, {"steps": STEPS, "start_sigma": SIGMA, **QUICK.get(name, {})})
-    seen = calls_of(tiny_model)
-    plan = method.build(tiny_model, config, calibration=CalibrationInputs.with_null_prompt(lr, tiny_model.config))
+    seen, hook = calls_of(tiny_model)
+    try:
+        plan = method.build(tiny_model, config, calibration=CalibrationInputs.with_null_prompt(lr, tiny_model.config))
+    finally:
+        hook.remove()
     assert {t for _, t in seen} == run  # nothing before the start sigma, every step after it
     fp_calls = sum(1 for fp, _ in seen if fp)
     one_pass = 2 * (STEPS - first)  # 2 batches x the steps that run
