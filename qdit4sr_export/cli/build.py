@@ -12,6 +12,18 @@ from qdit4sr_export.cli.plan import _calibration, check_output, is_preset, metho
 from qdit4sr_export.errors import UserError
 
 
+def existing_model(model: str) -> str:
+    """MODEL must be a checkpoint on disk; a preset name gets a hint (presets have shapes, not weights)."""
+    from qdit4sr_export.model.config import PRESETS
+
+    if Path(model).exists():
+        return model
+    if model in PRESETS:
+        raise click.BadParameter(f"'{model}' is a preset name: build needs a checkpoint with weights "
+                                 f"(examples/make_random_dit4sr.py {model} OUT writes a random one)", param_hint="MODEL")
+    raise click.BadParameter(f"Path '{model}' does not exist.", param_hint="MODEL")
+
+
 def packaged_calibration_folder() -> Path | None:
     """The LR photo crops shipped with the package (the default calibration set), if installed."""
     folder = Path(__file__).resolve().parent.parent / "data" / "calib"
@@ -49,7 +61,7 @@ def _load_plan(path: str, net):
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True))
+@click.argument("model", type=click.Path(), callback=lambda ctx, param, value: existing_model(value))
 @plan_options
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Use this QuantPlan JSON (from `plan`) instead of making one.")

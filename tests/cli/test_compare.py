@@ -113,7 +113,7 @@ def test_inputs_file_and_bad_input(pipeline_folder, engine_sets, tmp_path):
     from helpers import make_pipeline_folder
 
     make_pipeline_folder(other, seed=5)
-    cases = [(("--inputs", tmp_path / "nope.npz"), "no such file"),
+    cases = [(("--inputs", tmp_path / "nope.npz"), "does not exist"),
              (("--inputs", tmp_path / "bad.safetensors"), "'hidden_states' has shape"),
              (("--inputs", tmp_path / "missing.safetensors"), "missing ['timestep']")]
     for extra, message in cases:
