@@ -75,15 +75,22 @@ def test_tensorrt_only_paths_are_one_line_errors(trt_set, engine_sets, tmp_path)
 
 
 @pytest.mark.slow
-def test_example_model_trt_graph_passes_compare_like_its_ort_build(tmp_path):
-    """The example model's W4A4 plugin graph (fp16, the default) on the reference ops meets the tolerances README
-    gives for its ort build."""
+def test_example_model_trt_graph_compares_like_its_ort_build(tmp_path):
+    """The example model's W4A4 plugin graph (fp16, the default) on the reference ops: compare reports, per input,
+    what it reports for the ort build of the same options (measured: 12.33 / 1.07 dB against 12.32 / 1.13 dB at
+    t = 81 / 9; the last step's output is that sensitive even at W8A8, 20.6 dB)."""
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "dit4sr-tiny"
-    out = tmp_path / "tiny-trt"
-    result = invoke("build", example, "--wbits", "auto", "--abits", 4, "--calib-count", 8, "--target", "trt", "-o", out)
-    assert result.exit_code == 0, result.output
-    result = invoke("compare", example / "transformer", out, "--min-sqnr", 12, "--min-cosine", 0.98, "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["passed"]
+    per_input = {}
+    for target in ("ort", "trt"):
+        out = tmp_path / target
+        result = invoke("build", example, "--wbits", "auto", "--abits", 4, "--calib-count", 8, "--target", target,
+                        "-o", out)
+        assert result.exit_code == 0, result.output
+        result = invoke("compare", example / "transformer", out, "--min-sqnr", 1, "--min-cosine", 0.6, "--json")
+        assert result.exit_code == 0, result.output
+        per_input[target] = [p for v in json.loads(result.output)["variants"] for p in v["per_input"]]
+    for ort, trt in zip(per_input["ort"], per_input["trt"], strict=True):
+        assert ort["timestep"] == trt["timestep"]
+        assert abs(ort["sqnr_db"] - trt["sqnr_db"]) < 0.2 and abs(ort["cosine"] - trt["cosine"]) < 0.002

@@ -60,7 +60,7 @@ def test_fp_engine_set_and_bad_targets(engine_sets, tmp_path):
     assert result.exit_code == 2 and "no plan to plot" in result.output
     (tmp_path / "empty").mkdir()
     assert "not an engine set" in invoke(tmp_path / "empty").output
-    assert "no such engine set or plan file" in invoke(tmp_path / "nothing.json").output
+    assert "does not exist" in invoke(tmp_path / "nothing.json").output
 
 
 def test_plan_file_with_a_chosen_layer(engine_sets, tmp_path):

@@ -197,8 +197,10 @@ def test_missing_cuda_or_triton_is_one_line(engine_sets, monkeypatch):
     assert "triton" in result.output and "engine set" in result.output
 
 
-def test_compare_resolves_the_backend_before_loading_anything():
-    result = CliRunner().invoke(main, ["compare", "fp", "engine", "--backend", "torch"])
+def test_compare_resolves_the_backend_before_loading_anything(tmp_path):
+    (tmp_path / "fp").mkdir()
+    (tmp_path / "engine").mkdir()
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "fp"), str(tmp_path / "engine"), "--backend", "torch"])
     assert result.exit_code == 2 and "not engine sets" in result.output
 
 
