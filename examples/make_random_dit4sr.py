@@ -5,8 +5,8 @@
 
 OUT/transformer/ (config.json + F16 safetensors with the control branch in F32, the released names), OUT/vae/
 (SD3.5 AutoencoderKL config with seeded weights, or the pixel-unshuffle map), OUT/prompt_embeds.safetensors
-(333 text tokens), OUT/pipeline.json and OUT/scheduler/. Memory stays at about one tensor: the 2.7B
-dit4sr-medium (6.6 GB) is written in a few minutes with well under 1 GB. --heavy-tailed draws the block linears
+(333 text tokens), OUT/pipeline.json and OUT/scheduler/. One tensor is made and written at a time, so memory
+stays near the largest tensor. --heavy-tailed draws the block linears
 from model/synthetic.py's heavy-tailed stand-in, so quantization statistics are not trivial. Works for every
 preset (see `qdit4sr-export info --help`).
 """
