@@ -78,7 +78,7 @@ def test_tensorrt_only_paths_are_one_line_errors(trt_set, engine_sets, tmp_path)
 def test_example_model_trt_graph_compares_like_its_ort_build(tmp_path):
     """The example model's W4A4 plugin graph (fp16, the default) on the reference ops: compare reports, per input,
     what it reports for the ort build of the same options (measured: 12.33 / 1.07 dB against 12.32 / 1.13 dB at
-    t = 81 / 9; the last step's output is that sensitive even at W8A8, 20.6 dB)."""
+    t = 81 / 9)."""
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "dit4sr-tiny"
