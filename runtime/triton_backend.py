@@ -63,6 +63,7 @@ class TritonRunner:
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
+        self.engine.check_latent(*hidden_states.shape[-2:])
         args = [t.to(self.device, self.dtype) for t in (hidden_states, lr_latent, encoder_hidden_states,
                                                         pooled_projections)]
         args.append(timestep.to(self.device, torch.float32))

@@ -65,6 +65,7 @@ class TrtRunner:
     def infer(self, hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep) -> torch.Tensor:
         if self.active is None:
             raise RuntimeError("activate a variant before infer")
+        self.engine_set.check_latent(*hidden_states.shape[-2:])
         feeds = numpy_feeds(hidden_states, lr_latent, encoder_hidden_states, pooled_projections, timestep)
         out = self._runner(self.active).infer(feeds)["sample"]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))

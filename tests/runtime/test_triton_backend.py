@@ -57,6 +57,15 @@ def test_matches_ort_on_the_first_and_last_variant(w8_runners):
     assert {layer.abits for layer in triton_runner.layers.values()} <= {7, 8}
 
 
+@on_cpu
+def test_a_latent_over_the_positional_crop_is_refused(w8_runners, monkeypatch):
+    engine, triton, _ = w8_runners
+    monkeypatch.setitem(engine.manifest, "max_latent", 8)
+    triton.activate(engine.variants[0].index)
+    with pytest.raises(UserError, match="latent 16x16 is larger than this engine set accepts"):
+        triton.infer(*_inputs(engine.config(), side=16), torch.tensor([500.0]))
+
+
 def _stored_layer(folder, tensors, row, name, k, n, bits):
     """One layer's tensors written as the engine writer writes weights.bin, read back into a KernelLinear."""
     from qdit4sr_export.engine_writer import write_weights
