@@ -76,7 +76,7 @@ def test_fp_build_matches_torch_survives_a_move_and_force_replaces(checkpoints, 
     assert np.abs(run_variant(tmp_path / "moved", inputs) - torch_out(model, inputs)).max() <= 1e-4
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits", [pytest.param(8, marks=pytest.mark.slow), 4])  # 8: 35 s, run with -m slow
 def test_quantized_build_tracks_the_simulation(checkpoints, tmp_path, bits):
     model, ckpt = checkpoints["dit4sr-small"]
     summary = build([ckpt, "--wbits", bits, "--abits", bits, "-o", tmp_path / "e"])

@@ -64,6 +64,7 @@ def _sqnr(a, b):
     return float(10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum()))
 
 
+@pytest.mark.slow  # about 30 s of calibration and searches
 def test_svdquant_and_quarot_beat_rtn_on_heavy_tailed_weights():
     inputs = make_inputs(heavy_tailed_model(), batch=2, side=16, seed=3)
     with torch.no_grad():
