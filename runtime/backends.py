@@ -150,12 +150,14 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, plan=None) -> None:
+    def __init__(self, model: torch.nn.Module, plan=None, *, cache_weights: bool = False) -> None:
         if plan is not None:
             from qdit4sr_export.quant.simulate import apply_plan
 
             model = copy.deepcopy(model)
-            apply_plan(model, plan)
+            sim = apply_plan(model, plan)
+            if cache_weights:  # keep the rebuilt float weights (small models: same numbers, faster)
+                sim.cache_weights()
         self.model = model.eval()
         self.plan = plan
         self.patch_size = model.config.patch_size

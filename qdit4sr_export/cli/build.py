@@ -30,11 +30,11 @@ def packaged_calibration_folder() -> Path | None:
     return folder if folder.is_dir() and any(folder.glob("*.png")) else None
 
 
-def _calibration_inputs(chosen, calib, model_path, net, count, seed, no_vatmp, notices):
+def _calibration_inputs(chosen, cfg, calib, model_path, net, count, seed, notices):
     """Calibration for the plan: --calib, else the packaged crops through the model's autoencoder."""
     from qdit4sr_export.quant.calib_images import find_autoencoder_folder
 
-    if no_vatmp or not chosen.uses_calibration:
+    if not chosen.wants_calibration(cfg):
         return None, None
     if calib:
         return _calibration(calib, model_path, net, count, seed), str(calib)
@@ -122,8 +122,8 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
         if plan_file is not None:
             plan = _load_plan(plan_file, net)
         else:
-            calibration, calibration_source = _calibration_inputs(chosen, calib, model, net, calib_count, seed,
-                                                                  no_vatmp, notices)
+            calibration, calibration_source = _calibration_inputs(chosen, cfg, calib, model, net, calib_count, seed,
+                                                                  notices)
             if chosen.needs_calibration and calibration is None:
                 raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents "
                                 "file)")

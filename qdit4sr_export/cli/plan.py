@@ -225,7 +225,7 @@ def plan(ctx: click.Context, model, method, method_option, config, wbits, wbits_
     with stages.stage("load"):
         net = _load_model(model, config)
     with stages.stage("plan"):
-        use = calib and chosen.uses_calibration and not no_vatmp
+        use = calib and chosen.wants_calibration(cfg)
         calibration = _calibration(calib, model, net, calib_count, seed) if use else None
         if chosen.needs_calibration and calibration is None:
             raise UserError(f"method '{method}' needs calibration data: pass --calib (LR photos or a latents file)")

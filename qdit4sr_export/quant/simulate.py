@@ -108,17 +108,28 @@ class FakeQuantLinear(nn.Module):
             else:
                 self.register_buffer(f"w_quant_{bits}", quantize_residual(residual, plan, bits).to(dtype))
         self.register_buffer("bias", linear.bias.detach().clone() if linear.bias is not None else None)
+        self.cache: dict | None = None  # rebuilt float weights, kept when the caller opts in (small models)
+
+    def _cached(self, key, make):
+        if self.cache is None:
+            return make()
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
 
     def quantized_weight(self, bits: int) -> torch.Tensor:
         """The layer's quantized residual at ``bits`` (what ``quantize_residual`` gives), in the layer's dtype."""
         if bits in self.codes:
-            return self.codes[bits].dequantize(torch.float32).reshape(self.shape).to(self.dtype)
+            return self._cached(bits, lambda: self.codes[bits].dequantize(torch.float32).reshape(self.shape)
+                                .to(self.dtype))
         return getattr(self, f"w_quant_{bits}")
 
     @property
     def w_fp(self) -> torch.Tensor | None:
         """The FP branch ``W_G + W_L`` as one matrix (None without H-SVD)."""
-        return self.branch.fp_dense().to(self.dtype) if self.branch is not None else None
+        if self.branch is None:
+            return None
+        return self._cached("fp", lambda: self.branch.fp_dense().to(self.dtype))
 
     def current_abits(self) -> int | None:
         if not self.state.quantize_activations or self.state.step is None:
@@ -150,6 +161,13 @@ class SimulatedModel:
         self.model = model
         self.plan = plan
         self.state = state
+
+    def cache_weights(self) -> None:
+        """Keep each layer's rebuilt float weights between calls: the same numbers, several times faster, at the
+        cost of a float copy of every weight (fine for small models; the default rebuilds them per call)."""
+        for module in self.model.modules():
+            if isinstance(module, FakeQuantLinear):
+                module.cache = {}
 
     def weights_only(self, enabled: bool = True) -> None:
         """Quantize weights only (the state in which VaTMP collects activation statistics)."""

@@ -184,3 +184,21 @@ def test_the_model_folders_trajectory_is_the_default(tmp_path):
     assert len(again.timesteps) == 3 and again.method_config["start_sigma"] == 1
     rtn = run("plan", tmp_path / "pipe", "--method", "rtn", "-o", tmp_path / "r.json", "--json")
     assert rtn.exit_code == 0 and len(QuantPlan.load(tmp_path / "r.json").timesteps) == 5  # no start sigma: rtn
+
+
+def test_smoothing_option_takes_calibration_even_with_no_vatmp(tmp_path, tiny_model):
+    """`-O smoothing=true` searches on the calibration data; --no-vatmp turns off VaTMP only, not the data."""
+    ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+    save_file({"lr_latent": torch.randn(2, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    out = tmp_path / "plan.json"
+    args = ("plan", ckpt, "--wbits", 4, "--abits", 4, "--svd-rank", 8, "--steps", 2, "--no-vatmp",
+            "-O", "smoothing=true", "-O", "alpha_points=2", "-O", "group_size=32", "-o", out, "--json")
+    result = run(*args, "--calib", tmp_path / "calib.safetensors")
+    assert result.exit_code == 0, result.output
+    plan = QuantPlan.load(out)
+    assert any(lp.smoothing for lp in plan.layers.values()) and plan.tensors
+    assert {lp.group_size for lp in plan.layers.values()} == {32}
+    assert all(len(set(lp.abits)) == 1 for lp in plan.layers.values())
+    result = run(*args[:-3], "-o", tmp_path / "other.json")
+    assert result.exit_code == 2 and "smoothing=true searches each layer's smoothing on calibration data" in \
+        result.output and not (tmp_path / "other.json").exists()

@@ -101,3 +101,27 @@ def test_plans_the_plugins_do_not_cover_are_refused(tiny):
     outlier = dataclasses.replace(plan.layers[name], rotation={"kind": "outlier", "n": 64, "block": 32})
     with pytest.raises(UserError, match=f"layer '{name}'.*outlier rotation"):
         check_supported(dataclasses.replace(plan, layers={**plan.layers, name: outlier}))
+
+
+@pytest.mark.slow
+def test_grouped_and_smoothed_plan_tracks_the_simulation(tiny, tmp_path):
+    """Q-DiT4SR's options (issue 19) through the plugin graph: the smoothing vector and group size reach the
+    RotateQuantize and LowbitGemm nodes, and the reference graph tracks the simulation."""
+    import torch
+
+    from qdit4sr_export.quant.calibration import CalibrationInputs
+
+    method = get_method("qdit4sr")
+    calib = CalibrationInputs.with_null_prompt(
+        torch.randn(2, tiny.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1)), tiny.config)
+    plan = method.build(tiny, make_config(method, {"wbits": 4, "abits": 4, "steps": 2, "vatmp": False,
+                                                   "group_size": 64, "smoothing": True, "alpha_points": 2}),
+                        calibration=calib)
+    folder = tmp_path / "set"
+    build_engine_set(tiny, "in-memory", folder, plan=plan, steps=2, max_variants=None, build_info={},
+                     progress=False, target="trt", target_options=get_target("trt").configure({"precision": "fp32"}))
+    proto = onnx.load(str(folder / EngineSet.load(folder).variants[0].file), load_external_data=False)
+    rq = [n for n in proto.graph.node if n.op_type == ROTATE_QUANTIZE]
+    attrs = [{a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT} for n in rq]
+    assert {a["group_size"] for a in attrs} == {64} and any(a["smooth"] for a in attrs)
+    assert min(simulation_sqnr_per_step(tiny, folder, plan)) >= 100.0

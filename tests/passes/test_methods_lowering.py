@@ -22,8 +22,15 @@ from qdit4sr_export.quant.variants import plan_variants
 from qdit4sr_export.trace import INPUT_NAMES
 
 
-@pytest.mark.parametrize("name", method_names(quantizing_only=True))
-def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
+#: Method options that change what is lowered: Q-DiT4SR with group-wise scales and the data-aware smoothing. (Groups
+#: of 32 on this seed put one 4-bit activation on a rounding tie that float summation order flips, 35.8 dB; the layer
+#: chain of tests/passes/test_lower_ort.py checks the same arithmetic on every combination at 133-138 dB.)
+OPTIONS = [(name, {}) for name in method_names(quantizing_only=True)] + [
+    ("qdit4sr", {"group_size": 64, "smoothing": True, "alpha_points": 2})]
+
+
+@pytest.mark.parametrize("name, extra", OPTIONS, ids=[n + "".join(f"-{k}" for k in e) for n, e in OPTIONS])
+def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name, extra):
     model, traced = traced_tiny
     method = get_method(name)
     calib = CalibrationInputs.with_null_prompt(
@@ -31,7 +38,7 @@ def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     # 4-bit activations: at 6 bits one seeded AdaTSQ case has an activation on a rounding tie that float
     # summation order flips (54 dB with identical arithmetic, 131 dB at 4 and 8 bits)
     options = {"steps": 3, "abits": 4, **({"wbits": 4} if name == "qdit4sr" else {}),
-               **({"min_mean_group": 32.0} if name == "qdit" else {})}  # tiny widths: 64 and 256
+               **({"min_mean_group": 32.0} if name == "qdit" else {}), **extra}  # tiny widths: 64 and 256
     plan = method.build(copy.deepcopy(model), make_config(method, options), calibration=calib)
     graph = traced.clone()
     for p in (FoldHadamardPass(plan), InsertHSVDPass(plan), AnnotateWeightBitsPass(plan)):
@@ -54,6 +61,9 @@ def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name):
     sqnr = 10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum())
     assert sqnr >= 100.0  # the same arithmetic as the simulation: measured 126-133 dB
     assert sum(lower.paths.values()) > 0
+    if extra:  # every layer grouped: the dequantize path; the smoothing divides the input before the rotation
+        assert plan.tensors and all(lp.group_size == 64 for lp in plan.layers.values())
+        assert set(lower.paths) == {"dequant"}
     # what the graph stores for each lowered layer is what the plan's storage accounting predicts
     stored = lowered_layer_bytes(graph)
     assert stored and {n: layer_bytes(plan.layers[n]) for n in stored} == stored

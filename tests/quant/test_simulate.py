@@ -132,3 +132,22 @@ def test_per_timestep_weight_bits():
     assert sqnr_db(linear(x), outputs[1]) > sqnr_db(linear(x), outputs[0]) + 20
     with pytest.raises(UserError, match="wbits_schedule and abits differ in length"):
         LayerPlan(in_features=64, out_features=32, wbits=4, abits=(4,), wbits_schedule=(3, 8))
+
+
+def test_cached_weights_give_the_same_numbers(tiny_model):
+    """``cache_weights`` keeps the rebuilt float weights (quality benchmarks): bit-identical outputs at every step."""
+    import copy
+
+    from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
+
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4, svd_rank=8, local_rank=2, steps=3))
+    plain, cached = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    apply_plan(plain, plan)
+    apply_plan(cached, plan).cache_weights()
+    inputs = make_inputs(tiny_model)[:4]
+    with torch.no_grad():
+        for t in plan.timesteps * 2:
+            step = torch.tensor([t])
+            assert torch.equal(plain(*inputs, step, return_dict=False)[0], cached(*inputs, step, return_dict=False)[0])
+    layers = [m for m in cached.modules() if type(m).__name__ == "FakeQuantLinear"]
+    assert all(set(m.cache) <= {4, "fp"} for m in layers) and sum(set(m.cache) == {4, "fp"} for m in layers) > 10

@@ -241,3 +241,34 @@ def test_polygraphy_adapter_checks_real_feeds():
     outs = results[0][1]
     assert len(outs) == 2 and np.array_equal(outs[0]["sample"], 2 * feed["hidden_states"])
     assert calls == [("activate", 3), ("deactivate",)]
+
+
+@pytest.mark.slow
+@on_cpu
+def test_grouped_and_smoothed_qdit4sr_matches_ort(pipeline_folder, tmp_path):
+    """Q-DiT4SR's options (issue 19) on the kernels: smoothing before the rotation, group scales in the GEMM epilogue
+    and the activation quantizer, H-SVD branches, W4A4."""
+    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.quant.calibration import CalibrationInputs
+    from qdit4sr_export.quant.methods import get_method, make_config
+
+    model, folder = pipeline_folder
+    method = get_method("qdit4sr")
+    calib = CalibrationInputs.with_null_prompt(
+        torch.randn(2, 12, 8, 8, generator=torch.Generator().manual_seed(1)), model.config)
+    plan = method.build(model, make_config(method, {"wbits": 4, "abits": 4, "steps": 2, "group_size": 32,
+                                                    "smoothing": True, "alpha_points": 2}), calibration=calib)
+    assert any(lp.smoothing for lp in plan.layers.values()) and all(lp.group_size == 32 for lp in plan.layers.values())
+    build_engine_set(model, folder, tmp_path / "set", plan=plan, steps=2, max_variants=None, build_info={},
+                     progress=False)
+    engine = EngineSet.load(tmp_path / "set")
+    runner = get_backend("triton").open(engine, device="cpu")
+    ort = OrtRunner(engine)
+    args = _inputs(engine.config())
+    t = torch.tensor([engine.timesteps[engine.variants[0].steps[0]]])
+    runner.activate(0)
+    ort.activate(0)
+    specs = [layer.quantize.spec for layer in runner.layers.values() if hasattr(layer, "quantize")]
+    assert any(spec.smooth is not None for spec in specs) and {spec.group_size for spec in specs} == {32}
+    got = runner.infer(*args, t)
+    assert error_stats(ort.infer(*args, t).numpy(), got.numpy())["sqnr_db"] >= MIN_SQNR_VS_ORT

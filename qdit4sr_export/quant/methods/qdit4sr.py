@@ -54,6 +54,15 @@ class QDiT4SRConfig:
     # budgets only the steps that run; skipped steps keep static floor(abits) bits.
     start_sigma: float = 1.0
     calib_seed: int = 0
+    # Options beyond the paper (issue 19), off by default. group_size: input channels sharing one weight scale
+    # and one activation scale (Gaussian-optimal clip per group; 0: per weight row and per token, the paper's).
+    group_size: int = 0
+    # smoothing: per-layer channel smoothing before the rotation, searched on calibration data against the
+    # layer's quantized output error (no smoothing, or alphas i / alpha_points for i = 1..alpha_points: SVDQuant's
+    # scales); needs calibration. Each candidate re-runs the layer's H-SVD, so the grid is half SVDQuant's 20.
+    smoothing: bool = False
+    alpha_points: int = 10
+    rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the smoothing search
 
     def __post_init__(self) -> None:
         if self.wbits is not None:
@@ -70,14 +79,62 @@ class QDiT4SRConfig:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
         if not 0 < self.start_sigma <= 1:
             raise UserError(f"--start-sigma must be in (0, 1], got {self.start_sigma}")
+        if self.group_size < 0 or self.alpha_points < 1 or self.rows_per_step < 1:
+            raise UserError("qdit4sr: group_size >= 0 (0: per-row and per-token scales), alpha_points >= 1 and "
+                            "rows_per_step >= 1")
+
+    def wants_calibration(self) -> bool:
+        """Whether a plan uses calibration data (VaTMP, or the smoothing search)."""
+        return self.vatmp or self.smoothing
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _layer_variance(ctx: PlanContext, name: str, rotation: Rotation) -> float:
-    """Average output-channel variance of the Hadamard-domain weight W_H = W R (VaSMP's statistic)."""
-    return float(rotation.apply(ctx.weight(name)).var(dim=1, unbiased=False).mean())
+def _layer_variance(ctx: PlanContext, name: str, rotation: Rotation, smooth: torch.Tensor | None) -> float:
+    """Average output-channel variance of the Hadamard-domain weight W_H = (W s) R (VaSMP's statistic; s the
+    layer's smoothing when the plan smooths it)."""
+    weight = ctx.weight(name)
+    return float(rotation.apply(weight if smooth is None else weight * smooth).var(dim=1, unbiased=False).mean())
+
+
+def _group(config: QDiT4SRConfig, width: int) -> int | None:
+    """The configured group size where it divides the layer's input width, else per-row scales (noted)."""
+    return config.group_size if config.group_size and width % config.group_size == 0 else None
+
+
+def _smoothing(ctx: PlanContext, config: QDiT4SRConfig, calibration: CalibrationInputs | None,
+               rotations: dict[str, Rotation], blocks: dict, groups: dict[str, int | None], notes: list[str],
+               progress: bool) -> dict[str, torch.Tensor]:
+    """The data-aware smoothing step: each layer's divisor (layers where no smoothing scored best are left out),
+    searched at the plan's uniform weight bits (VaSMP's budget) and floor(--abits) activation bits."""
+    import numpy as np
+
+    from qdit4sr_export.quant.methods.common import trajectory
+    from qdit4sr_export.quant.plan import LayerPlan
+    from qdit4sr_export.quant.rotated_smoothing import search_model_smoothing
+
+    if calibration is None:
+        raise UserError("qdit4sr smoothing=true searches each layer's smoothing on calibration data: pass --calib "
+                        "(or leave smoothing off)")
+    ctx.require_weights("the smoothing search")
+    calibration.check(ctx.model.config, "calibration inputs")
+    wbits = config.wbits if config.wbits is not None else int(round(config.wbits_budget))
+    plans = {n: LayerPlan(in_features=inp, out_features=out, wbits=wbits, abits=(None,),
+                          rotation=rotations[n].to_dict(), svd_rank=config.svd_rank, local_block=blocks[n],
+                          group_size=groups[n])
+             for n, (out, inp) in ctx.linears.items() if is_active(n)}
+    alphas = tuple(i / config.alpha_points for i in range(1, config.alpha_points + 1))
+    chosen = search_model_smoothing(ctx.model, plans, ctx.weight, calibration, abits=int(np.floor(config.abits)),
+                                    alphas=alphas, rows_per_step=config.rows_per_step,
+                                    trajectory=trajectory(config), progress=progress)
+    smooth = {n: c.scales.float() for n, c in chosen.items() if c.alpha is not None}
+    gain = [1 - c.error / c.errors[0] for c in chosen.values() if c.errors[0] > 0]
+    notes.append(f"smoothing searched on {len(calibration)} calibration samples: {len(smooth)} of {len(chosen)} "
+                 f"layers smoothed (median alpha {np.median([c.alpha for c in chosen.values() if c.alpha]):.2f}, "
+                 f"median output-error reduction {100 * float(np.median(gain)):.1f}%)" if smooth else
+                 f"smoothing searched on {len(calibration)} calibration samples: no layer gained from it")
+    return smooth
 
 
 def make_plan(
@@ -110,6 +167,18 @@ def make_plan(
     notes = []
 
     active = [n for n in names if is_active(n)]
+    blocks = {
+        n: select_block(out, inp, config.local_rank) if config.local_rank > 0 else None
+        for n, (out, inp) in linears.items()
+    }
+    groups = {n: _group(config, inp) for n, (_, inp) in linears.items()}
+    smooth: dict[str, torch.Tensor] = {}
+    if config.smoothing:
+        smooth = _smoothing(ctx, config, calibration, rotations, blocks, groups, notes, progress)
+    per_row = [n for n in names if config.group_size and groups[n] is None]
+    if per_row:
+        notes.append(f"{len(per_row)} layer(s) use per-row scales: group size {config.group_size} does not divide "
+                     f"their width (first: {per_row[0]})")
     weight_var: dict[str, float] = {}
     act_var: dict[str, tuple[float, ...]] = {}
     if config.wbits is not None:
@@ -118,7 +187,7 @@ def make_plan(
         if on_meta:
             raise UserError("--wbits auto (VaSMP) reads the weights: give a checkpoint, or an integer --wbits "
                             "for shape-only accounting")
-        variances = [_layer_variance(ctx, n, rotations[n]) for n in
+        variances = [_layer_variance(ctx, n, rotations[n], smooth.get(n)) for n in
                      tqdm(active, desc="VaSMP layer statistics", unit="layer", disable=None if progress else True)]
         weight_var = dict(zip(active, variances))
         sizes = [linears[n][0] * linears[n][1] for n in active]
@@ -129,21 +198,19 @@ def make_plan(
         wbits.update({n: fill for n in names if n not in wbits})
 
     steps = ctx.steps
-    blocks = {
-        n: select_block(out, inp, config.local_rank) if config.local_rank > 0 else None
-        for n, (out, inp) in linears.items()
-    }
 
     def layer_plans(abits: dict[str, tuple[int | None, ...]]) -> dict[str, LayerPlan]:
         return {
             n: LayerPlan(in_features=inp, out_features=out, wbits=wbits[n], abits=abits[n],
                          rotation=rotations[n].to_dict(), svd_rank=config.svd_rank, local_block=blocks[n],
-                         active=is_active(n), weight_variance=weight_var.get(n), act_variance=act_var.get(n))
+                         group_size=groups[n], smoothing=n in smooth, active=is_active(n),
+                         weight_variance=weight_var.get(n), act_variance=act_var.get(n))
             for n, (out, inp) in linears.items()
         }
 
     def plan_with(abits: dict[str, tuple[int | None, ...]], extra_notes: list[str]) -> QuantPlan:
-        return ctx.plan("qdit4sr", config, layer_plans(abits), notes=extra_notes)
+        return ctx.plan("qdit4sr", config, layer_plans(abits), notes=extra_notes,
+                        tensors={f"{n}.smooth": s for n, s in smooth.items()})
 
     if calibration is None or not config.vatmp:
         if not float(config.abits).is_integer():

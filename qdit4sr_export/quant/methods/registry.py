@@ -31,6 +31,14 @@ class Method:
     uses_calibration: bool = False
     quantizes: bool = True
 
+    def wants_calibration(self, config: Any) -> bool:
+        """Whether a plan with ``config`` uses calibration data (a config may say no, e.g. an ablation that turns
+        its only data-driven step off)."""
+        if not self.uses_calibration:
+            return False
+        wants = getattr(config, "wants_calibration", None)
+        return self.needs_calibration or wants is None or bool(wants())
+
     def options(self) -> dict[str, Any]:
         """Config fields and their defaults (what ``--method-option KEY=VALUE`` may set)."""
         return {f.name: f.default for f in dataclasses.fields(self.config_cls) if f.name != "version"}

@@ -1,5 +1,6 @@
 """The Q-DiT4SR method end to end on small models: VaSMP bits, VaTMP schedules, ablations, errors."""
 
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +117,8 @@ def test_planning_does_not_touch_the_model(tiny_model):
         ({"max_segments": 0}, "--max-segments"),
         ({"start_sigma": 0.0}, "--start-sigma"),
         ({"start_sigma": 1.5}, "--start-sigma"),
+        ({"group_size": -1}, "group_size >= 0"),
+        ({"alpha_points": 0}, "alpha_points >= 1"),
     ],
 )
 def test_bad_options(kwargs, message):
@@ -140,3 +143,47 @@ def test_fractional_abits_need_calibration(tiny_model):
     plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4.5, svd_rank=8, local_rank=2, steps=4),
                      calibration=calibration_for(tiny_model))
     assert all(sum(lp.abits) <= 18 for lp in plan.layers.values() if lp.active)
+
+
+def test_group_size_sets_group_scales_and_names_the_layers_it_cannot_divide(tiny_model):
+    plan = make_plan(tiny_model, QDiT4SRConfig(wbits=None, abits=4, group_size=128, steps=2))
+    groups = {lp.in_features: lp.group_size for lp in plan.layers.values()}
+    assert groups == {256: 128, 64: None}  # 64-wide inputs keep per-row scales
+    assert any("use per-row scales: group size 128 does not divide" in note for note in plan.notes)
+    paper = make_plan(tiny_model, QDiT4SRConfig(wbits=None, abits=4, steps=2))
+    assert all(lp.group_size is None and not lp.smoothing for lp in paper.layers.values())
+    assert [lp.wbits for lp in plan.layers.values()] == [lp.wbits for lp in paper.layers.values()]  # VaSMP as before
+
+
+def test_smoothing_searches_on_calibration_data_and_feeds_vasmp(tiny_model, tmp_path):
+    calib = calibration_for(tiny_model, n=2)
+    cfg = QDiT4SRConfig(wbits=None, abits=4, svd_rank=8, local_rank=2, steps=2, smoothing=True, alpha_points=2,
+                        group_size=32)
+    plan = make_plan(tiny_model, cfg, calibration=calib)
+    smoothed = [n for n, lp in plan.layers.items() if lp.smoothing]
+    assert smoothed and all(plan.layers[n].active for n in smoothed)
+    assert sorted(plan.tensors) == sorted(f"{n}.smooth" for n in smoothed)
+    assert all(plan.tensors[f"{n}.smooth"].shape == (plan.layers[n].in_features,) for n in smoothed)
+    assert any("smoothing searched on 2 calibration samples" in note for note in plan.notes)
+    assert any("VaTMP on 2 calibration samples" in note for note in plan.notes)
+    # VaSMP's statistic is of the weight the plan quantizes: (W s) R
+    from qdit4sr_export.quant.hadamard import Rotation
+    name = smoothed[0]
+    lp = plan.layers[name]
+    weight = dict(tiny_model.named_modules())[name].weight.detach()
+    w_h = Rotation.from_dict({k: v for k, v in lp.rotation.items() if k != "kind"}).apply(
+        weight * plan.tensors[f"{name}.smooth"])
+    assert lp.weight_variance == pytest.approx(float(w_h.var(dim=1, unbiased=False).mean()), rel=1e-6)
+    from qdit4sr_export.quant.plan import QuantPlan
+    assert QuantPlan.load(plan.save(tmp_path / "plan.json")).to_json() == plan.to_json()
+
+
+def test_smoothing_needs_calibration_even_without_vatmp(tiny_model):
+    cfg = QDiT4SRConfig(wbits=4, abits=4, steps=2, smoothing=True, vatmp=False, alpha_points=2)
+    assert cfg.wants_calibration() and not QDiT4SRConfig(vatmp=False).wants_calibration()
+    with pytest.raises(UserError, match="smoothing=true searches each layer's smoothing on calibration data"):
+        make_plan(tiny_model, cfg)
+    plan = make_plan(tiny_model, cfg, calibration=calibration_for(tiny_model, n=2))
+    assert any(lp.smoothing for lp in plan.layers.values())
+    assert all(lp.abits == (4, 4) for lp in plan.layers.values())  # static bits: VaTMP off
+    assert make_plan(tiny_model, cfg, calibration=calibration_for(tiny_model, n=2)).to_json() == plan.to_json()
