@@ -217,18 +217,21 @@ def write_section(result: dict) -> None:
              f"mean over crops: 'selection' on {result['selection_crops']} crops of photos used only to choose "
              f"({', '.join(p.split('.')[0] for p in result['selection_photos'])}), 'held-out' on the "
              f"{result['evaluation_crops']} crops of the Quality section (never used to choose). Bytes: what the ONNX "
-             "lowering stores for the quantized layers (codes, scales, FP branches, smoothing)."
+             "lowering stores for the quantized layers (codes, scales, FP branches; not the smoothing vectors, one float "
+             "per input channel). Plan: the method's "
+             "plan in this process (calibration on 4 crops of 32 px, the searches), wall time on the shared machine."
              + (" Step: one 64x64-latent step (guidance batch 2) of the built engine set through the runtime's "
                 "OrtRunner; speed-up against the FP32 engine set, timed alternately in the same process." if timing
                 else ""), ""]
-    head = "| setting | method | PSNR vs FP, selection | PSNR vs FP, held-out | PSNR vs HR, held-out | Params (M) | bytes |"
-    sep = "|---|---|---|---|---|---|---|"
+    head = ("| setting | method | PSNR vs FP, selection | PSNR vs FP, held-out | PSNR vs HR, held-out | Params (M) | bytes "
+            "| plan (s) |")
+    sep = "|---|---|---|---|---|---|---|---|"
     if timing:
         head, sep = head + " step (ms) | speed-up vs FP |", sep + "---|---|"
     lines += [head, sep]
     for r in result["rows"]:
         line = (f"| {r['setting']} | {r['method']} | {r['psnr_vs_fp_selection']} | {r['psnr_vs_fp']} | "
-                f"{r['psnr_vs_hr']} | {r['params_m']} | {r['layer_bytes']:,} |")
+                f"{r['psnr_vs_hr']} | {r['params_m']} | {r['layer_bytes']:,} | {r['plan_s']} |")
         if timing:
             line += f" {r['step_ms']} | {r['speedup_vs_fp']:.2f}x |"
         lines.append(line)
