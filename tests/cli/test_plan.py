@@ -184,3 +184,15 @@ def test_the_model_folders_trajectory_is_the_default(tmp_path):
     assert len(again.timesteps) == 3 and again.method_config["start_sigma"] == 1
     rtn = run("plan", tmp_path / "pipe", "--method", "rtn", "-o", tmp_path / "r.json", "--json")
     assert rtn.exit_code == 0 and len(QuantPlan.load(tmp_path / "r.json").timesteps) == 5  # no start sigma: rtn
+
+
+@pytest.mark.parametrize("method, bar", [("svdquant", "smoothing search"), ("ptq4dit", "salience balancing"),
+                                         ("lrq-dit", "rotation and TLQ search"), ("qdit", "GPTQ")])
+def test_the_per_layer_search_shows_a_progress_bar(tmp_path, tiny_model, method, bar):
+    """Without --json a long plan shows where it is: calibration, then the per-layer search (most of a large plan)."""
+    ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+    save_file({"lr_latent": torch.randn(1, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    result = run("plan", ckpt, "--method", method, "--wbits", 4, "--abits", 4, "--steps", 2,
+                 "--calib", tmp_path / "calib.safetensors", *QUICK.get(method, []), "-o", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    assert "calibration" in result.output and f"{bar}:" in result.output, result.output
