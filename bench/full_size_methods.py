@@ -4,9 +4,11 @@ plan`` of each method on the random heavy-tailed released-size checkpoint (``ben
 same widths but only 2 of its 24 blocks (made here with ``--blocks 2``), to say where the time goes.
 
 Each plan is a subprocess in its own session: wall time, peak RSS of the whole process tree (``/proc`` sampled every
-second, children included; ``wait4``'s ``ru_maxrss`` of the plan process is kept beside it in the JSON), and the machine's 1-minute load average while it ran. A
-run past the wall-clock cap or the RSS cap is stopped (the process group killed) and reported as stopped with the last
-progress-bar line it printed: how far it got, not an extrapolation. The "2-block time x 12" column is a projection
+second, children included; also its anonymous part, which the RSS cap applies to: the rest is file pages, mostly the
+memory-mapped checkpoint, which the kernel can drop; ``wait4``'s ``ru_maxrss`` of the plan process is kept in the
+JSON), and the machine's 1-minute load average while it ran. A run past the wall-clock cap or the RSS cap is stopped
+(the process group killed) and reported as stopped with the last progress-bar line it printed: how far it got, not an
+extrapolation. The "2-block time x 12" column is a projection
 (24 blocks / 2), labelled as such: it also multiplies what does not scale with blocks (imports, embedders, the
 positional table), and the full-size rows say how close it is.
 
@@ -63,15 +65,19 @@ def _children(pid: int) -> list[int]:
     return tree
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its descendants now."""
-    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Resident bytes of ``pid`` and its descendants now: all of it, and the anonymous part (the rest is file pages,
+    mostly the memory-mapped checkpoint, which the kernel can drop)."""
+    total = anon = 0
     for p in _children(pid):
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
-        except (OSError, IndexError, ValueError):
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if line.startswith(("VmRSS:", "RssAnon:")))
+        except OSError:
             continue
-    return total
+        total += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        anon += int(fields.get("RssAnon", "0 kB").split()[0]) * 1024
+    return total, anon
 
 
 def available_bytes() -> int:
@@ -101,20 +107,22 @@ def _kill_group(pid: int) -> None:
 
 
 def capped(cmd: list[str], cwd: Path, cap_s: float, cap_rss: int) -> dict:
-    """Run ``cmd`` in its own session; stop its process group past ``cap_s`` seconds or ``cap_rss`` bytes of RSS."""
+    """Run ``cmd`` in its own session; stop its process group past ``cap_s`` seconds or ``cap_rss`` bytes of
+    anonymous RSS (what the machine cannot reclaim; the mapped checkpoint's pages it can)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         load0 = os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, text=True, start_new_session=True)
-        peak, loads, stopped = 0, [], None
+        peak, peak_anon, loads, stopped = 0, 0, [], None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            peak = max(peak, tree_rss(proc.pid))
+            total, anon = tree_rss(proc.pid)
+            peak, peak_anon = max(peak, total), max(peak_anon, anon)
             loads.append(os.getloadavg()[0])
-            if stopped is None and (time.perf_counter() - start > cap_s or peak > cap_rss):
-                stopped = "wall-clock cap" if peak <= cap_rss else "RSS cap"
+            if stopped is None and (time.perf_counter() - start > cap_s or peak_anon > cap_rss):
+                stopped = "wall-clock cap" if peak_anon <= cap_rss else "RSS cap"
                 _kill_group(proc.pid)
                 _, status, usage = os.wait4(proc.pid, 0)
                 break
@@ -124,6 +132,7 @@ def capped(cmd: list[str], cwd: Path, cap_s: float, cap_rss: int) -> dict:
         err.seek(0)
         stderr = err.read()
     return {"seconds": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1),
+            "peak_anon_rss_mb": round(peak_anon / 2**20, 1),
             "wait4_maxrss_mb": round(usage.ru_maxrss / 1024, 1), "stopped": stopped,
             "returncode": proc.returncode, "load_at_start": round(load0, 2),
             "load_mean": round(sum(loads) / len(loads), 2) if loads else round(load0, 2),
@@ -179,6 +188,11 @@ def cell_time(row: dict | None) -> str:
     return f"{row['seconds']:.0f} s"
 
 
+def rss_cell(row: dict) -> str:
+    anon = f" ({row['peak_anon_rss_mb'] / 1024:.2f} anon.)" if "peak_anon_rss_mb" in row else ""
+    return f"{row['peak_rss_mb'] / 1024:.2f} GB{anon}"
+
+
 def _earlier_qdit4sr() -> dict | None:
     """bench/full_size_calibration.py's full-size VaTMP plan (the same flags), to set beside its 2-block row."""
     path = ROOT / "bench" / "results" / "full_size_calibration.json"
@@ -205,19 +219,24 @@ def section(result: dict) -> str:
              f"layout: dit4sr-medium ({FULL_BLOCKS} blocks, 2.7 B parameters) or the same widths with {BLOCKS} blocks "
              f"(`examples/make_random_dit4sr.py dit4sr-medium OUT --heavy-tailed --blocks {BLOCKS}`); "
              f"{result['calib_count']} calibration crops of 128 px, a {result['steps']}-step grid from sigma 1. Peak "
-             "RSS: the plan's process tree, sampled each second. A run past its cap (wall clock or RSS) was stopped: "
-             "its last progress line says how far it got.", "",
+             "RSS: the plan's process tree, sampled each second (counting the checkpoint pages it has mapped; "
+             "\"anon.\": the anonymous part, which the RSS cap applies to, where recorded). A run past its cap (wall "
+             "clock or RSS) was stopped: its last progress line says how far it got.", "",
              f"| method | {small}: time | {small}: peak RSS | {small}: load | {small} time x 12 (projection, not "
              f"measured) | {full}: time | {full}: peak RSS | {full}: load | last progress line ({full}) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         s, f = rows.get((small, m)), rows.get((full, m))
         proj = f"~{s['seconds'] * FULL_BLOCKS / BLOCKS / 60:.0f} min" if s and not s["stopped"] else "-"
-        cells = [m, cell_time(s)] + ([f"{s['peak_rss_mb'] / 1024:.2f} GB", str(s["load_mean"])] if s else ["-", "-"])
+        cells = [m, cell_time(s)] + ([rss_cell(s), str(s["load_mean"])] if s else ["-", "-"])
         cells += [proj, cell_time(f) + (f" ({f['source']})" if f and "source" in f else "")]
-        cells += ([f"{f['peak_rss_mb'] / 1024:.2f} GB", str(f["load_mean"]),
+        cells += ([rss_cell(f), str(f["load_mean"]),
                    f"`{f['last_progress_line'][:100]}`" if f["last_progress_line"] else "-"] if f else ["-"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
+    stopped = [(k, r) for k, r in rows.items() if r.get("stopped") and k[0] == small and r["last_progress_line"]]
+    if stopped:
+        lines += ["", f"Last progress line of the stopped {small} runs:", ""]
+        lines += [f"- {m}: `{r['last_progress_line']}`" for (_, m), r in stopped]
     lines += ["", f"Commands (WORKDIR/checkpoint is the full model; at {BLOCKS} blocks, WORKDIR/checkpoint-{BLOCKS}blocks):",
               ""]
     lines += [f"- {m}: `{c}`" for m, c in dict.fromkeys((r["method"], r["command"].replace(f"-{BLOCKS}blocks", ""))
@@ -233,7 +252,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--calib-count", type=int, default=2)
     parser.add_argument("--cap-minutes", type=float, default=20.0, help="per-run wall-clock cap")
-    parser.add_argument("--cap-rss-gb", type=float, default=18.0, help="per-run peak-RSS cap (process tree)")
+    parser.add_argument("--cap-rss-gb", type=float, default=18.0, help="per-run cap on the process tree's anonymous RSS")
     parser.add_argument("--min-available-gb", type=float, default=14.0, help="wait for this much free memory first")
     parser.add_argument("--section-only", action="store_true", help="rewrite the BENCHMARKS.md section from the JSON")
     args = parser.parse_args()
