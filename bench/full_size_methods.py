@@ -176,7 +176,8 @@ def measure(work: Path, model: str, ckpt: Path, method: str, args: argparse.Name
         wrote = (Path(tmp) / "plan.json").is_file()
     if row["stopped"] is None and (row["returncode"] != 0 or not wrote):
         row["stopped"] = f"failed (exit {row['returncode']})"
-    return {"model": model, "method": method, "command": shown, "started": started, "available_gb_at_start": available, "cap_minutes": args.cap_minutes, "cap_rss_gb": args.cap_rss_gb,
+    return {"model": model, "method": method, "command": shown, "started": started,
+            "available_gb_at_start": available, "cap_minutes": args.cap_minutes, "cap_rss_gb": args.cap_rss_gb,
             **row}
 
 
@@ -237,8 +238,8 @@ def section(result: dict) -> str:
     if stopped:
         lines += ["", f"Last progress line of the stopped {small} runs:", ""]
         lines += [f"- {m}: `{r['last_progress_line']}`" for (_, m), r in stopped]
-    lines += ["", f"Commands (WORKDIR/checkpoint is the full model; at {BLOCKS} blocks, WORKDIR/checkpoint-{BLOCKS}blocks):",
-              ""]
+    lines += ["", f"Commands (WORKDIR/checkpoint is the full model; at {BLOCKS} blocks, "
+              f"WORKDIR/checkpoint-{BLOCKS}blocks):", ""]
     lines += [f"- {m}: `{c}`" for m, c in dict.fromkeys((r["method"], r["command"].replace(f"-{BLOCKS}blocks", ""))
                                                         for r in result["rows"])]
     return "## Full size: methods (issue 16)\n\n" + "\n".join(lines) + "\n\n"
@@ -252,7 +253,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--calib-count", type=int, default=2)
     parser.add_argument("--cap-minutes", type=float, default=20.0, help="per-run wall-clock cap")
-    parser.add_argument("--cap-rss-gb", type=float, default=18.0, help="per-run cap on the process tree's anonymous RSS")
+    parser.add_argument("--cap-rss-gb", type=float, default=18.0, help="per-run cap on the tree's anonymous RSS")
     parser.add_argument("--min-available-gb", type=float, default=14.0, help="wait for this much free memory first")
     parser.add_argument("--section-only", action="store_true", help="rewrite the BENCHMARKS.md section from the JSON")
     args = parser.parse_args()
