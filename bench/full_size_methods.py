@@ -232,7 +232,7 @@ def section(result: dict) -> str:
         cells = [m, cell_time(s)] + ([rss_cell(s), str(s["load_mean"])] if s else ["-", "-"])
         cells += [proj, cell_time(f) + (f" ({f['source']})" if f and "source" in f else "")]
         cells += ([rss_cell(f), str(f["load_mean"]),
-                   f"`{f['last_progress_line'][:100]}`" if f["last_progress_line"] else "-"] if f else ["-"] * 3)
+                   f"`{f['last_progress_line'][:100]}`".replace("|", "\\|") if f["last_progress_line"] else "-"] if f else ["-"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
     stopped = [(k, r) for k, r in rows.items() if r.get("stopped") and k[0] == small and r["last_progress_line"]]
     if stopped:
