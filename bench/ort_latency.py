@@ -73,8 +73,7 @@ def medium_model(preset: str, layers: int, side: int):
     from qdit4sr_export.model.config import PRESETS
 
     base = PRESETS[preset]
-    cfg = dataclasses.replace(base, num_layers=layers, pos_embed_max_size=side // base.patch_size,
-                              dual_attention_layers=tuple(i for i in base.dual_attention_layers if i < layers - 1))
+    cfg = dataclasses.replace(base.with_blocks(layers), pos_embed_max_size=side // base.patch_size)
     torch.manual_seed(0)
     return build_dit4sr(cfg).eval()
 

@@ -65,6 +65,14 @@ class DiT4SRConfig:
         """Hidden width of every token stream."""
         return self.num_attention_heads * self.attention_head_dim
 
+    def with_blocks(self, blocks: int) -> "DiT4SRConfig":
+        """The same widths with only the first ``blocks`` blocks (the last one context_pre_only, as released), to
+        measure per-block costs of a large preset without the whole model."""
+        if not isinstance(blocks, int) or isinstance(blocks, bool) or not 1 <= blocks <= self.num_layers:
+            raise UserError(f"blocks must be an integer from 1 to {self.num_layers}, got {blocks!r}")
+        return dataclasses.replace(self, num_layers=blocks,
+                                   dual_attention_layers=tuple(i for i in self.dual_attention_layers if i < blocks - 1))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict in diffusers' key names (plus ``control_scale``)."""
         d = dataclasses.asdict(self)

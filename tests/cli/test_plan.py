@@ -202,3 +202,17 @@ def test_smoothing_option_takes_calibration_even_with_no_vatmp(tmp_path, tiny_mo
     result = run(*args[:-3], "-o", tmp_path / "other.json")
     assert result.exit_code == 2 and "smoothing=true searches each layer's smoothing on calibration data" in \
         result.output and not (tmp_path / "other.json").exists()
+
+
+@pytest.mark.parametrize("method, bar", [("svdquant", "smoothing search"), ("ptq4dit", "salience balancing"),
+                                         pytest.param("lrq-dit", "rotation and TLQ search", marks=pytest.mark.slow),
+                                         ("qdit", "GPTQ")])
+def test_the_per_layer_search_shows_a_progress_bar(tmp_path, tiny_model, method, bar):
+    """Without --json a long plan shows where it is: calibration, then the per-layer search (most of a large plan)."""
+    ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
+    save_file({"lr_latent": torch.randn(1, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
+    result = run("plan", ckpt, "--method", method, "--wbits", 4, "--abits", 4, "--steps", 2,
+                 "--calib", tmp_path / "calib.safetensors", *QUICK.get(method, []),
+                 *(["-O", "alpha_points=2"] if method == "svdquant" else []), "-o", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    assert "calibration" in result.output and f"{bar}:" in result.output, result.output

@@ -52,3 +52,13 @@ def test_bad_config_file(tmp_path):
         DiT4SRConfig.from_json_file(bad)
     with pytest.raises(UserError, match="not found"):
         DiT4SRConfig.from_json_file(tmp_path / "missing.json")
+
+
+def test_with_blocks_keeps_widths_and_a_context_pre_only_last_block():
+    cfg = PRESETS["dit4sr-medium"].with_blocks(2)
+    assert cfg.num_layers == 2 and cfg.dual_attention_layers == (0,)
+    assert cfg.inner_dim == 1536 and cfg.joint_attention_dim == 4096 and cfg.pos_embed_max_size == 384
+    assert PRESETS["dit4sr-medium"].with_blocks(24) == PRESETS["dit4sr-medium"]
+    for bad in (0, 25, True):
+        with pytest.raises(UserError, match="blocks must be an integer from 1 to 24"):
+            PRESETS["dit4sr-medium"].with_blocks(bad)

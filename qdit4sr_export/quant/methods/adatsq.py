@@ -91,7 +91,7 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
                               weigh=lambda w: setattr(hessians, "weight", w))
     alpha = sens / sens.sum() if sens.sum() > 0 else np.full(run, 1.0 / run)
     tensors = {}
-    for n, h in hessians.result().items():
+    for n, h in tqdm(hessians.result().items(), desc="GPTQ", unit="layer", disable=not progress, leave=False):
         q = gptq_quantize(ctx.weight(n), h, config.wbits, clip="minmax", damp=config.damp)
         tensors[f"{n}.weight.{config.wbits}"] = q.weight
         tensors[f"{n}.weight_scale.{config.wbits}"] = q.scales  # codes x scales: stored as INT4 codes

@@ -48,6 +48,14 @@ class PlanContext:
         """The first grid step a run from ``start_sigma`` executes (0: every step)."""
         return start_index(self.sigmas, start_sigma)
 
+    def each_layer(self, desc: str, progress: bool):
+        """``linears.items()`` with a progress bar when ``progress``: at the released size the per-layer search
+        after calibration is a large part of a plan, so a long run shows where it is."""
+        from tqdm.auto import tqdm
+
+        return tqdm(self.linears.items(), desc=desc, unit="layer", total=len(self.linears), disable=not progress,
+                    leave=False)
+
     def weight(self, name: str) -> torch.Tensor:
         """A layer's FP weight (float32, read from the checkpoint when the model was opened lazily: one layer in
         memory at a time); a one-line error when the model has no weights (a preset)."""

@@ -57,7 +57,7 @@ def build_lrq_dit(model, config: LRQDiTConfig, *, calibration=None, progress: bo
     collect(model, calibration, [maxima, sampled], progress=progress, **trajectory(config))  # one pass, both
     absmax, samples = maxima.result(), sampled.result()
     layers, tensors, kinds = {}, {}, {"hadamard": 0, "outlier": 0}
-    for name, (out, inp) in ctx.linears.items():
+    for name, (out, inp) in ctx.each_layer("rotation and TLQ search", progress):
         weight = ctx.weight(name)
         smoothing = name in absmax
         act_max = absmax[name].amax(dim=0) if smoothing else None

@@ -30,7 +30,7 @@ def build_ptq4dit(model, config: PTQ4DiTConfig, *, calibration=None, progress: b
     collect(model, calibration, [absmax], progress=progress, **trajectory(config))
     salience = absmax.result()
     layers, tensors = {}, {}
-    for name, (out, inp) in ctx.linears.items():
+    for name, (out, inp) in ctx.each_layer("salience balancing", progress):
         balanced = name in salience
         if balanced:
             b, _ = salience_balance(salience[name], weight_absmax(ctx.weight(name)))

@@ -115,7 +115,7 @@ def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = 
     tensors = {}
     if config.gptq:
         found = hessians.result()
-        for name, hessian in found.items():
+        for name, hessian in tqdm(found.items(), desc="GPTQ", unit="layer", disable=not progress, leave=False):
             q = gptq_quantize(ctx.weight(name), hessian, config.wbits, group_size=groups[name], clip="minmax",
                               damp=config.damp)
             tensors[f"{name}.weight.{config.wbits}"] = q.weight

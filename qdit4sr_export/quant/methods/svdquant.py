@@ -49,7 +49,7 @@ def build_svdquant(model, config: SVDQuantConfig, *, calibration=None, progress:
     alphas = tuple(i / config.alpha_points for i in range(1, config.alpha_points + 1))
     layers, tensors, notes = {}, {}, []
     per_row = []
-    for name, (out, inp) in ctx.linears.items():
+    for name, (out, inp) in ctx.each_layer("smoothing search", progress):
         group = _group(config.group_size, inp)
         if group is None:
             per_row.append(name)
