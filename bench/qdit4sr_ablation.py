@@ -211,7 +211,7 @@ def choose_preset(rows: list[dict]) -> dict:
 def write_section(result: dict) -> None:
     timing = any("step_ms" in r for r in result["rows"])
     lines = ["## Q-DiT4SR options (issue 19)", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}, {result['threads']} threads.", "",
+             f"Command: `{result['command']}`. Machine: {result['machine']}.", "",
              f"Example model, pipeline {result['pipeline']['steps']} steps from start sigma "
              f"{result['pipeline']['start_sigma']}. PSNR vs FP (dB): the plan's torch simulation against the FP model, "
              f"mean over crops: 'selection' on {result['selection_crops']} crops of photos used only to choose "
@@ -236,12 +236,13 @@ def write_section(result: dict) -> None:
             line += f" {r['step_ms']} | {r['speedup_vs_fp']:.2f}x |"
         lines.append(line)
     if result.get("not_run"):
-        lines += ["", f"Not run in this pass (each row costs 5-8 minutes on the shared 2-core machine): "
-                  f"{', '.join(result['not_run'])}."]
+        lines += ["", f"Not run in this pass (out of time; `--workdir DIR` resumes): {', '.join(result['not_run'])}."]
     p = result["preset"]
-    lines += ["", f"Rule (selection crops, W4A4): the option closest to FP storing no more bytes than SVDQuant g64 "
-              f"is `{p['candidate']}` ({p['options']}); closer to FP than every other method on the selection "
-              f"crops: {'yes' if p['leads_on_selection'] else 'no'}."]
+    lines += ["", "Rule (selection crops, W4A4): the Q-DiT4SR option closest to FP among those storing no more bytes "
+              "than SVDQuant g64 becomes a preset if it is closer to FP than every other method. "
+              + (f"Candidate: `{p['candidate']}` ({p['options']}); it leads: "
+                 f"{'yes' if p['leads_on_selection'] else 'no'}." if p["candidate"] else
+                 "No Q-DiT4SR option stores as few bytes as SVDQuant g64, so no preset.")]
     update_benchmarks_md("qdit4sr_ablation", "\n".join(lines) + "\n")
 
 
