@@ -4,13 +4,14 @@ per-op breakdown from ONNX Runtime's profiler.
 
 Models (``--models``):
 - ``example``: examples/dit4sr-tiny at the size ``run`` uses (64x64 latent tiles, guidance batch 2, its 8 prompt
-  tokens); the FP engine set and the README quickstart's W4A4 build (``--wbits auto --abits 4 --calib-count 8``),
-  both made by the CLI. Also ``qdit4sr-export run`` on the four examples/lr photos, end to end, per engine set.
+  tokens); the FP engine set, the README quickstart's W4A4 build (``--wbits auto --abits 4 --calib-count 8``) and
+  an RTN W4A4 build (the cheapest W4A4 graph: integer GEMMs and per-token quantization only), all made by the CLI. Also ``qdit4sr-export run`` on the four examples/lr photos, end to end, per engine set.
 - ``medium``: dit4sr-medium's block shapes with ``--layers`` of its 24 blocks (a full step costs about 24/layers
   times as much), seeded default-init weights (latency does not depend on the values); the positional table is
   cropped to the 32x32 patch grid a 512x512 output reads (the full 384x384 table is 906 MB of FP32 that no step
   at this size touches). A 64x64 latent: 1024 image + 1024 LR tokens, 333 text tokens, batch 1. FP32, W8A8 and
-  W4A4 Q-DiT4SR plans (4-step grid, static activation bits), built with ``build_engine_set`` (the ``build`` path).
+  W4A4 Q-DiT4SR plans (4-step grid, static activation bits), and W4A4 QuaRot and RTN plans that price Q-DiT4SR's
+  extra ops, built with ``build_engine_set`` (the ``build`` path).
 
 Timing: one process, the engine sets' runners in turn within each round (the order rotates), a warm-up round first;
 medians, and the median of the per-round ratios against FP. The machine is shared: the load average is recorded.
@@ -57,9 +58,11 @@ def cli(*args: str, cwd: Path | None = None) -> None:
 
 
 def example_sets(work: Path) -> dict[str, Path]:
-    """FP and the README quickstart's W4A4 engine set of the example model, built by the CLI (reused if present)."""
-    sets = {"FP32": work / "example-fp", "W4A4": work / "example-w4a4"}
-    options = {"FP32": ["--method", "fp"], "W4A4": ["--wbits", "auto", "--abits", "4", "--calib-count", "8"]}
+    """FP, the README quickstart's W4A4 and an RTN W4A4 engine set of the example model (RTN: integer GEMMs and
+    per-token quantization only, the cheapest W4A4), built by the CLI (reused if present)."""
+    sets = {"FP32": work / "example-fp", "W4A4": work / "example-w4a4", "W4A4 RTN": work / "example-w4a4-rtn"}
+    options = {"FP32": ["--method", "fp"], "W4A4": ["--wbits", "auto", "--abits", "4", "--calib-count", "8"],
+               "W4A4 RTN": ["--method", "rtn", "--wbits", "4", "--abits", "4"]}
     for label, folder in sets.items():
         if not (folder / "manifest.json").exists():
             cli("build", str(EXAMPLE), *options[label], "-o", str(folder), "--force")
@@ -83,19 +86,25 @@ def medium_sets(work: Path, preset: str, layers: int, side: int) -> dict[str, Pa
     from qdit4sr_export.build import build_engine_set
     from qdit4sr_export.quant.methods import get_method, make_config
 
-    sets = {label: work / f"{preset}-{layers}x{side}-{label.lower()}" for label in ("FP32", "W8A8", "W4A4")}
+    sets = {label: work / f"{preset}-{layers}x{side}-{label.lower().replace(' ', '-')}" for label, _, _ in MEDIUM}
     model = None
-    for (label, folder), bits in zip(sets.items(), (None, 8, 4)):
+    for (label, method_name, bits), folder in zip(MEDIUM, sets.values()):
         if (folder / "manifest.json").exists():
             continue
         model = model or medium_model(preset, layers, side)
         plan = None
         if bits is not None:
-            method = get_method("qdit4sr")
+            method = get_method(method_name)
             plan = method.build(model, make_config(method, {"wbits": bits, "abits": bits, "steps": 4}))
         build_engine_set(model, "in-memory", folder, plan=plan, steps=4, max_variants=None, force=True,
-                         build_info={"method": "qdit4sr" if bits else "fp"}, progress=False)
+                         build_info={"method": method_name}, progress=False)
     return sets
+
+
+#: The medium engine sets: label, method, bits. RTN (integer GEMMs and per-token quantization only) and QuaRot
+#: (+ the online rotations) price what Q-DiT4SR's rotation and H-SVD branches add to the integer GEMMs.
+MEDIUM = (("FP32", "fp", None), ("W8A8", "qdit4sr", 8), ("W4A4", "qdit4sr", 4), ("W4A4 QuaRot", "quarot", 4),
+          ("W4A4 RTN", "rtn", 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +203,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="check the script: dit4sr-tiny blocks at a 16x16 latent, one round, results to "
                          "ort_latency_quick.json, no BENCHMARKS.md section")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the BENCHMARKS.md section from bench/results/ort_latency.json")
     args = ap.parse_args()
+    if args.render:
+        write_section(json.loads((ROOT / "bench" / "results" / "ort_latency.json").read_text()))
+        return
     preset, medium = "dit4sr-medium", Size(64, 1, 333)
     if args.quick:
         args.models, args.repeats, args.e2e_repeats, args.profile_runs = "medium", 1, 1, 1
@@ -214,7 +228,8 @@ def main() -> None:
                 raise SystemExit(f"unknown model {model!r}: example or medium")
             size = Size(64, 2, 8) if model == "example" else medium
             sets = example_sets(work) if model == "example" else medium_sets(work, preset, args.layers, size.side)
-            entry: dict = {"load_before": load(), "threads": args.threads, "repeats": args.repeats}
+            entry: dict = {"load_before": load(), "threads": args.threads, "repeats": args.repeats,
+                           "machine": machine()}
             entry["step"] = step_latency(sets, size, args.threads, args.repeats)
             print(model, "step", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["step"].items()},
                   flush=True)
@@ -241,13 +256,13 @@ def main() -> None:
 
 def write_section(result: dict) -> None:
     lines = ["## ONNX Runtime latency (issue 21)", "",
-             (f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {result['onnxruntime']}. "
+             (f"Command: `{result['command']}`. ONNX Runtime {result['onnxruntime']}. "
               "Engine sets run through the runtime's own sessions (`OrtRunner`), timed in turn in one process; "
               "medians, speed = median of the per-round ratios against FP32 in the same run. The machine is shared "
               "with other jobs (load average below): absolute times are inflated, ratios are what count."), ""]
     for e in result["models"].values():
         lines += [f"### {e['config']} ({e['threads']} threads, load average {e['load_before']} -> {e['load_after']})",
-                  "", "| engine | ms per step | speed vs FP32 | weights.bin |", "|---|---|---|---|"]
+                  "", f"Machine: {e.get('machine', result['machine'])}.", "", "| engine | ms per step | speed vs FP32 | weights.bin |", "|---|---|---|---|"]
         for label, r in e["step"].items():
             lines.append(f"| {label} | {r['median_ms']:.0f} | {r['speedup']:.2f}x | {e['weights_bytes'][label] / 1e6:.1f} MB |")
         if "run" in e:

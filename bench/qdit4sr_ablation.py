@@ -114,9 +114,17 @@ def main() -> None:
                         help="keep plans, engine sets and finished rows here; a rerun reuses them")
     parser.add_argument("--report", action="store_true",
                         help="with --workdir: time and report the rows finished there, listing those not run")
+    parser.add_argument("--resume-results", action="store_true",
+                        help="with --workdir: take the rows already in bench/results/qdit4sr_ablation.json as "
+                        "finished (their step times kept) and run only the rows listed there as not run")
     parser.add_argument("--only", default=None, help="comma-separated row labels (a quick check; writes "
                         "qdit4sr_ablation_partial.json only, no BENCHMARKS.md section)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the BENCHMARKS.md section from bench/results/qdit4sr_ablation.json")
     args = parser.parse_args()
+    if args.render:
+        write_section(json.loads((ROOT / "bench" / "results" / "qdit4sr_ablation.json").read_text()))
+        return
     torch.manual_seed(0)
     model = load_dit4sr(MODEL / "transformer").eval()
     config = json.loads((MODEL / "pipeline.json").read_text())
@@ -144,6 +152,15 @@ def main() -> None:
                 cli("build", str(MODEL), "--method", "fp", "-o", str(work / "fp"))
             sets["FP32"] = work / "fp"
         chosen = None if args.only is None else set(args.only.split(","))
+        if args.resume_results:
+            if args.workdir is None:
+                raise SystemExit("--resume-results needs --workdir")
+            earlier = json.loads((ROOT / "bench" / "results" / "qdit4sr_ablation.json").read_text())
+            for row in earlier["rows"]:
+                done = work / f"row_{key(row['method'], int(row['setting'][3:]))}.json"
+                if not done.is_file():
+                    row.setdefault("machine", earlier["machine"])
+                    done.write_text(json.dumps(row) + "\n")
         for label, name, options in rows():
             if chosen is not None and label not in chosen:
                 continue
@@ -152,8 +169,10 @@ def main() -> None:
             if done.is_file():
                 row = json.loads(done.read_text())
                 result["rows"].append(row)
-                if not args.no_timing:
+                if not args.no_timing and (work / f"set_{i}").is_dir():
                     sets[f"{row['setting']} {label}"] = work / f"set_{i}"
+                elif not args.no_timing and "step_ms" not in row:
+                    raise SystemExit(f"{done}: finished row without its engine set or step time; delete it to rerun")
                 continue
             if args.report:
                 result.setdefault("not_run", []).append(f"W4A{options['abits']} {label}")
@@ -171,7 +190,7 @@ def main() -> None:
                    "psnr_vs_fp": mean_psnr(eval_out, fp_eval), "psnr_vs_hr": mean_psnr(eval_out, hrs),
                    "params_m": round(account(plan, model).params_m, 3),
                    "layer_bytes": sum(layer_bytes(lp) for lp in plan.layers.values()),
-                   "plan_s": round(plan_s, 1), "options": options, "notes": list(plan.notes)}
+                   "plan_s": round(plan_s, 1), "options": options, "notes": list(plan.notes), "machine": result["machine"]}
             if not args.no_timing:
                 plan.save(work / f"plan_{i}.json", overwrite=True)
                 cli("build", str(MODEL), "--plan", str(work / f"plan_{i}.json"), "-o", str(work / f"set_{i}"),
@@ -183,6 +202,8 @@ def main() -> None:
         if not args.no_timing:
             timed = step_times(sets, args.threads, args.repeats)
             for row in result["rows"]:
+                if f"{row['setting']} {row['method']}" not in timed:
+                    continue  # resumed with its step time from an earlier pass
                 t = timed[f"{row['setting']} {row['method']}"]
                 row["step_ms"], row["speedup_vs_fp"] = round(t["median_ms"], 1), round(t["speedup"], 3)
             result["fp_step_note"] = "speed-up: FP32 engine set's step time / this set's, same process, alternating"
@@ -208,10 +229,20 @@ def choose_preset(rows: list[dict]) -> dict:
             "leads_on_selection": leads}
 
 
+def machines_text(result: dict) -> str:
+    """The machine, or each machine and the rows it ran when a resumed pass ran on another one."""
+    by: dict[str, list[str]] = {}
+    for r in result["rows"]:
+        by.setdefault(r.get("machine", result["machine"]), []).append(f"{r['setting']} {r['method']}")
+    if len(by) <= 1:
+        return result["machine"]
+    return "; ".join(f"{m} ({', '.join(rows)})" for m, rows in by.items())
+
+
 def write_section(result: dict) -> None:
     timing = any("step_ms" in r for r in result["rows"])
     lines = ["## Q-DiT4SR options (issue 19)", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}.", "",
+             f"Command: `{result['command']}`. Machine: {machines_text(result)}.", "",
              f"Example model, pipeline {result['pipeline']['steps']} steps from start sigma "
              f"{result['pipeline']['start_sigma']}. PSNR vs FP (dB): the plan's torch simulation against the FP model, "
              f"mean over crops: 'selection' on {result['selection_crops']} crops of photos used only to choose "

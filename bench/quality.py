@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         run_from = {"start_sigma": float(config["start_sigma"])} if "start_sigma" in method.options() else {}
         plan = method.build(model, make_config(method, {"steps": int(config["steps"]), **run_from, **options}),
                             calibration=calib)
-        out = super_resolve(SRPipeline(TorchRunner(model, plan), assets), lrs)
+        out = super_resolve(SRPipeline(TorchRunner(model, plan, cache_weights=True), assets), lrs)
         row = {"method": label, "setting": f"W4A{options['abits']}", **image_metrics(out, hrs),
                "psnr_vs_fp": round(float(psnr(to_255(out), to_255(fp)).mean()), 2),
                "params_m": round(account(plan, model).params_m, 3), "seconds": round(time.perf_counter() - t0, 1)}
