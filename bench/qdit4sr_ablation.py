@@ -55,9 +55,8 @@ QDIT4SR = (("qdit4sr (paper)", {}),
            ("+ smoothing", {"smoothing": True}),
            ("+ groups 64 + smoothing", {"group_size": 64, "smoothing": True}),
            ("+ groups 64 + smoothing, rank 24", {"group_size": 64, "smoothing": True, "svd_rank": 24}))
-#: The comparators at their defaults (AdaTSQ is left out as in bench/quality.py: its beam search over the 40-step
-#: grid had not finished a W4A6 plan after 12 minutes).
-OTHERS = ("svdquant", "rtn", "quarot", "ptq4dit", "qdit", "lrq-dit")
+#: The comparators at their defaults, each calibrated on the steps the pipeline runs.
+OTHERS = ("svdquant", "rtn", "quarot", "ptq4dit", "qdit", "lrq-dit", "adatsq")
 
 
 def selection_crops() -> torch.Tensor:

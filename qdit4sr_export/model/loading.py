@@ -22,7 +22,7 @@ from qdit4sr_export.model.checkpoint import (
     open_checkpoint,
 )
 from qdit4sr_export.model.config import DiT4SRConfig, resolve_config
-from qdit4sr_export.model.positions import POS_EMBED_KEY, default_pos_embed
+from qdit4sr_export.model.positions import POS_EMBED_KEY
 from qdit4sr_export.model.transformer import DiT4SRTransformer, build_dit4sr
 from qdit4sr_export.model.weights import CheckpointWeights, attach_source, materialize
 

@@ -71,10 +71,11 @@ def test_every_quantized_linear_becomes_two_plugin_nodes(trt_sets):
     assert NONE in inits and any(NONE in n.input for n in rq)
 
 
-@pytest.mark.parametrize("bits, bound", [(4, 100.0), (8, 60.0)])
+@pytest.mark.parametrize("bits, bound", [(4, 100.0), (8, 45.0)])
 def test_reference_graph_tracks_the_simulation(tiny, trt_sets, bits, bound):
-    """fp32 plugin graph through the reference ops: measured 126-127 dB at W4A4 (the same arithmetic), 63-127 dB at
-    W8A8 (one step has an 8-bit code on a rounding tie that float summation order flips)."""
+    """fp32 plugin graph through the reference ops: measured 126-127 dB at W4A4 (the same arithmetic). At W8A8 one
+    step has 8-bit codes on rounding ties that float summation order flips, and how many flip depends on the CPU's
+    kernels: 63-127 dB on an Intel Xeon, 50.6-127 dB on an AMD EPYC."""
     folder, plan = trt_sets[(bits, "fp32")]
     assert min(simulation_sqnr_per_step(tiny, folder, plan)) >= bound
 
