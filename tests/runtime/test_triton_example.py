@@ -27,7 +27,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dit4sr-tiny"
 BUILDS = {"w4a4": ["--wbits", "auto", "--abits", "4"], "w8a8": ["--wbits", "8", "--abits", "8"]}
 # Measured per step on these inputs (8x8 latent, t = 900 and 300; bench/gpu_agreement.py): W4A4 123.3 / 126.8 dB,
 # W8A8 60.8 / 126.8 dB (ORT against the simulation on the same W8A8 inputs: 123.8 / 54.0 dB: ties fall elsewhere).
-MIN_SQNR = {"w4a4": 100.0, "w8a8": 55.0}
+# W8A8 codes on rounding ties flip with the CPU's float summation order: 53.0 dB at t = 900 on an AMD EPYC.
+MIN_SQNR = {"w4a4": 100.0, "w8a8": 48.0}
 
 
 @pytest.fixture(scope="module")
