@@ -18,6 +18,7 @@ medians, and the median of the per-round ratios against FP. The machine is share
 Also per engine set: the same graph in a plain ``make_session`` (the stored graph as is: INT4 Cast and uint8 x
 uint8 GEMMs on every step) and in ONNX Runtime's default session options (prepacking and constant folding on),
 timed alternately with the runner: what the runtime's settings cost or save.
+Both models also time the ``ort-prepacked`` backend against the shared runner (FP32, W8A8 where built, W4A4).
 Writes bench/results/ort_latency.json and the "ONNX Runtime latency" section of BENCHMARKS.md.
 Run: python bench/ort_latency.py   (about an hour on a busy 2-core machine, most of it building the medium sets;
 ``--keep DIR`` builds into DIR once and reuses the sets on later runs; ``--models example`` or ``--models medium``
@@ -154,6 +155,28 @@ def step_latency(sets: dict[str, Path], size: Size, threads: int, repeats: int) 
     return summary(times, "FP32")
 
 
+def prepacked_latency(sets: dict[str, Path], size: Size, threads: int, repeats: int) -> dict[str, dict]:
+    """The ``ort-prepacked`` backend (each session folds and prepacks its own weights) against the runtime's shared
+    runner, every set both ways in one alternating loop; speed-ups against the FP32 set of the same backend."""
+    calls = {}
+    for label, folder in sets.items():
+        engine = EngineSet.load(folder)
+        x = feeds(engine, size)
+        for suffix, prepack in (("", False), (" prepacked", True)):
+            runner = OrtRunner(engine, threads=threads, prepack=prepack)
+            runner.activate(0)
+            calls[label + suffix] = lambda r=runner, x=x: r.infer(*x)
+    times = alternate(calls, repeats)
+    shared = summary({k: v for k, v in times.items() if not k.endswith(" prepacked")}, "FP32")
+    packed = summary({k: v for k, v in times.items() if k.endswith(" prepacked")}, "FP32 prepacked")
+    return {label: {"runner_ms": shared[label]["median_ms"], "runner_speedup": shared[label]["speedup"],
+                    "prepacked_ms": packed[label + " prepacked"]["median_ms"],
+                    "prepacked_speedup": packed[label + " prepacked"]["speedup"],
+                    "prepacked_vs_runner": statistics.median([a / b for a, b in zip(times[label],
+                                                                                    times[label + " prepacked"])])}
+            for label in sets}
+
+
 def settings_cost(folder: Path, size: Size, threads: int, repeats: int) -> dict[str, dict]:
     """The runner against the stored graph as is (runtime settings) and against ONNX Runtime's defaults."""
     engine = EngineSet.load(folder)
@@ -233,6 +256,8 @@ def main() -> None:
             entry["step"] = step_latency(sets, size, args.threads, args.repeats)
             print(model, "step", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["step"].items()},
                   flush=True)
+            entry["prepacked"] = prepacked_latency({k: v for k, v in sets.items() if k in ("FP32", "W8A8", "W4A4")},
+                                                   size, args.threads, args.repeats)
             entry["settings"] = {label: settings_cost(folder, size, args.threads, max(1, args.repeats // 2))
                                  for label, folder in sets.items()}
             entry["profile"] = {label: profile(folder, feeds(EngineSet.load(folder), size), threads=args.threads,
@@ -275,6 +300,15 @@ def write_section(result: dict) -> None:
                   "| category | " + " | ".join(e["profile"]) + " |", "|---" * (len(e["profile"]) + 1) + "|"]
         for cat in CATEGORIES:
             lines.append(f"| {cat} | " + " | ".join(f"{p['categories_ms'][cat]:.0f}" for p in e["profile"].values()) + " |")
+        if "prepacked" in e:
+            lines += ["", ("`--backend ort-prepacked` (each variant session folds and prepacks its own copy of the "
+                           "weights) against the runtime's shared runner, timed alternately in one loop; speed against "
+                           "the FP32 set on the same backend:"), "",
+                      "| engine | runner ms | speed vs FP32 | prepacked ms | speed vs FP32 | prepacked vs runner |",
+                      "|---|---|---|---|---|---|"]
+            for label, r in e["prepacked"].items():
+                lines.append(f"| {label} | {r['runner_ms']:.0f} | {r['runner_speedup']:.2f}x | {r['prepacked_ms']:.0f} "
+                             f"| {r['prepacked_speedup']:.2f}x | {r['prepacked_vs_runner']:.2f}x |")
         lines += ["", ("The runtime's session settings against the stored graph as is and ONNX Runtime's defaults "
                        "(ms per step; speed relative to the runner):"), "",
                   "| engine | runner | stored graph, runtime settings | ORT defaults (prepacking, constant folding) |",

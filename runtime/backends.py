@@ -58,12 +58,14 @@ def uses_plugin_ops(engine: EngineSet) -> bool:
 
 
 def make_session(path, providers: list[str], threads: int | None = None, *, external_folder=None,
-                 plugin_ops: bool = False, initializers=None, profile_prefix: str | None = None):
+                 plugin_ops: bool = False, initializers=None, profile_prefix: str | None = None,
+                 prepack: bool = False):
     """An ORT session on one variant graph (a path, or serialized bytes whose external data lies in
     ``external_folder``) with the runtime's settings. ``plugin_ops`` registers the CPU reference implementations
     of the TensorRT plugin ops (``plugins/ort_reference.py``) so a ``--target trt`` graph runs as TensorRT would
     parse it; ``initializers`` (name -> OrtValue) are shared initializers used in place
-    (:mod:`qdit4sr_export.runtime.shared_weights`); ``profile_prefix`` turns ORT's profiler on."""
+    (:mod:`qdit4sr_export.runtime.shared_weights`); ``profile_prefix`` turns ORT's profiler on; ``prepack`` lets
+    the session fold and prepack its weights into a private copy (:mod:`qdit4sr_export.runtime.prepacked`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -81,23 +83,28 @@ def make_session(path, providers: list[str], threads: int | None = None, *, exte
     # Keep float activations where the graph dequantizes INT4 weights (the simulation's arithmetic).
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     # Variants share weights: ORT maps weights.bin and uses it in place unless a session prepacks a weight or
-    # constant-folds it (INT4 -> INT8 casts) into a private copy; both off, at no measured speed cost.
-    so.add_session_config_entry("session.disable_prepacking", "1")
+    # constant-folds it (INT4 -> INT8 casts) into a private copy; both off unless ``prepack`` (BENCHMARKS.md,
+    # "ONNX Runtime latency", prices both).
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         so.intra_op_num_threads = threads
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=providers, disabled_optimizers=NO_COPY_OPTIMIZERS)
+    return ort.InferenceSession(model, so, providers=providers,
+                                disabled_optimizers=[] if prepack else NO_COPY_OPTIMIZERS)
 
 
 class OrtRunner:
     """Variant sessions of an engine set, created on first use and kept (at most ``max_sessions``, LRU); INT4
-    weights are unpacked to int8 once and shared by all of them (:mod:`~qdit4sr_export.runtime.shared_weights`)."""
+    weights are unpacked to int8 once and shared by all of them (:mod:`~qdit4sr_export.runtime.shared_weights`),
+    or, with ``prepack``, folded and prepacked by each session into its own copy (faster, more memory)."""
 
     name = "ort"
 
     def __init__(self, engine: EngineSet, *, device: str = "cpu", threads: int | None = None,
-                 max_sessions: int | None = None, profile_prefix: str | None = None) -> None:
+                 max_sessions: int | None = None, profile_prefix: str | None = None, prepack: bool = False) -> None:
         self.engine = engine
+        self.prepack = prepack
         self.profile_prefix = profile_prefix
         self.providers = ort_providers(device)
         self.threads = threads
@@ -110,10 +117,16 @@ class OrtRunner:
         if index in self.sessions:
             self.sessions.move_to_end(index)
             return self.sessions[index]
-        graph, shared = session_graph(self.engine.folder / self.engine.variants[index].file, self.shared)
+        path = self.engine.folder / self.engine.variants[index].file
+        if self.prepack:  # each session folds and prepacks its own copy of the weights
+            from qdit4sr_export.runtime.prepacked import prepacked_graph
+
+            graph, shared = prepacked_graph(path), None
+        else:
+            graph, shared = session_graph(path, self.shared)
         session = make_session(graph, self.providers, self.threads, external_folder=self.engine.folder,
                                plugin_ops=uses_plugin_ops(self.engine), initializers=shared,
-                               profile_prefix=self.profile_prefix)
+                               profile_prefix=self.profile_prefix, prepack=self.prepack)
         self.sessions[index] = session
         while self.max_sessions is not None and len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)

@@ -127,3 +127,14 @@ def lowered_layer_bytes(graph) -> dict[str, int]:
                 layer = name[:name.index(marker)]
                 stored[layer] = stored.get(layer, 0) + value.const_value.nbytes
     return stored
+
+
+def step_feeds(engine, t):
+    """One step's seeded inputs (an 8x8 latent, batch 2) for ``engine`` at timestep ``t``, by input name."""
+    cfg = engine.config()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg["in_channels"], 8, 8, generator=g)
+    return {"hidden_states": x, "lr_latent": torch.randn(x.shape, generator=g),
+            "encoder_hidden_states": torch.randn(2, 4, cfg["joint_attention_dim"], generator=g),
+            "pooled_projections": torch.randn(2, cfg["pooled_projection_dim"], generator=g),
+            "timestep": torch.full((2,), t)}

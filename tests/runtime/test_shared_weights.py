@@ -4,39 +4,11 @@ graphs run as they are."""
 import numpy as np
 import onnx
 import onnx_ir as ir
-import pytest
-import torch
 
-from conftest import STEPS
-from qdit4sr_export.build import build_engine_set
-from qdit4sr_export.quant.calibration import CalibrationInputs
-from qdit4sr_export.quant.methods import get_method, make_config
+from helpers import step_feeds
 from qdit4sr_export.runtime.backends import OrtRunner, make_session
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.shared_weights import session_graph, uint8_x_int8_exact, unpack_int4
-
-
-@pytest.fixture(scope="module")
-def w4_engine(pipeline_folder, tmp_path_factory):
-    """W4 weights, VaTMP at 4.5 average activation bits: several variants sharing the INT4 codes."""
-    model, folder = pipeline_folder
-    method = get_method("qdit4sr")
-    calib = CalibrationInputs.with_null_prompt(
-        torch.randn(2, 12, 8, 8, generator=torch.Generator().manual_seed(1)), model.config)
-    plan = method.build(model, make_config(method, {"wbits": 4, "abits": 4.5, "steps": STEPS}), calibration=calib)
-    out = tmp_path_factory.mktemp("w4") / "w4"
-    build_engine_set(model, folder, out, plan=plan, steps=STEPS, max_variants=None, build_info={}, progress=False)
-    return model, EngineSet.load(out)
-
-
-def _feeds(engine, t):
-    cfg = engine.config()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, cfg["in_channels"], 8, 8, generator=g)
-    return {"hidden_states": x, "lr_latent": torch.randn(x.shape, generator=g),
-            "encoder_hidden_states": torch.randn(2, 4, cfg["joint_attention_dim"], generator=g),
-            "pooled_projections": torch.randn(2, cfg["pooled_projection_dim"], generator=g),
-            "timestep": torch.full((2,), t)}
 
 
 def _plain(engine, variant, feeds):
@@ -65,7 +37,7 @@ def test_int4_codes_are_unpacked_once_and_shared(w4_engine):
         for name, value in values.items():
             assert seen.setdefault(name, value) is value  # the same buffer for every variant
         t = engine.timesteps[v.steps[0]]
-        feeds = _feeds(engine, t)
+        feeds = step_feeds(engine, t)
         runner.activate(v.index)
         got = runner.infer(*feeds.values()).numpy()
         np.testing.assert_array_equal(got, _plain(engine, v.index, feeds))
@@ -85,6 +57,6 @@ def test_uint8_weights_take_the_int8_kernel_where_it_is_exact(engine_sets):
         assert all(len(n.input) == 5 and n.input[1] in values for n in mm)
     else:
         assert all(len(n.input) == 6 for n in mm)
-    feeds = _feeds(engine, engine.timesteps[v.steps[0]])
+    feeds = step_feeds(engine, engine.timesteps[v.steps[0]])
     runner.activate(v.index)
     np.testing.assert_array_equal(runner.infer(*feeds.values()).numpy(), _plain(engine, v.index, feeds))
