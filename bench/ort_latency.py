@@ -20,7 +20,7 @@ uint8 GEMMs on every step) and in ONNX Runtime's default session options (prepac
 timed alternately with the runner: what the runtime's settings cost or save.
 Both models also time the ``ort-prepacked`` backend against the shared runner (FP32, W8A8 where built, W4A4).
 Writes bench/results/ort_latency.json and the "ONNX Runtime latency" section of BENCHMARKS.md.
-Run: python bench/ort_latency.py   (about an hour on a busy 2-core machine, most of it building the medium sets;
+Run: python bench/ort_latency.py   (15 minutes on a 2-core machine with the sets built, plus their builds;
 ``--keep DIR`` builds into DIR once and reuses the sets on later runs; ``--models example`` or ``--models medium``
 for one part). ``--quick`` checks the script end to end in a few minutes: the ``medium`` path on dit4sr-tiny
 blocks at a 16x16 latent, one round; it writes bench/results/ort_latency_quick.json only (no BENCHMARKS.md section:
