@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qdit4sr_export.runtime.shared_weights import _inline_scalar, uint8_x_int8_exact
+from qdit4sr_export.runtime.shared_weights import uint8_gemm_weights, uint8_x_int8_exact
+
+OFFSET = "prepack.uint8_offset"
 
 
 def prepacked_graph(path: Path) -> bytes:
@@ -24,34 +26,28 @@ def prepacked_graph(path: Path) -> bytes:
     ``MatMulIntegerToFloat`` whose zero point is 128 read as ``int8(int32(w) - 128)`` (folded when the session is
     created), when the u8 x s8 kernel is exact on this machine; otherwise unchanged."""
     model = onnx.load(str(path), load_external_data=False)
+    pairs = uint8_gemm_weights(model)
+    if not pairs or not uint8_x_int8_exact():
+        return model.SerializeToString()
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    graph.initializer.append(numpy_helper.from_array(np.array(128, np.int32), OFFSET))
+    shifts: list[onnx.NodeProto] = []  # on initializers only, so they can lead the graph
     shifted: dict[str, str] = {}
-    nodes: list[onnx.NodeProto] = []
-    exact = None
-    for node in graph.node:
-        if node.op_type == "MatMulIntegerToFloat" and len(node.input) > 5 and node.input[5]:
-            w = inits.get(node.input[1])
-            if w is not None and w.data_type == onnx.TensorProto.UINT8 and _inline_scalar(model, node.input[5]) == 128:
-                exact = uint8_x_int8_exact() if exact is None else exact
-                if exact:
-                    if w.name not in shifted:
-                        shifted[w.name] = _shift_nodes(graph, nodes, w.name)
-                    node.input[1] = shifted[w.name]
-                    del node.input[5:]
-        nodes.append(node)
+    for node, w in pairs:
+        if w.name not in shifted:
+            shifted[w.name] = _shift_nodes(shifts, w.name)
+        node.input[1] = shifted[w.name]
+        del node.input[5:]
+    nodes = shifts + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
     return model.SerializeToString()
 
 
-def _shift_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], name: str) -> str:
+def _shift_nodes(nodes: list[onnx.NodeProto], name: str) -> str:
     """Append ``int8(int32(name) - 128)`` to ``nodes``; return its output name."""
-    offset = f"{name}.prepack.offset"
-    if offset not in {t.name for t in graph.initializer}:
-        graph.initializer.append(numpy_helper.from_array(np.array(128, np.int32), offset))
     wide, centred, out = f"{name}.prepack.i32", f"{name}.prepack.centred", f"{name}.prepack.int8"
     nodes += [onnx.helper.make_node("Cast", [name], [wide], to=onnx.TensorProto.INT32, name=wide),
-              onnx.helper.make_node("Sub", [wide, offset], [centred], name=centred),
+              onnx.helper.make_node("Sub", [wide, OFFSET], [centred], name=centred),
               onnx.helper.make_node("Cast", [centred], [out], to=onnx.TensorProto.INT8, name=out)]
     return out

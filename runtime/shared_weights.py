@@ -120,6 +120,20 @@ def _inline_scalar(model: onnx.ModelProto, name: str):
     return None
 
 
+def uint8_gemm_weights(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.TensorProto]]:
+    """(MatMulIntegerToFloat node, its weight initializer) for each uint8 weight with zero point 128: the 8-bit
+    weights that read the same as int8 with the zero point dropped."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or len(node.input) < 6 or node.input[5] == "":
+            continue
+        w = inits.get(node.input[1])
+        if w is not None and w.data_type == onnx.TensorProto.UINT8 and _inline_scalar(model, node.input[5]) == 128:
+            out.append((node, w))
+    return out
+
+
 def _declare(graph: onnx.GraphProto, name: str, like: onnx.TensorProto) -> None:
     """An INT8 initializer ``name`` shaped like ``like``, with ``like``'s external-data record (never read)."""
     t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.INT8, dims=like.dims,
@@ -153,12 +167,7 @@ def session_graph(path: Path, shared: SharedInt8, *, shift_uint8: bool | None = 
         shift_uint8 = any(n.op_type == "MatMulIntegerToFloat" and len(n.input) > 5 for n in graph.node) \
             and uint8_x_int8_exact()
     if shift_uint8:
-        for node in graph.node:
-            if node.op_type != "MatMulIntegerToFloat" or len(node.input) < 6 or node.input[5] == "":
-                continue
-            w = inits.get(node.input[1])
-            if w is None or w.data_type != onnx.TensorProto.UINT8 or _inline_scalar(model, node.input[5]) != 128:
-                continue
+        for node, w in uint8_gemm_weights(model):
             name = f"{w.name}.int8"
             if name not in values:
                 _declare(graph, name, w)
