@@ -1,18 +1,45 @@
-"""The "Example model v2 training run" section of BENCHMARKS.md, from the record the training script wrote.
+"""The example-model training sections of BENCHMARKS.md (v2 and the v3 attempts), from the records the training
+script wrote.
 
 examples/train_tiny.py writes metrics.json (arguments, loss log, photo checksums, the sampling sweep on validation
-crops of training photos and the chosen setting on held-out crops, for both degradation kinds); the v2 run's copy
-is examples/dit4sr-tiny-v2-metrics.json. This renders it, so no number is copied by hand.
+crops of training photos and the chosen setting on held-out crops, for both degradation kinds); each run's copy is
+kept as examples/dit4sr-tiny-<run>-metrics.json. This renders them, so no number is copied by hand.
 Run: python bench/example_training.py
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from common import ROOT, update_benchmarks_md
 
-RECORD = ROOT / "examples" / "dit4sr-tiny-v2-metrics.json"
+
+@dataclass(frozen=True)
+class Run:
+    """One kept training record and how its section is titled."""
+
+    key: str
+    record: str
+    title: str
+    options: str  # the command-line options beyond --out (besides the defaults the record lists)
+    prefix: str  # environment and nice level of the command
+    machine: str  # threads, and whether other jobs shared the 2 cores
+
+
+RUNS = (
+    Run("example_training_v2", "dit4sr-tiny-v2-metrics.json",
+        "Example model v2 training run (issue 20; missed its quality targets, not shipped)", "",
+        "OMP_NUM_THREADS=1 nice -n 10", "1 thread, 2 cores shared with other jobs"),
+    Run("example_training_v3_path", "dit4sr-tiny-v3-path-self-metrics.json",
+        "Example model v3 attempt: trained on its own sampling path (issue 20; missed its targets, not shipped)",
+        " --objective path-self", "OMP_NUM_THREADS=1 nice -n 10",
+        "1 thread, the other core running a path-lr training"),
+    Run("example_training_v3_ft128", "dit4sr-tiny-v3-ft128-metrics.json",
+        "Example model v3 attempt, fine-tuned at the runtime's tile size (issue 20; not shipped)",
+        " --objective path-self --self-after 0 --init PATH_SELF_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20", "OMP_NUM_THREADS=2", "2 threads"),
+)
 KIND_NAMES = {"real": "real-world chain", "clean": "clean bicubic /4"}
 
 
@@ -21,19 +48,27 @@ def _row(name: str, m: dict, bicubic: dict | None = None) -> str:
     return f"| {name} | {m['psnr']}{gain} | {m['ssim']} | {m['gms']} | {m['hf_ratio']} |"
 
 
-def render(r: dict) -> str:
+def _levels(a: dict) -> str:
+    """The noise levels the objective trains on."""
+    if a.get("objective", "flow") == "flow":
+        return f"noise levels {a['low_p']:.0%} in [0, {a['sigma_max']}]"
+    return "start levels uniform in [0.4, 1], levels uniform below them"
+
+
+def render(r: dict, run: Run = RUNS[0]) -> str:
     a, best = r["args"], r["best"]
     chosen = f"{best['steps']}/{best['start_sigma']}/{best['guidance_scale']}/{best['color_fix']}"
-    lines = ["## Example model v2 training run (issue 20; missed its quality targets, not shipped)", "",
-             f"Command: `OMP_NUM_THREADS=1 nice -n 10 python examples/train_tiny.py --out DIR` (defaults: "
-             f"{a['steps']} steps, batch {a['batch']}, {a['crop']} px crops, preset {a['preset']}, pixel-unshuffle "
-             f"factor {a['factor']}, learning rate {a['lr']}, EMA {a['ema']}, noise levels {a['low_p']:.0%} in "
-             f"[0, {a['sigma_max']}], clean bicubic LR {a['clean_p']:.0%}, seed {a['seed']}). Machine: AMD EPYC, "
-             f"{r['threads']} thread, torch {r['torch']}, 2 cores shared with other jobs. Training "
+    lines = [f"## {run.title}", "",
+             f"Command: `{run.prefix} python examples/train_tiny.py --out DIR{run.options}` "
+             f"(settings: objective {a.get('objective', 'flow')}, {a['steps']} steps, batch {a['batch']}, "
+             f"{a['crop']} px crops, preset {a['preset']}, pixel-unshuffle "
+             f"factor {a['factor']}, learning rate {a['lr']}, EMA {a['ema']}, {_levels(a)}, clean bicubic LR "
+             f"{a['clean_p']:.0%}, seed {a['seed']}). Machine: AMD EPYC, "
+             f"{run.machine}, torch {r['torch']}. Training "
              f"{r['train_seconds'] / 60:.1f} min ({r['seconds_per_step']:.2f} s/step), final loss "
              f"{r['log'][-1]['loss']:.3f}; {r['params']:,} parameters; {len(r['photos_sha256']) - 4} training "
-             "photos (sha256 of each in the record). Written by the script as metrics.json; kept as "
-             "`examples/dit4sr-tiny-v2-metrics.json` (the shipped model is still v1, below).", "",
+             f"photos (sha256 of each in the record). Written by the script as metrics.json; kept as "
+             f"`examples/{run.record}` (the shipped model is still v1, below).", "",
              "Sampling settings (steps/start sigma/guidance/colour fix) swept on validation crops of training photos "
              "(8 crops, 128 px), one LR set per degradation kind; the setting is chosen there, then measured once on "
              "8 held-out crops (chelsea, rocket, camera, grass, 2 each). PSNR (gain over bicubic), SSIM, GMS "
@@ -48,13 +83,15 @@ def render(r: dict) -> str:
                       for k, m in rows.items() if k != "bicubic"]
             lines.append("")
     lines += [f"Chosen (rule: more HF energy than bicubic and less than HR in both kinds, then the highest PSNR gain "
-              f"over bicubic averaged over the kinds): {best['steps']} steps, start sigma {best['start_sigma']}, "
+              "over bicubic averaged over the kinds, or the highest gain alone when no setting qualifies): "
+              f"{best['steps']} steps, start sigma {best['start_sigma']}, "
               f"guidance {best['guidance_scale']}, colour fix {best['color_fix']}.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
-    update_benchmarks_md("example_training_v2", render(json.loads(RECORD.read_text())))
+    for run in RUNS:
+        update_benchmarks_md(run.key, render(json.loads((ROOT / "examples" / run.record).read_text()), run))
 
 
 if __name__ == "__main__":

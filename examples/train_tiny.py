@@ -3,7 +3,9 @@
 Photos: scikit-image's bundled ones and photographic wallpapers of two Debian packages (``photos.py``; fetched into
 ``examples/.cache``). LR: the real-world chain or, 30% of the time, plain bicubic /4 (``degradation.py``). Flow
 matching as SD3/DiT4SR: ``x_s = (1 - s) x0 + s noise``, the model predicts ``noise - x0`` at timestep ``1000 s``; the
-LR image bicubic-upscaled x4 and encoded is the ``lr_latent`` stream. Usage (CPU defaults; seeded):
+LR image bicubic-upscaled x4 and encoded is the ``lr_latent`` stream. ``--objective path-self`` instead trains on
+the states the sampler itself visits from the LR latent (``path_state``), and ``--init`` fine-tunes an exported
+model (the v3 attempts, README "The example model"). Usage (CPU defaults: the v2 recipe; seeded):
 
     nice -n 10 python examples/train_tiny.py --out runs/v2
 """
@@ -106,6 +108,28 @@ def sample_sigmas(batch: int, generator: torch.Generator, low_max: float, low_p:
     return torch.where(low, u * low_max, u)
 
 
+def path_state(ema: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, ctx: torch.Tensor,
+               pool: torch.Tensor, generator: torch.Generator, self_path: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(state, sigma) on the sampler's own path (objectives ``path-lr`` and ``path-self``); the target is x0.
+
+    The sampler starts at ``S = (1 - s0) L + s0 noise`` (L: the LR latent) and each Euler step moves towards the
+    model's estimate m of x0: ``x_s = m + (s / s0) (S - m)``. ``path-self`` takes m from the EMA model at S (so
+    ``x_s`` is one Euler step of it from S), ``path-lr`` takes m = L. Either way the state carries no
+    information about x0 beyond the LR image, so the model learns to remove the noise, not to turn it into
+    texture. Start levels s0 uniform in [0.4, 1], s uniform in [0, s0]."""
+    b = x0.shape[0]
+    s0 = (0.4 + 0.6 * torch.rand(b, generator=generator)).to(x0.device)
+    sigma = s0 * torch.rand(b, generator=generator).to(x0.device)
+    s0v, sv = s0.view(b, 1, 1, 1), sigma.view(b, 1, 1, 1)
+    start = (1 - s0v) * cond + s0v * noise
+    if self_path:
+        with torch.no_grad():
+            m = start - s0v * ema(start, cond, ctx, pool, s0 * NUM_TRAIN_TIMESTEPS).float()
+    else:
+        m = cond
+    return m + (sv / s0v) * (start - m), sigma
+
+
 def build_model(preset: str, factor: int, seed: int) -> torch.nn.Module:
     """The ``preset`` architecture, with latent channels matching the pixel-unshuffle factor."""
     config = PRESETS[preset]
@@ -119,11 +143,15 @@ def build_model(preset: str, factor: int, seed: int) -> torch.nn.Module:
 
 def train(args: argparse.Namespace, photos: list[np.ndarray], ae: PixelUnshuffleAutoencoder,
           prompts: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Flow-matching training with AdamW, warm-up + cosine learning rate and EMA weights."""
-    model = build_model(args.preset, args.factor, args.seed).to(device).train()
+    """Flow-matching (or sampler-path) training with AdamW, warm-up + cosine learning rate and EMA weights."""
+    model = build_model(args.preset, args.factor, args.seed)
+    if args.init is not None:  # fine-tune an exported model (its F16 weights, in float32)
+        model.load_state_dict(load_dit4sr(args.init / "transformer").float().state_dict())
+    model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    data = PairDataset(photos, args.seed, args.crop, args.steps * args.batch, args.clean_p)
+    data_seed = args.seed if args.data_seed is None else args.data_seed
+    data = PairDataset(photos, data_seed, args.crop, args.steps * args.batch, args.clean_p)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=False, num_workers=args.workers,
                                          persistent_workers=args.workers > 0)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -141,9 +169,18 @@ def train(args: argparse.Namespace, photos: list[np.ndarray], ae: PixelUnshuffle
         keep = (torch.rand(b, generator=gen) >= NULL_PROMPT_P).float().to(device)
         ctx = pos.expand(b, -1, -1) * keep.view(b, 1, 1)
         pool = pooled.expand(b, -1) * keep.view(b, 1)
+        if args.objective == "flow":
+            state = (1 - s) * x0 + s * noise
+        else:  # path-self: the EMA model's own steps once it has warmed up (before: path-lr's states)
+            self_path = args.objective == "path-self" and step >= args.self_after
+            state, sigma = path_state(ema, x0, cond, noise, ctx, pool, gen, self_path)
+            s = sigma.view(b, 1, 1, 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            pred = model((1 - s) * x0 + s * noise, cond, ctx, pool, sigma * NUM_TRAIN_TIMESTEPS)
-        loss = F.mse_loss(pred.float(), noise - x0)
+            pred = model(state, cond, ctx, pool, sigma * NUM_TRAIN_TIMESTEPS)
+        if args.objective == "flow":
+            loss = F.mse_loss(pred.float(), noise - x0)
+        else:  # the x0 the Euler step from this state aims at: x - s v
+            loss = F.mse_loss(state - s * pred.float(), x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -197,11 +234,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--sigma-max", type=float, default=0.6, help="upper end of the low noise-level range")
     p.add_argument("--low-p", type=float, default=0.7, help="share of noise levels drawn from [0, sigma-max]")
+    p.add_argument("--objective", default="flow", choices=("flow", "path-lr", "path-self"),
+                   help="flow: SD3's flow matching from noise; path-lr / path-self: predict the HR latent from "
+                        "states on the sampler's own path from the LR latent (path_state)")
+    p.add_argument("--self-after", type=int, default=300, help="path-self: steps before the EMA model's own path")
     p.add_argument("--clean-p", type=float, default=0.3, help="share of training LR made by plain bicubic /4")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="seed of the training crops (default: --seed); a fine-tune from --init takes new crops")
+    p.add_argument("--init", type=Path, default=None, help="start from this exported model folder")
     p.add_argument("--eval-only", type=Path, default=None, help="skip training: evaluate this exported model folder")
     return p.parse_args(argv)
 

@@ -53,3 +53,30 @@ def test_degradations_keep_grey_photos_grey_and_clean_is_plain_bicubic():
     assert np.array_equal(degrade_kind(colour, rng, "clean"), bicubic_down(colour))
     kinds = [np.array_equal(degrade_mix(colour, np.random.default_rng(s), 0.3), bicubic_down(colour)) for s in range(200)]
     assert 0.2 < np.mean(kinds) < 0.4  # the clean share
+
+
+def test_path_states_follow_the_samplers_euler_steps():
+    from train_tiny import path_state
+
+    from qdit4sr_export.sampling import NUM_TRAIN_TIMESTEPS
+
+    g = torch.Generator().manual_seed(0)
+    x0, cond, noise = (torch.randn(3, 12, 8, 8, generator=g) for _ in range(3))
+    ctx, pool = torch.zeros(3, 8, 16), torch.zeros(3, 16)
+    seen = {}
+
+    def ema(x, c, e, p, t):  # a fixed velocity field that records where it was asked
+        seen["x"], seen["t"] = x, t
+        return 0.5 * x - c
+
+    state, sigma = path_state(ema, x0, cond, noise, ctx, pool, torch.Generator().manual_seed(1), True)
+    s0 = seen["t"] / NUM_TRAIN_TIMESTEPS  # the start levels drawn, in [0.4, 1]
+    assert ((s0 >= 0.4) & (s0 <= 1)).all() and ((sigma >= 0) & (sigma <= s0)).all()
+    v = lambda t: t.view(3, 1, 1, 1)
+    start = (1 - v(s0)) * cond + v(s0) * noise
+    torch.testing.assert_close(seen["x"], start)
+    # one Euler step of the EMA model's velocity from the start level down to sigma
+    torch.testing.assert_close(state, start - (v(s0) - v(sigma)) * (0.5 * start - cond))
+    lr_state, lr_sigma = path_state(ema, x0, cond, noise, ctx, pool, torch.Generator().manual_seed(1), False)
+    torch.testing.assert_close(lr_sigma, sigma)  # path-lr: the same levels, states on the line from L to the noise
+    torch.testing.assert_close(lr_state, (1 - v(sigma)) * cond + v(sigma) * noise)
