@@ -39,6 +39,11 @@ RUNS = (
         "Example model v3 attempt, fine-tuned at the runtime's tile size (issue 20; not shipped)",
         " --objective path-self --self-after 0 --init PATH_SELF_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20", "OMP_NUM_THREADS=2", "2 threads"),
+    Run("example_training_v3_ft128b", "dit4sr-tiny-v3-ft128b-metrics.json",
+        "Example model v3 attempt, 400 more steps at the tile size (issue 20; not shipped)",
+        " --objective path-self --self-after 0 --init FT128_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20 --data-seed 1", "OMP_NUM_THREADS=2",
+        "2 threads, the cores shared with the test suite and bench/example_crop_size.py for part of the run"),
 )
 KIND_NAMES = {"real": "real-world chain", "clean": "clean bicubic /4"}
 
