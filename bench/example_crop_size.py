@@ -6,7 +6,7 @@ that costs: the held-out crops of tiny_eval (chelsea, rocket, camera, grass) cut
 kinds, each model folder at its pipeline.json's sampling settings. Writes bench/results/example_crop_size.json
 and the "Example model: crop size" section of BENCHMARKS.md.
 Run: python bench/example_crop_size.py NAME=MODEL_DIR [NAME=MODEL_DIR ...]   (about 2 minutes per model on 2
-CPU threads; needs the training photos: pip install '.[examples]', wallpapers fetched by examples/photos.py)
+CPU threads; the held-out photos are scikit-image's: pip install '.[examples]')
 """
 
 from __future__ import annotations
@@ -22,22 +22,25 @@ from common import ROOT, machine, update_benchmarks_md
 sys.path.insert(0, str(ROOT / "examples"))
 import train_tiny  # noqa: E402
 from degradation import KINDS  # noqa: E402
-from photos import DEFAULT_CACHE, HELDOUT_PHOTOS, SKIMAGE_TRAIN, load_photos, load_wallpapers  # noqa: E402
+from photos import HELDOUT_PHOTOS, load_photos  # noqa: E402
 from tiny_eval import adain, bicubic_up, metrics, sample_sr, to_tensor  # noqa: E402
 
-from qdit4sr_export.model.autoencoder import PixelUnshuffleAutoencoder  # noqa: E402
-from qdit4sr_export.model.config import PRESETS  # noqa: E402
 from qdit4sr_export.model.loading import load_dit4sr  # noqa: E402
+from qdit4sr_export.runtime.pipeline import load_assets  # noqa: E402
+from qdit4sr_export.sampling import DEFAULT_SHIFT  # noqa: E402
 
 #: (crop px, crops per held-out photo): the same number of pixels at both sizes.
 SIZES = ((64, 8), (128, 2))
 COMMAND = "python bench/example_crop_size.py"
 
 
-def evaluate(folder: Path, ae: PixelUnshuffleAutoencoder, prompts: dict, held: list) -> dict:
-    """PSNR/SSIM/GMS/HF ratio of bicubic and of the model per (crop size, kind)."""
+def evaluate(folder: Path, held: list) -> dict:
+    """PSNR/SSIM/GMS/HF ratio of bicubic and of the model per (crop size, kind), with the folder's own
+    autoencoder and prompt embeddings."""
     model = load_dit4sr(folder / "transformer")
     cfg = json.loads((folder / "pipeline.json").read_text())
+    assets = load_assets(folder, shift=DEFAULT_SHIFT, config=cfg)
+    ae, prompts = assets.autoencoder, assets.prompt
     out: dict = {"settings": cfg, "rows": {}}
     for size, per_photo in SIZES:
         for kind in KINDS:
@@ -77,18 +80,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sk, _ = load_photos(SKIMAGE_TRAIN)
-    walls, _ = load_wallpapers(DEFAULT_CACHE)
-    shift, scale = train_tiny.latent_stats(sk + walls)
-    ae = PixelUnshuffleAutoencoder(2, scale, shift)
-    prompts = train_tiny.prompt_pair(PRESETS["dit4sr-example"], train_tiny.PROMPT_TOKENS, 0)
     held, _ = load_photos(HELDOUT_PHOTOS)
     models = {}
     for spec in args.models:
         name, sep, folder = spec.partition("=")
         if not sep or not (Path(folder) / "pipeline.json").is_file():
             raise SystemExit(f"{spec}: expected NAME=MODEL_DIR with a pipeline.json")
-        models[name] = evaluate(Path(folder), ae, prompts, held)
+        models[name] = evaluate(Path(folder), held)
         print(name, json.dumps(models[name]["rows"]), flush=True)
     result = {"command": COMMAND + " " + " ".join(n + "=DIR" for n in models), "machine": machine(),
               "models": models}

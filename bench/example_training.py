@@ -60,7 +60,7 @@ def _levels(a: dict) -> str:
     return "start levels uniform in [0.4, 1], levels uniform below them"
 
 
-def render(r: dict, run: Run = RUNS[0]) -> str:
+def render(r: dict, run: Run) -> str:
     a, best = r["args"], r["best"]
     chosen = f"{best['steps']}/{best['start_sigma']}/{best['guidance_scale']}/{best['color_fix']}"
     lines = [f"## {run.title}", "",

@@ -247,7 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seed of the training crops (default: --seed); a fine-tune from --init takes new crops")
     p.add_argument("--init", type=Path, default=None, help="start from this exported model folder")
     p.add_argument("--eval-only", type=Path, default=None, help="skip training: evaluate this exported model folder")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.init is not None and not (args.init / "transformer").is_dir():
+        p.error(f"--init {args.init}: not an exported model folder (no transformer/)")
+    return args
 
 
 def eval_sets(photos: list[np.ndarray], indices: tuple[int, ...], per_photo: int,
