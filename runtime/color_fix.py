@@ -51,3 +51,14 @@ def apply_color_fix(name: str, image: torch.Tensor, reference: torch.Tensor) -> 
     if name == "none":
         return image
     raise UserError(f"--color-fix must be one of {', '.join(COLOR_FIXES)}, got {name!r}")
+
+
+def is_grey(image: torch.Tensor) -> bool:
+    """True when a (3, H, W) image has R = G = B everywhere (a greyscale photo stored as RGB)."""
+    return bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
+
+
+def keep_grey(image: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``image`` (3, H, W) as grey (its channel mean in every channel) where ``source`` is grey, else unchanged:
+    a grey photo's SR stays grey, whatever colour the sampler's start noise leaves behind."""
+    return image.mean(0, keepdim=True).expand_as(image).contiguous() if is_grey(source) else image

@@ -2,9 +2,10 @@
 
 LR image -> (short side to >= 128) bicubic x4, cropped to what the autoencoder and patch size tile -> LR
 latent -> flow-matching Euler from ``(1 - s0) z_lr + s0 noise`` (s0 = 1: pure noise) with classifier-free
-guidance ([negative, positive] prompt batch) -> decode -> colour fix against the bicubic image -> resize to
-exactly 4x the input. Each step's variant is looked up by timestep value in the engine set; latents larger
-than a tile or not square are processed in square tiles blended with Gaussian weights.
+guidance ([negative, positive] prompt batch) -> decode -> colour fix against the bicubic image -> grey output for
+a grey input (R = G = B) -> resize to exactly 4x the input. Each step's variant is looked up by timestep value in
+the engine set; latents larger than a tile or not square are processed in square tiles blended with Gaussian
+weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.runtime.color_fix import apply_color_fix
+from qdit4sr_export.runtime.color_fix import apply_color_fix, is_grey, keep_grey
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
 from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles
@@ -182,4 +183,5 @@ class SRPipeline:
             raise UserError("the autoencoder's decoded image has non-finite values; nothing was written")
         out = (decoded.clamp(-1, 1) + 1) / 2
         out = apply_color_fix(opts.color_fix, out[None], up[None])[0].clamp(0, 1)
-        return to_output_size(out, plan), report
+        report.info["grey_input"] = is_grey(rgb)
+        return to_output_size(keep_grey(out, rgb), plan), report

@@ -98,3 +98,14 @@ def test_tiles_and_non_square(engine_sets):
     d, rd = pipe.upscale(lr_image(20, 20, seed=4), PipelineOptions(tile=64, overlap=16))
     assert rc.info["tiles"] == 4 and rd.info["tiles"] == 1
     assert psnr(c, d) >= 30.0  # measured 38.8 dB: tiles see less context; blending itself is exact
+
+
+def test_grey_input_gives_grey_output_and_colour_stays_colour(pipeline_folder, engine_sets):
+    model, _ = pipeline_folder
+    fp, _, _ = engine_sets
+    pipe = torch_pipeline(model, fp)
+    grey = lr_image(seed=5)[:1].expand(3, -1, -1).contiguous()
+    out, report = pipe.upscale(grey)
+    assert report.info["grey_input"] and torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    colour, report = pipe.upscale(lr_image(seed=5))
+    assert not report.info["grey_input"] and not torch.equal(colour[0], colour[1])

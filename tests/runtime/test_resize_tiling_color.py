@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.runtime.color_fix import adain, apply_color_fix, wavelet, wavelet_split
+from qdit4sr_export.runtime.color_fix import adain, apply_color_fix, is_grey, keep_grey, wavelet, wavelet_split
 from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
 from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles, tile_starts
 
@@ -53,3 +53,15 @@ def test_color_fixes():
     assert torch.equal(apply_color_fix("none", img, ref), img)
     with pytest.raises(UserError, match="--color-fix"):
         apply_color_fix("sepia", img, ref)
+
+
+def test_keep_grey_averages_channels_only_for_grey_sources():
+    g = torch.Generator().manual_seed(0)
+    grey_src = torch.rand(1, 8, 8, generator=g).expand(3, -1, -1)
+    colour_src = grey_src.clone()
+    colour_src[2, 0, 0] += 1 / 255
+    out = torch.rand(3, 32, 32, generator=g)
+    assert is_grey(grey_src) and not is_grey(colour_src)
+    kept = keep_grey(out, grey_src)
+    assert torch.equal(kept[0], kept[2]) and torch.allclose(kept[0], out.mean(0))
+    assert keep_grey(out, colour_src) is out
