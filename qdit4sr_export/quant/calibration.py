@@ -43,6 +43,11 @@ class CalibrationInputs:
     def __len__(self) -> int:
         return self.lr_latent.shape[0]
 
+    def head(self, n: int) -> "CalibrationInputs":
+        """The first ``n`` samples (all of them when there are fewer): with the trajectory's batches of 8 and one
+        seeded noise stream, their statistics are exactly the first ``n`` samples' of a full pass."""
+        return CalibrationInputs(self.lr_latent[:n], self.encoder_hidden_states[:n], self.pooled_projections[:n])
+
     def check(self, config: DiT4SRConfig, source: str) -> None:
         lat = tuple(self.lr_latent.shape)
         if len(lat) != 4 or lat[1] != config.in_channels or lat[2] != lat[3]:

@@ -77,6 +77,18 @@ def test_vatmp_schedules_only_the_steps_a_run_from_start_sigma_executes(tiny_mod
     assert QuantPlan.load(plan.save(tmp_path / "plan.json")) == plan  # None variances survive the JSON
 
 
+def test_vatmp_samples_measures_the_first_samples_exactly(tiny_model):
+    cfg = dict(wbits=4, abits=4.5, svd_rank=8, local_rank=2, steps=6)
+    calib = calibration_for(tiny_model, n=12)
+    head = make_plan(tiny_model, QDiT4SRConfig(**cfg, vatmp_samples=9), calibration=calib)
+    alone = make_plan(tiny_model, QDiT4SRConfig(**cfg, vatmp_samples=0), calibration=calib.head(9))
+    every = make_plan(tiny_model, QDiT4SRConfig(**cfg, vatmp_samples=0), calibration=calib)
+    variances = lambda plan: [lp.act_variance for lp in plan.layers.values() if lp.active]
+    assert variances(head) == variances(alone) != variances(every)
+    assert any("VaTMP on 9 calibration samples" in note for note in head.notes)
+    assert any("VaTMP on 12 calibration samples" in note for note in every.notes)
+
+
 def test_no_calibration_means_static_bits_with_a_note(tiny_model):
     plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=6, svd_rank=8, local_rank=2, steps=5))
     assert all(lp.abits == (6,) * 5 for lp in plan.layers.values())
@@ -119,6 +131,7 @@ def test_planning_does_not_touch_the_model(tiny_model):
         ({"start_sigma": 1.5}, "--start-sigma"),
         ({"group_size": -1}, "group_size >= 0"),
         ({"alpha_points": 0}, "alpha_points >= 1"),
+        ({"vatmp_samples": -1}, "vatmp_samples must be >= 0"),
     ],
 )
 def test_bad_options(kwargs, message):
