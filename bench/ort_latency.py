@@ -3,8 +3,8 @@ sessions (``OrtRunner``: ``make_session``'s settings and the shared int8 weights
 per-op breakdown from ONNX Runtime's profiler.
 
 Models (``--models``):
-- ``example``: examples/dit4sr-tiny at the size ``run`` uses (64x64 latent tiles, guidance batch 2, its 8 prompt
-  tokens); the FP engine set, the README quickstart's W4A4 build (``--wbits auto --abits 4 --calib-count 8``) and
+- ``example``: examples/dit4sr-tiny at the size ``run`` uses (64x64 latent tiles, its 8 prompt tokens, a guidance
+  batch of 2 where its pipeline guides); the FP engine set, the README quickstart's W4A4 build (``--wbits auto --abits 4 --calib-count 8``) and
   an RTN W4A4 build (the cheapest W4A4 graph: integer GEMMs and per-token quantization only), all made by the CLI. Also ``qdit4sr-export run`` on the four examples/lr photos, end to end, per engine set.
 - ``medium``: dit4sr-medium's block shapes with ``--layers`` of its 24 blocks (a full step costs about 24/layers
   times as much), seeded default-init weights (latency does not depend on the values); the positional table is
@@ -115,6 +115,13 @@ class Size:
     side: int
     batch: int
     text: int
+
+
+def example_size() -> Size:
+    """The example model's step as ``run`` makes it: 64x64 latent tiles, its 8 prompt tokens, and a guidance batch
+    of 2 only where its pipeline.json guides (a scale other than 1)."""
+    config = json.loads((ROOT / "examples" / "dit4sr-tiny" / "pipeline.json").read_text())
+    return Size(64, 1 if float(config["guidance_scale"]) == 1.0 else 2, 8)
 
 
 def feeds(engine: EngineSet, size: Size) -> list[torch.Tensor]:
@@ -249,7 +256,7 @@ def main() -> None:
         for model in args.models.split(","):
             if model not in ("example", "medium"):
                 raise SystemExit(f"unknown model {model!r}: example or medium")
-            size = Size(64, 2, 8) if model == "example" else medium
+            size = example_size() if model == "example" else medium
             sets = example_sets(work) if model == "example" else medium_sets(work, preset, args.layers, size.side)
             entry: dict = {"load_before": load(), "threads": args.threads, "repeats": args.repeats,
                            "machine": machine()}

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     args = parser.parse_args(argv)
     from qdit4sr_export.model import load_dit4sr
-    from qdit4sr_export.plots import plot_abits_heatmap, plot_weight_bits
+    from qdit4sr_export.inspect_report import plan_run_window
+    from qdit4sr_export.plots import block_abits, plot_abits_heatmap, plot_weight_bits
 
     torch.manual_seed(0)
     folder = args.model
@@ -136,15 +137,43 @@ def main(argv: list[str] | None = None) -> None:
         result["methods"].append(row)
         print(json.dumps(row), flush=True)
         if label == "qdit4sr +H-SVD+VaSMP+VaTMP" and options["abits"] == 4 and not suffix:
+            # The Fig. 9 analogue: the schedule VaTMP chose for the steps the pipeline runs (the others grey).
+            runs = plan_run_window(plan)
+            result["vatmp_schedule"] = {"runs": runs, "blocks": block_abits(plan)[0],
+                                        "mean_abits": np.round(block_abits(plan)[1], 3).tolist()}
             plot_weight_bits(plan, OUT / "quality_vasmp_bits.png", title="VaSMP weight bits, W4, example model")
-            # The plan above schedules only the steps the pipeline runs (the last ones); the Fig. 9 analogue is
-            # the schedule VaTMP picks for a whole trajectory from noise (start sigma 1).
-            whole = method.build(model, make_config(method, {"steps": int(config["steps"]), **options,
-                                                             "start_sigma": 1.0}), calibration=calib)
-            plot_abits_heatmap(whole, OUT / "quality_vatmp_heatmap.png",
-                               title="VaTMP activation bits, W4A4, example model, whole trajectory from noise")
+            plot_abits_heatmap(plan, OUT / "quality_vatmp_heatmap.png", runs=runs,
+                               title="VaTMP activation bits (block mean), W4A4, example model")
     (OUT / f"quality{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
     write_section(result, suffix)
+
+
+def ablation_tables(methods: list[dict]) -> list[str]:
+    """The Q-DiT4SR ablation rows laid out as the paper's Table 3 (W4A6) and Table 4 (W4A4)."""
+    lines = []
+    for setting, table in (("W4A6", "Table 3"), ("W4A4", "Table 4")):
+        rows = [r for r in methods if r["setting"] == setting and r["method"].startswith("qdit4sr ")]
+        if not rows:
+            continue
+        lines += ["", f"Ablation at {setting}, laid out as the paper's {table} (PSNR, SSIM, GMS and HF ratio against "
+                  "HR; the paper reports no-reference IQA scores, which need network weights):", "",
+                  "| methods | PSNR | SSIM | GMS | HF ratio | PSNR vs FP |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method'].removeprefix('qdit4sr ').replace('+', ' +').strip()} | {r['psnr']} | {r['ssim']} | "
+                  f"{r['gms']} | {r['hf_ratio']} | {r['psnr_vs_fp']} |" for r in rows]
+    return lines
+
+
+def schedule_text(schedule: dict | None) -> list[str]:
+    """Which activation bits VaTMP chose over the steps the pipeline runs, per block."""
+    if not schedule:
+        return []
+    runs = schedule["runs"]["runs"] if schedule["runs"] else None
+    lines = ["", "VaTMP's schedule (W4A4, mean activation bits of each block's layers per grid step"
+             + (f"; steps {runs.index(True)}-{len(runs) - 1} of {len(runs)} run" if runs and any(runs) else "") + "):", ""]
+    for block, row in zip(schedule["blocks"], schedule["mean_abits"]):
+        shown = [b for k, b in enumerate(row) if runs is None or runs[k]]
+        lines.append(f"- block {block}: " + " ".join(f"{b:g}" for b in shown))
+    return lines
 
 
 def write_section(result: dict, suffix: str = "") -> None:
@@ -156,21 +185,24 @@ def write_section(result: dict, suffix: str = "") -> None:
              f"{result['crops']} held-out 128 px crops (scikit-image chelsea, rocket, camera, grass; never used in "
              f"training), LR by the training degradation chain. Pipeline: {result['pipeline']['steps']} steps, "
              f"start sigma {result['pipeline']['start_sigma']}, guidance {result['pipeline']['guidance_scale']}, "
-             f"colour fix {result['pipeline']['color_fix']}. HF ratio: spectral energy above the LR Nyquist "
-             "limit, output / HR (1 = as much fine detail as the HR photo).", "",
-             "| | PSNR (dB) | SSIM | HF ratio |", "|---|---|---|---|",
-             f"| bicubic | {b['psnr']} | {b['ssim']} | {b['hf_ratio']} |",
-             f"| example model (FP) | {f['psnr']} | {f['ssim']} | {f['hf_ratio']} |", "",
+             f"colour fix {result['pipeline']['color_fix']}. GMS: gradient-magnitude similarity to HR. HF ratio: "
+             "spectral energy above the LR Nyquist limit, output / HR (1 = as much fine detail as the HR photo).", "",
+             "| | PSNR (dB) | SSIM | GMS | HF ratio |", "|---|---|---|---|---|",
+             f"| bicubic | {b['psnr']} | {b['ssim']} | {b['gms']} | {b['hf_ratio']} |",
+             f"| example model (FP) | {f['psnr']} | {f['ssim']} | {f['gms']} | {f['hf_ratio']} |", "",
              *(["Side by side (LR nearest x4 | bicubic | FP model | HR): `bench/results/quality_side_by_side.png`.", ""]
                if not suffix else []),
              "Quantized (torch simulation of each plan; PSNR vs FP is against the FP model's output):", "",
-             "| setting | method | PSNR vs HR | SSIM | HF ratio | PSNR vs FP | Params (M) |", "|---|---|---|---|---|---|---|"]
+             "| setting | method | PSNR vs HR | SSIM | GMS | HF ratio | PSNR vs FP | Params (M) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["methods"]:
-        lines.append(f"| {r['setting']} | {r['method']} | {r['psnr']} | {r['ssim']} | {r['hf_ratio']} | "
+        lines.append(f"| {r['setting']} | {r['method']} | {r['psnr']} | {r['ssim']} | {r['gms']} | {r['hf_ratio']} | "
                      f"{r['psnr_vs_fp']} | {r['params_m']} |")
+    lines += ablation_tables(result["methods"])
     if not suffix:
-        lines += ["", "Plots: `bench/results/quality_vatmp_heatmap.png` (VaTMP activation bits over blocks x timesteps, "
-                  "W4A4, for a whole 40-step trajectory from noise), `bench/results/quality_vasmp_bits.png` (VaSMP "
+        lines += schedule_text(result.get("vatmp_schedule"))
+        lines += ["", "Plots: `bench/results/quality_vatmp_heatmap.png` (VaTMP activation bits over blocks x grid steps, "
+                  "W4A4; grey: steps the pipeline does not run), `bench/results/quality_vasmp_bits.png` (VaSMP "
                   "weight bits per layer)."]
     update_benchmarks_md("quality" + suffix.replace(".", ""), "\n".join(lines) + "\n")
 

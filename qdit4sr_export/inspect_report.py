@@ -52,24 +52,32 @@ def run_window(plan: QuantPlan, target: str | Path) -> dict[str, Any] | None:
     from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule, start_index
 
     target = Path(target)
-    if target.is_dir():
-        pipeline = target / "pipeline.json"
-        if not pipeline.is_file():
-            return None
-        cfg = read_json_object(pipeline, "pipeline settings")
-        scheduler = target / "scheduler" / "scheduler_config.json"
-        shift = float(read_json_object(scheduler, "scheduler config").get("shift", DEFAULT_SHIFT)) \
-            if scheduler.is_file() else DEFAULT_SHIFT
-        steps, start_sigma = int(cfg.get("steps", len(plan.timesteps))), float(cfg.get("start_sigma", 1.0))
-        sigmas = flow_schedule(steps, shift=shift)[1]
-        first_sigma, source = float(sigmas[start_index(sigmas, start_sigma)]), "pipeline.json"
-    else:
-        start_sigma = plan.method_config.get("start_sigma")
-        if start_sigma is None:
-            return None
-        steps, start_sigma, source = len(plan.timesteps), float(start_sigma), "plan"
-        first_sigma = next((t / 1000 for t in plan.timesteps if t / 1000 <= start_sigma + 1e-6),
-                           plan.timesteps[-1] / 1000)
+    if not target.is_dir():
+        return plan_run_window(plan)
+    pipeline = target / "pipeline.json"
+    if not pipeline.is_file():
+        return None
+    cfg = read_json_object(pipeline, "pipeline settings")
+    scheduler = target / "scheduler" / "scheduler_config.json"
+    shift = float(read_json_object(scheduler, "scheduler config").get("shift", DEFAULT_SHIFT)) \
+        if scheduler.is_file() else DEFAULT_SHIFT
+    steps, start_sigma = int(cfg.get("steps", len(plan.timesteps))), float(cfg.get("start_sigma", 1.0))
+    sigmas = flow_schedule(steps, shift=shift)[1]
+    first_sigma = float(sigmas[start_index(sigmas, start_sigma)])
+    return _window(plan, start_sigma, steps, "pipeline.json", first_sigma)
+
+
+def plan_run_window(plan: QuantPlan) -> dict[str, Any] | None:
+    """``run_window`` from the plan alone: the grid steps at or below its method's ``start_sigma`` (None without)."""
+    start_sigma = plan.method_config.get("start_sigma")
+    if start_sigma is None:
+        return None
+    start_sigma = float(start_sigma)
+    first_sigma = next((t / 1000 for t in plan.timesteps if t / 1000 <= start_sigma + 1e-6), plan.timesteps[-1] / 1000)
+    return _window(plan, start_sigma, len(plan.timesteps), "plan", first_sigma)
+
+
+def _window(plan: QuantPlan, start_sigma: float, steps: int, source: str, first_sigma: float) -> dict[str, Any]:
     runs = [float(t) / 1000 <= first_sigma + 1e-6 for t in plan.timesteps]
     return {"start_sigma": start_sigma, "steps": steps, "source": source, "runs": runs,
             "first_step": runs.index(True) if any(runs) else len(runs)}
