@@ -1,5 +1,5 @@
-"""The example-model training sections of BENCHMARKS.md (v2 and the v3 attempts), from the records the training
-script wrote.
+"""The example-model training sections of BENCHMARKS.md (v2 and the four stages of the shipped v3), from the
+records the training script wrote.
 
 examples/train_tiny.py writes metrics.json (arguments, loss log, photo checksums, the sampling sweep on validation
 crops of training photos and the chosen setting on held-out crops, for both degradation kinds); each run's copy is
@@ -32,18 +32,22 @@ RUNS = (
         "Example model v2 training run (issue 20; missed its quality targets, not shipped)", "",
         "OMP_NUM_THREADS=1 nice -n 10", "1 thread, 2 cores shared with other jobs"),
     Run("example_training_v3_path", "dit4sr-tiny-v3-path-self-metrics.json",
-        "Example model v3 attempt: trained on its own sampling path (issue 20; missed its targets, not shipped)",
+        "Example model v3, stage 1: trained on its own sampling path (issue 20)",
         " --objective path-self", "OMP_NUM_THREADS=1 nice -n 10",
         "1 thread, the other core running a path-lr training"),
     Run("example_training_v3_ft128", "dit4sr-tiny-v3-ft128-metrics.json",
-        "Example model v3 attempt, fine-tuned at the runtime's tile size (issue 20; not shipped)",
+        "Example model v3, stage 2: fine-tuned at the runtime's tile size (issue 20)",
         " --objective path-self --self-after 0 --init PATH_SELF_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20", "OMP_NUM_THREADS=2", "2 threads"),
     Run("example_training_v3_ft128b", "dit4sr-tiny-v3-ft128b-metrics.json",
-        "Example model v3 attempt, 400 more steps at the tile size (issue 20; not shipped)",
+        "Example model v3, stage 3: 400 more steps at the tile size (issue 20)",
         " --objective path-self --self-after 0 --init FT128_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20 --data-seed 1", "OMP_NUM_THREADS=2",
         "2 threads, the cores shared with the test suite and bench/example_crop_size.py for part of the run"),
+    Run("example_training_v3_ft128c", "dit4sr-tiny-metrics.json",
+        "Example model v3, stage 4, the shipped model: 400 more steps at the tile size, half the LR clean (issue 20)",
+        " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.5", "OMP_NUM_THREADS=2", "2 threads"),
 )
 KIND_NAMES = {"real": "real-world chain", "clean": "clean bicubic /4"}
 
@@ -73,7 +77,7 @@ def render(r: dict, run: Run) -> str:
              f"{r['train_seconds'] / 60:.1f} min ({r['seconds_per_step']:.2f} s/step), final loss "
              f"{r['log'][-1]['loss']:.3f}; {r['params']:,} parameters; {len(r['photos_sha256']) - 4} training "
              f"photos (sha256 of each in the record). Written by the script as metrics.json; kept as "
-             f"`examples/{run.record}` (the shipped model is still v1, below).", "",
+             f"`examples/{run.record}`. All four v3 stages: `bash examples/train_v3.sh OUT`.", "",
              "Sampling settings (steps/start sigma/guidance/colour fix) swept on validation crops of training photos "
              "(8 crops, 128 px), one LR set per degradation kind; the setting is chosen there, then measured once on "
              "8 held-out crops (chelsea, rocket, camera, grass, 2 each). PSNR (gain over bicubic), SSIM, GMS "
