@@ -6,7 +6,7 @@ grass), degraded by the training chain (blur, bicubic /4, noise, JPEG). Quantize
 simulation of their plan (the oracle every lowering is tested against); calibration is the packaged LR
 photos through the model's autoencoder, as `build` does. Writes bench/results/quality.json, PNGs in
 bench/results/, and the "Quality" section of BENCHMARKS.md.
-Run: python bench/quality.py   (about 20 minutes on 2 CPU threads)
+Run: python bench/quality.py   (about 10 minutes on 2 CPU threads)
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         if label == "qdit4sr +H-SVD+VaSMP+VaTMP" and options["abits"] == 4 and not suffix:
             # The Fig. 9 analogue: the schedule VaTMP chose for the steps the pipeline runs (the others grey).
             runs = plan_run_window(plan)
-            result["vatmp_schedule"] = {"runs": runs, "blocks": block_abits(plan)[0],
-                                        "mean_abits": np.round(block_abits(plan)[1], 3).tolist()}
+            blocks, mean_abits = block_abits(plan)
+            result["vatmp_schedule"] = {"runs": runs, "blocks": blocks, "mean_abits": np.round(mean_abits, 3).tolist()}
             plot_weight_bits(plan, OUT / "quality_vasmp_bits.png", title="VaSMP weight bits, W4, example model")
             plot_abits_heatmap(plan, OUT / "quality_vatmp_heatmap.png", runs=runs,
                                title="VaTMP activation bits (block mean), W4A4, example model")

@@ -5,7 +5,7 @@ Photos: scikit-image's bundled ones and photographic wallpapers of two Debian pa
 matching as SD3/DiT4SR: ``x_s = (1 - s) x0 + s noise``, the model predicts ``noise - x0`` at timestep ``1000 s``; the
 LR image bicubic-upscaled x4 and encoded is the ``lr_latent`` stream. ``--objective path-self`` instead trains on
 the states the sampler itself visits from the LR latent (``path_state``), and ``--init`` fine-tunes an exported
-model (the v3 attempts, README "The example model"). Usage (CPU defaults: the v2 recipe; seeded):
+model (the shipped v3, README "The example model"). Usage (CPU defaults: the v2 recipe; seeded):
 
     nice -n 10 python examples/train_tiny.py --out runs/v2
 """
