@@ -286,6 +286,32 @@ def main() -> None:
         write_section(result)
 
 
+FUSABLE = ("rotation", "quantize + rescale")  # what a fused rotate-quantize kernel would remove
+
+
+def speed_bound(speedup: float, categories_ms: dict[str, float], removed: tuple[str, ...]) -> float:
+    """The speed against FP if the ``removed`` categories cost nothing: the measured speed divided by the share of
+    the set's kernel time left (an upper bound for a kernel that fuses them away)."""
+    total = sum(categories_ms.values())
+    return speedup / (1 - sum(categories_ms[c] for c in removed) / total)
+
+
+def bound_rows(e: dict) -> list[str]:
+    """Markdown rows: each quantized set's measured speed and its bounds with the fusable ops, then also the H-SVD
+    branch, at zero cost."""
+    rows = ["", ("Upper bounds from this profile: the measured speed divided by the share of the set's kernel time "
+                 "left when the named categories cost nothing:"), "",
+            "| engine | measured speed | rotation + quantize free | also H-SVD branch free |", "|---|---|---|---|"]
+    for label, r in e["step"].items():
+        if label == "FP32":
+            continue
+        cats = e["profile"][label]["categories_ms"]
+        fused = speed_bound(r["speedup"], cats, FUSABLE)
+        branch = speed_bound(r["speedup"], cats, FUSABLE + ("H-SVD branch",))
+        rows.append(f"| {label} | {r['speedup']:.2f}x | {fused:.2f}x | {branch:.2f}x |")
+    return rows
+
+
 def write_section(result: dict) -> None:
     lines = ["## ONNX Runtime latency (issue 21)", "",
              (f"Command: `{result['command']}`. ONNX Runtime {result['onnxruntime']}. "
@@ -307,6 +333,7 @@ def write_section(result: dict) -> None:
                   "| category | " + " | ".join(e["profile"]) + " |", "|---" * (len(e["profile"]) + 1) + "|"]
         for cat in CATEGORIES:
             lines.append(f"| {cat} | " + " | ".join(f"{p['categories_ms'][cat]:.0f}" for p in e["profile"].values()) + " |")
+        lines += bound_rows(e)
         if "prepacked" in e:
             lines += ["", ("`--backend ort-prepacked` (each variant session folds and prepacks its own copy of the "
                            "weights) against the runtime's shared runner, timed alternately in one loop; speed against "
