@@ -109,16 +109,18 @@ def sample_sigmas(batch: int, generator: torch.Generator, low_max: float, low_p:
 
 
 def path_state(ema: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, ctx: torch.Tensor,
-               pool: torch.Tensor, generator: torch.Generator, self_path: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               pool: torch.Tensor, generator: torch.Generator, self_path: bool,
+               s0_range: tuple[float, float] = (0.4, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """(state, sigma) on the sampler's own path (objectives ``path-lr`` and ``path-self``); the target is x0.
 
     The sampler starts at ``S = (1 - s0) L + s0 noise`` (L: the LR latent) and each Euler step moves towards the
     model's estimate m of x0: ``x_s = m + (s / s0) (S - m)``. ``path-self`` takes m from the EMA model at S (so
     ``x_s`` is one Euler step of it from S), ``path-lr`` takes m = L. Either way the state carries no
     information about x0 beyond the LR image, so the model learns to remove the noise, not to turn it into
-    texture. Start levels s0 uniform in [0.4, 1], s uniform in [0, s0]."""
+    texture. Start levels s0 uniform in ``s0_range`` (default [0.4, 1]), s uniform in [0, s0]."""
     b = x0.shape[0]
-    s0 = (0.4 + 0.6 * torch.rand(b, generator=generator)).to(x0.device)
+    lo, hi = s0_range
+    s0 = (lo + (hi - lo) * torch.rand(b, generator=generator)).to(x0.device)
     sigma = s0 * torch.rand(b, generator=generator).to(x0.device)
     s0v, sv = s0.view(b, 1, 1, 1), sigma.view(b, 1, 1, 1)
     start = (1 - s0v) * cond + s0v * noise
@@ -128,6 +130,15 @@ def path_state(ema: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor, noise
     else:
         m = cond
     return m + (sv / s0v) * (start - m), sigma
+
+
+def path_loss(estimate: torch.Tensor, x0: torch.Tensor, kind: str) -> torch.Tensor:
+    """``mse``: mean squared error over the batch; ``log-mse``: the mean over crops of log(MSE + 1e-5), i.e. minus the
+    mean per-crop PSNR up to constants, which weights smooth crops (small errors) as much as textured ones."""
+    if kind == "mse":
+        return F.mse_loss(estimate, x0)
+    per_crop = (estimate - x0).pow(2).flatten(1).mean(1)
+    return torch.log(per_crop + 1e-5).mean()
 
 
 def build_model(preset: str, factor: int, seed: int) -> torch.nn.Module:
@@ -173,14 +184,14 @@ def train(args: argparse.Namespace, photos: list[np.ndarray], ae: PixelUnshuffle
             state = (1 - s) * x0 + s * noise
         else:  # path-self: the EMA model's own steps once it has warmed up (before: path-lr's states)
             self_path = args.objective == "path-self" and step >= args.self_after
-            state, sigma = path_state(ema, x0, cond, noise, ctx, pool, gen, self_path)
+            state, sigma = path_state(ema, x0, cond, noise, ctx, pool, gen, self_path, tuple(args.s0_range))
             s = sigma.view(b, 1, 1, 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             pred = model(state, cond, ctx, pool, sigma * NUM_TRAIN_TIMESTEPS)
         if args.objective == "flow":
             loss = F.mse_loss(pred.float(), noise - x0)
         else:  # the x0 the Euler step from this state aims at: x - s v
-            loss = F.mse_loss(state - s * pred.float(), x0)
+            loss = path_loss(state - s * pred.float(), x0, args.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -238,6 +249,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow: SD3's flow matching from noise; path-lr / path-self: predict the HR latent from "
                         "states on the sampler's own path from the LR latent (path_state)")
     p.add_argument("--self-after", type=int, default=300, help="path-self: steps before the EMA model's own path")
+    p.add_argument("--loss", default="mse", choices=("mse", "log-mse"),
+                   help="path objectives: batch MSE, or the mean per-crop log MSE (the PSNR the eval averages)")
+    p.add_argument("--s0-range", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"),
+                   help="path objectives: the range of start noise levels trained on (the sampler starts at one)")
     p.add_argument("--clean-p", type=float, default=0.3, help="share of training LR made by plain bicubic /4")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
@@ -248,6 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None, help="start from this exported model folder")
     p.add_argument("--eval-only", type=Path, default=None, help="skip training: evaluate this exported model folder")
     args = p.parse_args(argv)
+    if not 0.0 < args.s0_range[0] <= args.s0_range[1] <= 1.0:
+        p.error(f"--s0-range {args.s0_range[0]} {args.s0_range[1]}: need 0 < LO <= HI <= 1")
     if args.init is not None and not (args.init / "transformer").is_dir():
         p.error(f"--init {args.init}: not an exported model folder (no transformer/)")
     return args

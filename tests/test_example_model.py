@@ -80,3 +80,39 @@ def test_path_states_follow_the_samplers_euler_steps():
     lr_state, lr_sigma = path_state(ema, x0, cond, noise, ctx, pool, torch.Generator().manual_seed(1), False)
     torch.testing.assert_close(lr_sigma, sigma)  # path-lr: the same levels, states on the line from L to the noise
     torch.testing.assert_close(lr_state, (1 - v(sigma)) * cond + v(sigma) * noise)
+
+
+def test_path_states_start_levels_follow_the_chosen_range():
+    from train_tiny import path_state
+
+    from qdit4sr_export.sampling import NUM_TRAIN_TIMESTEPS
+
+    x0 = cond = noise = torch.zeros(64, 3, 4, 4)
+    seen = {}
+
+    def ema(x, c, e, p, t):
+        seen["t"] = t
+        return x
+
+    _, sigma = path_state(ema, x0, cond, noise, None, None, torch.Generator().manual_seed(0), True, (0.45, 0.55))
+    s0 = seen["t"] / NUM_TRAIN_TIMESTEPS
+    assert ((s0 >= 0.45) & (s0 <= 0.55)).all() and float(s0.max() - s0.min()) > 0.08
+    assert ((sigma >= 0) & (sigma <= s0)).all()
+
+
+def test_log_mse_loss_weights_every_crop_by_its_own_error():
+    from train_tiny import path_loss
+
+    x0 = torch.zeros(2, 3, 4, 4)
+    est = torch.stack([torch.full((3, 4, 4), 0.01), torch.full((3, 4, 4), 0.1)])  # per-crop MSE 1e-4 and 1e-2
+    assert torch.isclose(path_loss(est, x0, "mse"), torch.tensor((1e-4 + 1e-2) / 2))
+    expected = (np.log(1e-4 + 1e-5) + np.log(1e-2 + 1e-5)) / 2
+    assert abs(float(path_loss(est, x0, "log-mse")) - expected) < 1e-5
+    # halving the small error moves log-mse as much as halving the large one; batch MSE barely sees the former
+    small = est.clone()
+    small[0] /= 2
+    large = est.clone()
+    large[1] /= 2
+    d_small = float(path_loss(est, x0, "log-mse") - path_loss(small, x0, "log-mse"))
+    d_large = float(path_loss(est, x0, "log-mse") - path_loss(large, x0, "log-mse"))
+    assert d_small > 0.5 * d_large > 0
