@@ -45,14 +45,29 @@ RUNS = (
         " --objective path-self --self-after 0 --init FT128_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20 --data-seed 1", "OMP_NUM_THREADS=2",
         "2 threads, the cores shared with the test suite and bench/example_crop_size.py for part of the run", True),
-    Run("example_training_v3_ft128c", "dit4sr-tiny-metrics.json",
-        "Example model v3, stage 4, the shipped model: 400 more steps at the tile size, half the LR clean (issue 20)",
+    Run("example_training_v3_ft128g", "dit4sr-tiny-metrics.json",
+        "Example model v3, stage 4, the shipped model: 400 more steps at the tile size, 90% of the LR clean, start "
+        "levels near 0.5, per-crop log-MSE (issue 20)",
         " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
-        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.5", "OMP_NUM_THREADS=2", "2 threads", True),
+        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.9 --s0-range 0.4 0.6 --loss log-mse", "OMP_NUM_THREADS=2",
+        "2 threads", True),
+    Run("example_training_v3_ft128c", "dit4sr-tiny-v3-ft128c-metrics.json",
+        "Example model v3, stage 4 as shipped until this change: half the LR clean (issue 20; replaced)",
+        " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.5", "OMP_NUM_THREADS=2", "2 threads"),
     Run("example_training_v3_ft128d", "dit4sr-tiny-v3-ft128d-metrics.json",
-        "Example model v3, a fifth stage tried: 400 more steps on new crops (issue 20; not shipped, +0.04 dB on clean LR)",
-        " --objective path-self --self-after 0 --init examples/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "Example model v3, a fifth stage tried after that stage 4: 400 more steps on new crops (issue 20; not shipped)",
+        " --objective path-self --self-after 0 --init FT128C_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20 --data-seed 3 --clean-p 0.5", "OMP_NUM_THREADS=2", "2 threads"),
+    Run("example_training_v3_ft128e", "dit4sr-tiny-v3-ft128e-metrics.json",
+        "Example model v3, stage 4 tried with start levels near 0.5 (issue 20; not shipped)",
+        " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.6 --s0-range 0.4 0.6", "OMP_NUM_THREADS=2", "2 threads"),
+    Run("example_training_v3_ft128f", "dit4sr-tiny-v3-ft128f-metrics.json",
+        "Example model v3, stage 4 tried with start levels near 0.5 and per-crop log-MSE (issue 20; not shipped)",
+        " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.6 --s0-range 0.4 0.6 --loss log-mse", "OMP_NUM_THREADS=2",
+        "2 threads"),
 )
 KIND_NAMES = {"real": "real-world chain", "clean": "clean bicubic /4"}
 
@@ -66,7 +81,9 @@ def _levels(a: dict) -> str:
     """The noise levels the objective trains on."""
     if a.get("objective", "flow") == "flow":
         return f"noise levels {a['low_p']:.0%} in [0, {a['sigma_max']}]"
-    return "start levels uniform in [0.4, 1], levels uniform below them"
+    lo, hi = a.get("s0_range", (0.4, 1.0))
+    loss = {"mse": "MSE loss", "log-mse": "mean per-crop log-MSE loss"}[a.get("loss", "mse")]
+    return f"start levels uniform in [{lo:g}, {hi:g}], levels uniform below them, {loss}"
 
 
 def render(r: dict, run: Run) -> str:
