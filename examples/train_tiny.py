@@ -263,6 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None, help="start from this exported model folder")
     p.add_argument("--eval-only", type=Path, default=None, help="skip training: evaluate this exported model folder")
     args = p.parse_args(argv)
+    if args.objective == "flow" and (args.loss != "mse" or tuple(args.s0_range) != (0.4, 1.0)):
+        p.error("--loss and --s0-range apply to the path objectives (path-lr, path-self), not to --objective flow")
     if not 0.0 < args.s0_range[0] <= args.s0_range[1] <= 1.0:
         p.error(f"--s0-range {args.s0_range[0]} {args.s0_range[1]}: need 0 < LO <= HI <= 1")
     if args.init is not None and not (args.init / "transformer").is_dir():

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -125,3 +126,17 @@ def test_log_mse_loss_weights_every_crop_by_its_own_error():
     d_small = float(path_loss(est, x0, "log-mse") - path_loss(small, x0, "log-mse"))
     d_large = float(path_loss(est, x0, "log-mse") - path_loss(large, x0, "log-mse"))
     assert d_small > 0.5 * d_large > 0
+
+
+def test_path_options_are_refused_where_they_would_do_nothing(capsys):
+    from train_tiny import parse_args
+
+    for argv in (["--loss", "log-mse"], ["--s0-range", "0.4", "0.6"]):  # the default objective is flow
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(["--out", "x", *argv])
+        assert exit_info.value.code == 2 and "apply to the path objectives" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--objective", "path-self", "--s0-range", "0.7", "0.5"])
+    assert "need 0 < LO <= HI <= 1" in capsys.readouterr().err
+    args = parse_args(["--out", "x", "--objective", "path-self", "--s0-range", "0.4", "0.6", "--loss", "log-mse"])
+    assert tuple(args.s0_range) == (0.4, 0.6) and args.loss == "log-mse"
