@@ -9,6 +9,7 @@ from PIL import Image
 
 from qdit4sr_export.metrics import image_metrics
 from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.runtime.color_fix import wavelet
 from qdit4sr_export.sampling import euler_sample
 
 def bicubic_up(lr: np.ndarray, factor: int = 4) -> np.ndarray:
@@ -31,6 +32,17 @@ def adain(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     mo, so = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True) + 1e-5
     mr, sr = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
     return (out - mo) / so * sr + mr
+
+
+#: The colour fixes compared on validation crops, as the runtime applies them (``--color-fix``).
+COLOR_FIXES = ("none", "adain", "wavelet")
+
+
+def color_fixed(name: str, out: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``out`` after colour fix ``name`` against the bicubic image ``up`` (both in [-1, 1]; each fix is affine)."""
+    if name == "adain":
+        return adain(out, up)
+    return wavelet(out, up) if name == "wavelet" else out
 
 
 @torch.no_grad()
@@ -83,8 +95,8 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 def evaluate_settings(model, ae, prompts, sets: dict[str, list], sweep, *, seed: int,
                       guidance: float = 1.0) -> tuple[dict, dict[str, dict[str, dict]]]:
-    """Metrics of bicubic and of every (steps, start sigma) x colour fix on each set of (HR, LR) pairs (one set per
-    degradation kind); returns (chosen settings, rows per kind)."""
+    """Metrics of bicubic and of every (steps, start sigma) x colour fix (none, adain, the runtime's wavelet) on each
+    set of (HR, LR) pairs (one set per degradation kind); returns (chosen settings, rows per kind)."""
     rows: dict[str, dict[str, dict]] = {}
     found: dict[str, dict] = {}
     for kind, pairs in sets.items():
@@ -93,7 +105,8 @@ def evaluate_settings(model, ae, prompts, sets: dict[str, list], sweep, *, seed:
         rows[kind] = {"bicubic": metrics(up, hr)}
         for steps, start in sweep:
             out = sample_sr(model, ae, prompts, up, steps=steps, start_sigma=start, guidance=guidance, seed=seed)
-            for fix, img in (("none", out), ("adain", adain(out, up))):
+            for fix in COLOR_FIXES:
+                img = color_fixed(fix, out, up)
                 settings = {"steps": steps, "start_sigma": start, "guidance_scale": guidance, "color_fix": fix}
                 found[settings_key(settings)] = settings
                 rows[kind][settings_key(settings)] = metrics(img, hr)

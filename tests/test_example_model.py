@@ -140,3 +140,24 @@ def test_path_options_are_refused_where_they_would_do_nothing(capsys):
     assert "need 0 < LO <= HI <= 1" in capsys.readouterr().err
     args = parse_args(["--out", "x", "--objective", "path-self", "--s0-range", "0.4", "0.6", "--loss", "log-mse"])
     assert tuple(args.s0_range) == (0.4, 0.6) and args.loss == "log-mse"
+
+
+def test_eval_colour_fixes_are_the_runtimes():
+    """The validation sweep applies each colour fix as `run` does (on [0, 1] images), so the setting it chooses
+    into pipeline.json gives the runtime the output it measured."""
+    from tiny_eval import COLOR_FIXES, color_fixed
+
+    from qdit4sr_export.runtime.color_fix import COLOR_FIXES as RUNTIME_FIXES
+    from qdit4sr_export.runtime.color_fix import apply_color_fix
+
+    gen = torch.Generator().manual_seed(0)
+    out = torch.rand(2, 3, 40, 40, generator=gen) * 2 - 1
+    up = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 40, 40, generator=gen), 5, 1, 2) * 2 - 1
+    assert set(COLOR_FIXES) == set(RUNTIME_FIXES)
+    for fix in COLOR_FIXES:
+        runtime = apply_color_fix(fix, (out + 1) / 2, (up + 1) / 2) * 2 - 1
+        assert torch.allclose(color_fixed(fix, out, up), runtime, atol=1e-4), fix
+    # wavelet takes a colour cast out and keeps the output's own detail: far from both inputs
+    assert torch.allclose(color_fixed("wavelet", up + 0.3, up), up, atol=1e-5)
+    fixed = color_fixed("wavelet", out, up)
+    assert (fixed - out).abs().mean() > 0.05 and (fixed - up).abs().mean() > 0.05
