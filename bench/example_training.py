@@ -1,4 +1,4 @@
-"""The example-model training sections of BENCHMARKS.md (v2 and the four stages of the shipped v3), from the
+"""The example-model training sections of BENCHMARKS.md (v2 and the six stages of the shipped v3), from the
 records the training script wrote.
 
 examples/train_tiny.py writes metrics.json (arguments, loss log, photo checksums, the sampling sweep on validation
@@ -25,7 +25,7 @@ class Run:
     options: str  # the command-line options beyond --out (besides the defaults the record lists)
     prefix: str  # environment and nice level of the command
     machine: str  # threads, and whether other jobs shared the 2 cores
-    shipped_recipe: bool = False  # one of the four runs examples/train_v3.sh makes
+    shipped_recipe: bool = False  # one of the six runs examples/train_v3.sh makes
 
 
 RUNS = (
@@ -45,14 +45,31 @@ RUNS = (
         " --objective path-self --self-after 0 --init FT128_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20 --data-seed 1", "OMP_NUM_THREADS=2",
         "2 threads, the cores shared with the test suite and bench/example_crop_size.py for part of the run", True),
-    Run("example_training_v3_ft128g", "dit4sr-tiny-metrics.json",
-        "Example model v3, stage 4, the shipped model: 400 more steps at the tile size, 90% of the LR clean, start "
-        "levels near 0.5, per-crop log-MSE (issue 20)",
+    Run("example_training_v3_ft128h", "dit4sr-tiny-v3-ft128h-metrics.json",
+        "Example model v3, stage 4: 400 more steps at the tile size, all LR clean, start levels near 0.5, per-crop "
+        "log-MSE (issue 20)",
+        " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
+        "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 1.0 --s0-range 0.4 0.6 --loss log-mse", "OMP_NUM_THREADS=2",
+        "2 threads", True),
+    Run("example_training_v3_ft128i", "dit4sr-tiny-v3-ft128i-metrics.json",
+        "Example model v3, stage 5: 200 steps at a third of the learning rate, all LR clean (issue 20)",
+        " --objective path-self --self-after 0 --init FT128H_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 200 "
+        "--lr 1e-4 --warmup 10 --data-seed 3 --clean-p 1.0 --s0-range 0.45 0.55 --loss log-mse",
+        "OMP_NUM_THREADS=2", "2 threads", True),
+    Run("example_training_v3_ft128j", "dit4sr-tiny-metrics.json",
+        "Example model v3, stage 6, the shipped model: 200 more steps at a third of the learning rate on new crops "
+        "(issue 20)",
+        " --objective path-self --self-after 0 --init FT128I_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 200 "
+        "--lr 1e-4 --warmup 10 --data-seed 4 --clean-p 1.0 --s0-range 0.45 0.55 --loss log-mse",
+        "OMP_NUM_THREADS=2", "2 threads", True),
+    Run("example_training_v3_ft128g", "dit4sr-tiny-v3-ft128g-metrics.json",
+        "Example model v3, stage 4 as shipped until this change: 90% of the LR clean, start levels near 0.5, "
+        "per-crop log-MSE (issue 20; replaced)",
         " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.9 --s0-range 0.4 0.6 --loss log-mse", "OMP_NUM_THREADS=2",
-        "2 threads", True),
+        "2 threads"),
     Run("example_training_v3_ft128c", "dit4sr-tiny-v3-ft128c-metrics.json",
-        "Example model v3, stage 4 as shipped until this change: half the LR clean (issue 20; replaced)",
+        "Example model v3, stage 4 as shipped before that: half the LR clean (issue 20; replaced)",
         " --objective path-self --self-after 0 --init FT128B_RUN/dit4sr-tiny --crop 128 --batch 6 --steps 400 "
         "--lr 3e-4 --warmup 20 --data-seed 2 --clean-p 0.5", "OMP_NUM_THREADS=2", "2 threads"),
     Run("example_training_v3_ft128d", "dit4sr-tiny-v3-ft128d-metrics.json",
@@ -99,7 +116,7 @@ def render(r: dict, run: Run) -> str:
              f"{r['train_seconds'] / 60:.1f} min ({r['seconds_per_step']:.2f} s/step), final loss "
              f"{r['log'][-1]['loss']:.3f}; {r['params']:,} parameters; {len(r['photos_sha256']) - 4} training "
              f"photos (sha256 of each in the record). Written by the script as metrics.json; kept as "
-             f"`examples/{run.record}`." + (" All four v3 stages: `bash examples/train_v3.sh OUT`." if run.shipped_recipe
+             f"`examples/{run.record}`." + (" All six v3 stages: `bash examples/train_v3.sh OUT`." if run.shipped_recipe
                                             else ""), "",
              "Sampling settings (steps/start sigma/guidance/colour fix) swept on validation crops of training photos "
              "(8 crops, 128 px), one LR set per degradation kind; the setting is chosen there, then measured once on "
