@@ -12,6 +12,7 @@ from qdit4sr_export.model.config import DiT4SRConfig
 from qdit4sr_export.runtime.color_fix import wavelet
 from qdit4sr_export.sampling import euler_sample
 
+
 def bicubic_up(lr: np.ndarray, factor: int = 4) -> np.ndarray:
     """Bicubic x``factor`` upscale of a uint8 HxWx3 image."""
     img = Image.fromarray(lr)

@@ -48,8 +48,8 @@ def test_run_out_of_the_box_adds_detail_near_bicubic(tmp_path):
     assert out.shape == (3, 256, 256)
     bicubic = upscale_lr(lr, plan_resize(64, 64, min_side=32))
     o, b = to_255(out[None]), to_255(bicubic[None])
-    assert float(psnr(o, b)) > 34  # stays close to the LR content (measured 36.2 dB)
-    assert float(hf_energy(o)) > 2.1 * float(hf_energy(b))  # and adds detail bicubic lacks (measured 2.40x)
+    assert float(psnr(o, b)) > 34  # stays close to the LR content (measured 35.9 dB)
+    assert float(hf_energy(o)) > 2.3 * float(hf_energy(b))  # and adds detail bicubic lacks (measured 2.65x)
     assert not torch.equal(o, b)
 
 
