@@ -25,10 +25,13 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dit4sr-tiny"
 BUILDS = {"w4a4": ["--wbits", "auto", "--abits", "4"], "w8a8": ["--wbits", "8", "--abits", "8"]}
-# Measured per step on these inputs (8x8 latent, t = 900 and 300; bench/gpu_agreement.py): W4A4 123.3 / 126.8 dB,
-# W8A8 60.8 / 126.8 dB (ORT against the simulation on the same W8A8 inputs: 123.8 / 54.0 dB: ties fall elsewhere).
-# W8A8 codes on rounding ties flip with the CPU's float summation order: 53.0 dB at t = 900 on an AMD EPYC.
-MIN_SQNR = {"w4a4": 100.0, "w8a8": 48.0}
+# Measured per step on these inputs (8x8 latent, t = 900 and 300; bench/gpu_agreement.py, the six-stage v3 model):
+# W4A4 41.6 / 128.6 dB, W8A8 60.1 / 128.6 dB. At W4A4, t = 900 triton is the odd one out (ORT against the
+# simulation: 128.1 dB); at a 16x16 latent it is ORT (triton against the simulation 129.2 dB at t = 300): a tie,
+# whichever side it falls. W8A8 codes on rounding ties flip with the CPU's float summation order (53.0 dB at
+# t = 900 on an AMD EPYC in an earlier run). A step without a tie agrees to float precision: BEST_SQNR.
+MIN_SQNR = {"w4a4": 38.0, "w8a8": 48.0}
+BEST_SQNR = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +52,14 @@ def test_matches_ort_per_step(example_sets, name):
     x = torch.randn(1, cfg["in_channels"], 8, 8, generator=g)
     args = (x, torch.randn(x.shape, generator=g), torch.randn(1, 4, cfg["joint_attention_dim"], generator=g),
             torch.randn(1, cfg["pooled_projection_dim"], generator=g))
+    sqnrs = []
     for t in (900.0, 300.0):
         v = engine.variant_for_timestep(t).index
         triton_runner.activate(v)
         ort.activate(v)
         ts = torch.tensor([t])
-        sqnr = error_stats(ort.infer(*args, ts).numpy(), triton_runner.infer(*args, ts).numpy())["sqnr_db"]
-        assert sqnr >= MIN_SQNR[name], (name, t, sqnr)
+        sqnrs.append(error_stats(ort.infer(*args, ts).numpy(), triton_runner.infer(*args, ts).numpy())["sqnr_db"])
+    assert min(sqnrs) >= MIN_SQNR[name] and max(sqnrs) >= BEST_SQNR, (name, sqnrs)
 
 
 def test_compare_cli_triton_reports_what_ort_reports(example_sets):
