@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 import train_tiny  # noqa: E402
 from degradation import KINDS  # noqa: E402
 from photos import HELDOUT_PHOTOS, load_photos  # noqa: E402
-from tiny_eval import bicubic_up, color_fixed, metrics, sample_sr, to_tensor  # noqa: E402
+from tiny_eval import bicubic_up, metrics, sample_sr, to_tensor  # noqa: E402
 
 from qdit4sr_export.model.loading import load_dit4sr  # noqa: E402
+from qdit4sr_export.runtime.color_fix import apply_color_fix  # noqa: E402
 from qdit4sr_export.runtime.pipeline import load_assets  # noqa: E402
 from qdit4sr_export.sampling import DEFAULT_SHIFT  # noqa: E402
 
@@ -50,7 +51,7 @@ def evaluate(folder: Path, held: list) -> dict:
             with torch.no_grad():
                 sr = sample_sr(model, ae, prompts, up, steps=cfg["steps"], start_sigma=cfg["start_sigma"],
                                guidance=cfg["guidance_scale"], seed=0)
-            sr = color_fixed(cfg["color_fix"], sr, up)
+            sr = apply_color_fix(cfg["color_fix"], sr, up)
             out["rows"][f"{size}/{kind}"] = {"bicubic": metrics(up, hr), "model": metrics(sr, hr)}
     return out
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from qdit4sr_export.metrics import image_metrics
 from qdit4sr_export.model.config import DiT4SRConfig
-from qdit4sr_export.runtime.color_fix import wavelet
+from qdit4sr_export.runtime.color_fix import apply_color_fix
 from qdit4sr_export.sampling import euler_sample
 
 
@@ -28,22 +28,9 @@ def prompt_pair(config: DiT4SRConfig, tokens: int, seed: int) -> dict[str, torch
             "negative_pooled_prompt_embeds": torch.zeros_like(pooled)}
 
 
-def adain(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-image, per-channel mean/std of ``out`` matched to ``ref`` (the bicubic-upscaled LR)."""
-    mo, so = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True) + 1e-5
-    mr, sr = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
-    return (out - mo) / so * sr + mr
-
-
-#: The colour fixes compared on validation crops, as the runtime applies them (``--color-fix``).
+#: The colour fixes swept on validation crops, in row order, each applied by the runtime's own ``apply_color_fix``
+#: (``run --color-fix``; every fix is affine, so images in [-1, 1] give the runtime's [0, 1] result, rescaled).
 COLOR_FIXES = ("none", "adain", "wavelet")
-
-
-def color_fixed(name: str, out: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``out`` after colour fix ``name`` against the bicubic image ``up`` (both in [-1, 1]; each fix is affine)."""
-    if name == "adain":
-        return adain(out, up)
-    return wavelet(out, up) if name == "wavelet" else out
 
 
 @torch.no_grad()
@@ -96,7 +83,7 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 def evaluate_settings(model, ae, prompts, sets: dict[str, list], sweep, *, seed: int,
                       guidance: float = 1.0) -> tuple[dict, dict[str, dict[str, dict]]]:
-    """Metrics of bicubic and of every (steps, start sigma) x colour fix (none, adain, the runtime's wavelet) on each
+    """Metrics of bicubic and of every (steps, start sigma) x colour fix (COLOR_FIXES, as `run` applies them) on each
     set of (HR, LR) pairs (one set per degradation kind); returns (chosen settings, rows per kind)."""
     rows: dict[str, dict[str, dict]] = {}
     found: dict[str, dict] = {}
@@ -107,7 +94,7 @@ def evaluate_settings(model, ae, prompts, sets: dict[str, list], sweep, *, seed:
         for steps, start in sweep:
             out = sample_sr(model, ae, prompts, up, steps=steps, start_sigma=start, guidance=guidance, seed=seed)
             for fix in COLOR_FIXES:
-                img = color_fixed(fix, out, up)
+                img = apply_color_fix(fix, out, up)
                 settings = {"steps": steps, "start_sigma": start, "guidance_scale": guidance, "color_fix": fix}
                 found[settings_key(settings)] = settings
                 rows[kind][settings_key(settings)] = metrics(img, hr)

@@ -143,9 +143,9 @@ def test_path_options_are_refused_where_they_would_do_nothing(capsys):
 
 
 def test_eval_colour_fixes_are_the_runtimes():
-    """The validation sweep applies each colour fix as `run` does (on [0, 1] images), so the setting it chooses
-    into pipeline.json gives the runtime the output it measured."""
-    from tiny_eval import COLOR_FIXES, color_fixed
+    """The validation sweep applies the runtime's colour fixes to images in [-1, 1]; each fix is affine, so that is
+    what `run` gives on [0, 1] images, and the setting chosen into pipeline.json gives the output it measured."""
+    from tiny_eval import COLOR_FIXES
 
     from qdit4sr_export.runtime.color_fix import COLOR_FIXES as RUNTIME_FIXES
     from qdit4sr_export.runtime.color_fix import apply_color_fix
@@ -156,8 +156,8 @@ def test_eval_colour_fixes_are_the_runtimes():
     assert set(COLOR_FIXES) == set(RUNTIME_FIXES)
     for fix in COLOR_FIXES:
         runtime = apply_color_fix(fix, (out + 1) / 2, (up + 1) / 2) * 2 - 1
-        assert torch.allclose(color_fixed(fix, out, up), runtime, atol=1e-4), fix
+        assert torch.allclose(apply_color_fix(fix, out, up), runtime, atol=1e-4), fix
     # wavelet takes a colour cast out and keeps the output's own detail: far from both inputs
-    assert torch.allclose(color_fixed("wavelet", up + 0.3, up), up, atol=1e-5)
-    fixed = color_fixed("wavelet", out, up)
+    assert torch.allclose(apply_color_fix("wavelet", up + 0.3, up), up, atol=1e-5)
+    fixed = apply_color_fix("wavelet", out, up)
     assert (fixed - out).abs().mean() > 0.05 and (fixed - up).abs().mean() > 0.05
