@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +21,18 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Write ``bench/results/<name>.json`` with the command that made it, the machine and the date (UTC) first;
+    ``bench/render.py`` turns the results into the docs' benchmark pages. Returns the path."""
+    stamped = {"command": "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+               "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+               **{k: v for k, v in result.items() if k not in ("command", "machine", "date")}}
+    path = ROOT / "bench" / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamped, indent=1) + "\n")
+    return path
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:

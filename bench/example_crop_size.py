@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 import train_tiny  # noqa: E402
 from degradation import KINDS  # noqa: E402
 from photos import HELDOUT_PHOTOS, load_photos  # noqa: E402
+from qdit4sr_export.runtime.color_fix import apply_color_fix  # noqa: E402
+from qdit4sr_export.runtime.pipeline import load_assets  # noqa: E402
 from tiny_eval import bicubic_up, metrics, sample_sr, to_tensor  # noqa: E402
 
 from qdit4sr_export.model.loading import load_dit4sr  # noqa: E402
-from qdit4sr_export.runtime.color_fix import apply_color_fix  # noqa: E402
-from qdit4sr_export.runtime.pipeline import load_assets  # noqa: E402
-from qdit4sr_export.sampling import DEFAULT_SHIFT  # noqa: E402
+from qdit4sr_export.model.sampling import DEFAULT_SHIFT  # noqa: E402
 
 #: (crop px, crops per held-out photo): the same number of pixels at both sizes.
 SIZES = ((64, 8), (128, 2))

@@ -54,10 +54,9 @@ def run_step(engine_dir: Path) -> dict:
     import resource
 
     import torch
-    from safetensors.torch import load_file
-
     from qdit4sr_export.runtime.backends import OrtRunner
     from qdit4sr_export.runtime.engine_set import EngineSet
+    from safetensors.torch import load_file
 
     start = time.perf_counter()
     engine = EngineSet.load(engine_dir)

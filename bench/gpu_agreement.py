@@ -31,12 +31,13 @@ def main() -> None:
     ap.add_argument("--interpret", action="store_true", help="Run the kernels in Triton's CPU interpreter.")
     args = ap.parse_args()
     device = choose_device(args.interpret)
-    from qdit4sr_export.compare import error_stats
-    from qdit4sr_export.model import load_dit4sr
-    from qdit4sr_export.quant.plan import QuantPlan
     from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner
     from qdit4sr_export.runtime.engine_set import EngineSet
     from qdit4sr_export.runtime.triton_backend import TritonRunner
+
+    from qdit4sr_export.model import load_dit4sr
+    from qdit4sr_export.quant.plan import QuantPlan
+    from qdit4sr_export.report.compare import error_stats
 
     fp = load_dit4sr(args.model)
     rows = []

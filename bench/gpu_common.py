@@ -8,7 +8,6 @@ import statistics
 import time
 
 import torch
-
 from qdit4sr_export.plugins.triton_env import prepare
 
 
@@ -68,6 +67,7 @@ def random_specs(k: int, n: int, *, wbits: int, rank: int, block: tuple[int, int
     from qdit4sr_export.plugins.activation_spec import ActivationSpec
     from qdit4sr_export.plugins.packing import stored_weight_bytes
     from qdit4sr_export.plugins.weight_spec import WeightSpec
+
     from qdit4sr_export.quant.hadamard import Rotation
 
     g = torch.Generator().manual_seed(seed)

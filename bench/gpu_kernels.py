@@ -34,6 +34,7 @@ def bench_shape(k: int, n: int, m: int, cfg: dict, device: torch.device, reps: i
     from qdit4sr_export.plugins.lowbit_gemm_reference import lowbit_gemm_reference
     from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
     from qdit4sr_export.plugins.rotate_quantize_reference import rotate_quantize_reference
+
     from qdit4sr_export.quant.hsvd import select_block
 
     out_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

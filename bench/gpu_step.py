@@ -60,9 +60,10 @@ def timed(model, args, device, reps: int) -> dict[str, float]:
 
 def main() -> None:
     args, device = parse_args(__doc__, "a dit4sr-medium step", "dit4sr-tiny, 8x8 latent: prove the script runs.")
-    from qdit4sr_export.model import build_dit4sr
-    from qdit4sr_export.runtime.kernel_linear import DeadLinear, KernelLinear
     from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
+    from qdit4sr_export.runtime.kernel_linear import DeadLinear, KernelLinear
+
+    from qdit4sr_export.model import build_dit4sr
 
     preset, side, text = ("dit4sr-tiny", 8, 4) if args.tiny else ("dit4sr-medium", 128, 333)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, machine, update_benchmarks_md
-
-from qdit4sr_export.engine_format import check_files, file_entry
 from qdit4sr_export.runtime.engine_set import EngineSet
+
+from qdit4sr_export.engine.format import check_files, file_entry
 
 COMMAND = "python bench/integrity.py"
 LEVELS = ("size", "quick", "full")

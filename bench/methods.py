@@ -29,12 +29,12 @@ from common import ROOT, machine, sqnr_db, update_benchmarks_md
 
 from qdit4sr_export.model import load_dit4sr
 from qdit4sr_export.model.folder import pipeline_trajectory
+from qdit4sr_export.model.sampling import flow_schedule, start_index
 from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.calib_images import latents_from_folder
 from qdit4sr_export.quant.methods import method_names
 from qdit4sr_export.quant.plan import QuantPlan
 from qdit4sr_export.quant.simulate import apply_plan
-from qdit4sr_export.sampling import flow_schedule, start_index
 
 COMMAND = "python bench/methods.py"
 MODEL = ROOT / "examples" / "dit4sr-tiny"

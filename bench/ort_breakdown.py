@@ -21,7 +21,6 @@ from pathlib import Path
 
 import onnx
 import torch
-
 from qdit4sr_export.runtime.backends import OrtRunner
 from qdit4sr_export.runtime.engine_set import EngineSet
 

@@ -23,7 +23,6 @@ import numpy as np
 import onnxruntime as ort
 from common import ROOT, machine, update_benchmarks_md
 from onnx import TensorProto, helper, numpy_helper
-
 from qdit4sr_export.runtime.backends import make_session
 
 COMMAND = "python bench/ort_gemm.py"

@@ -44,7 +44,6 @@ import onnxruntime as ort
 import torch
 from common import ROOT, machine, update_benchmarks_md
 from ort_breakdown import CATEGORIES, profile, step_inputs
-
 from qdit4sr_export.runtime.backends import INPUTS, OrtRunner, make_session
 from qdit4sr_export.runtime.engine_set import EngineSet
 
@@ -84,7 +83,7 @@ def medium_model(preset: str, layers: int, side: int):
 
 def medium_sets(work: Path, preset: str, layers: int, side: int) -> dict[str, Path]:
     """FP32, W8A8 and W4A4 engine sets of ``preset`` blocks (reused if present)."""
-    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.compiler.build import build_engine_set
     from qdit4sr_export.quant.methods import get_method, make_config
 
     sets = {label: work / f"{preset}-{layers}x{side}-{label.lower().replace(' ', '-')}" for label, _, _ in MEDIUM}

@@ -33,18 +33,18 @@ from quality import MODEL, held_out, super_resolve
 
 sys.path.insert(0, str(ROOT / "examples"))
 from photos import load_photos  # noqa: E402
+from qdit4sr_export.passes.storage import layer_bytes  # noqa: E402
+from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner  # noqa: E402
+from qdit4sr_export.runtime.engine_set import EngineSet  # noqa: E402
+from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets  # noqa: E402
 from train_tiny import fixed_crops  # noqa: E402
 
-from qdit4sr_export.metrics import psnr, to_255  # noqa: E402
 from qdit4sr_export.model import load_dit4sr  # noqa: E402
-from qdit4sr_export.passes.storage import layer_bytes  # noqa: E402
 from qdit4sr_export.quant.accounting import account  # noqa: E402
 from qdit4sr_export.quant.calib_images import latents_from_folder  # noqa: E402
 from qdit4sr_export.quant.calibration import CalibrationInputs  # noqa: E402
 from qdit4sr_export.quant.methods import get_method, make_config  # noqa: E402
-from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner  # noqa: E402
-from qdit4sr_export.runtime.engine_set import EngineSet  # noqa: E402
-from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets  # noqa: E402
+from qdit4sr_export.report.metrics import psnr, to_255  # noqa: E402
 
 COMMAND = "python bench/qdit4sr_ablation.py"
 SELECTION_PHOTOS = ("motorcycle_right.png", "gravel.png", "moon.png", "cell.png", "clock_motion.png")

@@ -22,16 +22,16 @@ from common import ROOT, machine, update_benchmarks_md
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "examples"))
+from qdit4sr_export.runtime.backends import TorchRunner  # noqa: E402
+from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets  # noqa: E402
+from qdit4sr_export.runtime.resize import upscale_lr  # noqa: E402
 from train_tiny import HELDOUT_PHOTOS, fixed_crops, load_photos  # noqa: E402
 
-from qdit4sr_export.metrics import image_metrics, psnr, to_255  # noqa: E402
 from qdit4sr_export.quant.accounting import account  # noqa: E402
 from qdit4sr_export.quant.calib_images import latents_from_folder  # noqa: E402
 from qdit4sr_export.quant.calibration import CalibrationInputs  # noqa: E402
 from qdit4sr_export.quant.methods import get_method, make_config, method_names  # noqa: E402
-from qdit4sr_export.runtime.backends import TorchRunner  # noqa: E402
-from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets  # noqa: E402
-from qdit4sr_export.runtime.resize import upscale_lr  # noqa: E402
+from qdit4sr_export.report.metrics import image_metrics, psnr, to_255  # noqa: E402
 
 COMMAND = "python bench/quality.py"
 MODEL = ROOT / "examples" / "dit4sr-tiny"
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     args = parser.parse_args(argv)
     from qdit4sr_export.model import load_dit4sr
-    from qdit4sr_export.inspect_report import plan_run_window
-    from qdit4sr_export.plots import block_abits, plot_abits_heatmap, plot_weight_bits
+    from qdit4sr_export.report.inspect import plan_run_window
+    from qdit4sr_export.report.plots import block_abits, plot_abits_heatmap, plot_weight_bits
 
     torch.manual_seed(0)
     folder = args.model

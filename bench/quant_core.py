@@ -12,7 +12,6 @@ import sys
 import time
 
 import torch
-
 from common import ROOT, machine, sqnr_db, update_benchmarks_md
 
 from qdit4sr_export.model import build_dit4sr

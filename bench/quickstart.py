@@ -38,10 +38,10 @@ def cli(*args: str, cwd: Path) -> tuple[float, str]:
 def image_checks(out_dir: Path, fp_file: Path) -> dict:
     """PSNR of the W4A4 chelsea output against the FP output, and every output's HF energy against bicubic's."""
     import torch
-
-    from qdit4sr_export.metrics import hf_energy, psnr, to_255
     from qdit4sr_export.runtime.images import load_image
     from qdit4sr_export.runtime.resize import plan_resize, upscale_lr
+
+    from qdit4sr_export.report.metrics import hf_energy, psnr, to_255
 
     settings = json.loads((MODEL / "pipeline.json").read_text())
     rows = {}

@@ -54,7 +54,7 @@ def measure(folder: Path, count: str, settings: str) -> float:
 
 def engine_set(width_factor: int, folder: Path) -> dict:
     """Build the engine set of dit4sr-small with ``width_factor`` times the heads; returns its sizes."""
-    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.compiler.build import build_engine_set
     from qdit4sr_export.model import build_dit4sr
     from qdit4sr_export.model.config import PRESETS
     from qdit4sr_export.quant.calibration import CalibrationInputs

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 from common import ROOT, machine, update_benchmarks_md
+from qdit4sr_export.passes.storage import layer_bytes
 
-from qdit4sr_export.build import build_engine_set
+from qdit4sr_export.compiler.build import build_engine_set
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.model.loading import save_dit4sr
-from qdit4sr_export.passes.storage import layer_bytes
 from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.methods import get_method, make_config
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from common import ROOT, machine, update_benchmarks_md
 
-from qdit4sr_export.build import build_engine_set
+from qdit4sr_export.compiler.build import build_engine_set
+from qdit4sr_export.compiler.targets import get_target
 from qdit4sr_export.quant.methods import get_method, make_config
-from qdit4sr_export.targets import get_target
 
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import seeded_model, simulation_sqnr_per_step  # noqa: E402

@@ -9,9 +9,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageFilter
-
 from photos import is_grey
+from PIL import Image, ImageFilter
 
 KINDS = ("real", "clean")
 

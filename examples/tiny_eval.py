@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-
-from qdit4sr_export.metrics import image_metrics
-from qdit4sr_export.model.config import DiT4SRConfig
 from qdit4sr_export.runtime.color_fix import apply_color_fix
-from qdit4sr_export.sampling import euler_sample
+
+from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.model.sampling import euler_sample
+from qdit4sr_export.report.metrics import image_metrics
 
 
 def bicubic_up(lr: np.ndarray, factor: int = 4) -> np.ndarray:

@@ -35,8 +35,8 @@ from tiny_eval import bicubic_up, evaluate_settings, prompt_pair, settings_key, 
 from qdit4sr_export.model.autoencoder import PixelUnshuffleAutoencoder  # noqa: E402
 from qdit4sr_export.model.config import PRESETS  # noqa: E402
 from qdit4sr_export.model.loading import load_dit4sr, save_dit4sr  # noqa: E402
+from qdit4sr_export.model.sampling import DEFAULT_SHIFT, NUM_TRAIN_TIMESTEPS  # noqa: E402
 from qdit4sr_export.model.transformer import build_dit4sr  # noqa: E402
-from qdit4sr_export.sampling import NUM_TRAIN_TIMESTEPS, DEFAULT_SHIFT  # noqa: E402
 
 PROMPT_TOKENS = 8
 NULL_PROMPT_P = 0.2

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
-
 from qdit4sr_export.passes.graph_edit import LAYER_KEY, WBITS_KEY
 from qdit4sr_export.passes.linear_sites import matmul_sites
+from qdit4sr_export.passes.registry import register_pass
+
 from qdit4sr_export.quant.plan import QuantPlan
 
 
+@register_pass("annotate-bits", "Mark each planned MatMul with its layer name and weight bits")
 class AnnotateWeightBitsPass(InPlacePass):
     """Tag every call site of every planned linear with its layer name and weight bits."""
 

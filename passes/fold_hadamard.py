@@ -17,11 +17,12 @@ import onnx_ir as ir
 import torch
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import TopologicalSortPass
-
 from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, set_initializer
 from qdit4sr_export.passes.lazy import float_weight, lazy
 from qdit4sr_export.passes.linear_sites import matmul_sites
+from qdit4sr_export.passes.registry import register_pass
 from qdit4sr_export.passes.rotation_ops import emit_rotation
+
 from qdit4sr_export.quant.plan import QuantPlan
 from qdit4sr_export.quant.simulate import make_rotation
 
@@ -36,6 +37,8 @@ def fold_weight(source: ir.TensorProtocol, smooth: torch.Tensor | None, rot) -> 
     return weight.numpy()
 
 
+@register_pass("fold-hadamard",
+               "Rotate each planned linear's weight offline (after smoothing) and its input online (or in the plugin)")
 class FoldHadamardPass(InPlacePass):
     """Fold the plan's rotations (and channel smoothing) into the weights; rotate activations online.
 

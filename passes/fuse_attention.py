@@ -16,8 +16,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import RemoveUnusedNodesPass
-
 from qdit4sr_export.passes.graph_edit import Emitter, replace_output
+from qdit4sr_export.passes.registry import register_pass
 
 MS_DOMAIN = "com.microsoft"
 
@@ -87,6 +87,9 @@ def _single_use(value: ir.Value, *ops: str) -> ir.Node | None:
     return uses[0].node if len(uses) == 1 and uses[0].node.op_type in ops else None
 
 
+@register_pass("fuse-attention",
+               "Fuse default-scale attention chains into ONNX Runtime's MultiHeadAttention",
+               takes=())
 class FuseAttentionPass(InPlacePass):
     """Replace every default-scale SDPA chain (see module doc) by MultiHeadAttention."""
 

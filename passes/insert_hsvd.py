@@ -18,10 +18,11 @@ import numpy as np
 import onnx_ir as ir
 import torch
 from onnx_ir.passes import InPlacePass, PassResult
-
 from qdit4sr_export.passes.graph_edit import LAYER_KEY, Emitter, constant, move_graph_output, set_initializer
 from qdit4sr_export.passes.lazy import LayerCache, float_weight, lazy
 from qdit4sr_export.passes.linear_sites import matmul_sites
+from qdit4sr_export.passes.registry import register_pass
+
 from qdit4sr_export.quant.hsvd import HSVD, hsvd
 from qdit4sr_export.quant.plan import QuantPlan
 
@@ -142,6 +143,8 @@ def add_after(node: ir.Node, other: ir.Value, name: str) -> ir.Value:
     return add.outputs[0]
 
 
+@register_pass("insert-hsvd",
+               "Split off the H-SVD branches (SVD-G low rank, SVD-L block rank-1) in FP; the residual is the weight to quantize")
 class InsertHSVDPass(InPlacePass):
     """Add the SVD-G / SVD-L FP branches of every planned layer that has them; keep the residual as weight.
 

@@ -29,10 +29,19 @@ import onnx_ir as ir
 import torch
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import RemoveUnusedNodesPass
-
-from qdit4sr_export.passes.graph_edit import ABITS_KEY, LAYER_KEY, WBITS_KEY, Emitter, annotated_matmuls, constant, replace_output
+from qdit4sr_export.passes.graph_edit import (
+    ABITS_KEY,
+    LAYER_KEY,
+    WBITS_KEY,
+    Emitter,
+    annotated_matmuls,
+    constant,
+    replace_output,
+)
 from qdit4sr_export.passes.lazy import LayerCache, float_weight, lazy
 from qdit4sr_export.passes.quant_ops import ZERO_POINT, emit_fake_quant, emit_uint8_codes
+from qdit4sr_export.passes.registry import register_pass
+
 from qdit4sr_export.quant.gaussian import quantize_weight
 from qdit4sr_export.quant.plan import QuantPlan
 from qdit4sr_export.quant.simulate import quantize_residual
@@ -147,6 +156,9 @@ def _zero_points(scale: ir.Tensor, kind: str) -> ir.Tensor:
     return ir.tensor(np.full(scale.shape.numpy(), ZERO_POINT, np.uint8))
 
 
+@register_pass("lower-ort",
+               "Lower quantized linears to ONNX Runtime integer GEMMs with packed INT4/INT8 weights",
+               takes=("plan", "store"))
 class LowerOrtPass(InPlacePass):
     """Replace every annotated MatMul by its quantized arithmetic (see module doc)."""
 

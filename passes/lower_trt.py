@@ -22,13 +22,28 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
 from onnx_ir.passes.common import RemoveUnusedNodesPass
+from qdit4sr_export.passes.graph_edit import (
+    ABITS_KEY,
+    LAYER_KEY,
+    WBITS_KEY,
+    annotated_matmuls,
+    constant,
+    replace_output,
+)
+from qdit4sr_export.passes.lower_ort import LOWERED_KEY, LOWERING_KEY, LayerWeights, WeightStore
+from qdit4sr_export.passes.registry import register_pass
+from qdit4sr_export.plugins.trt_launch import prepared_rotate_quantize
+from qdit4sr_export.plugins.trt_ops import (
+    DOMAIN,
+    LOWBIT_GEMM,
+    NONE,
+    ROTATE_QUANTIZE,
+    ROTATE_QUANTIZE_OUTPUTS,
+    LowbitGemmAttrs,
+    RotateQuantizeAttrs,
+)
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.passes.graph_edit import ABITS_KEY, LAYER_KEY, WBITS_KEY, annotated_matmuls, constant, replace_output
-from qdit4sr_export.passes.lower_ort import LOWERED_KEY, LOWERING_KEY, LayerWeights, WeightStore
-from qdit4sr_export.plugins.trt_launch import prepared_rotate_quantize
-from qdit4sr_export.plugins.trt_ops import (DOMAIN, LOWBIT_GEMM, NONE, ROTATE_QUANTIZE, ROTATE_QUANTIZE_OUTPUTS,
-                                            LowbitGemmAttrs, RotateQuantizeAttrs)
 from qdit4sr_export.quant.plan import QuantPlan
 
 PLUGIN_PATH = "plugin"
@@ -71,6 +86,7 @@ def check_supported(plan: QuantPlan) -> None:
 def _rotation_inputs(graph: ir.Graph, lp, n: int) -> tuple[list[ir.Value], dict]:
     """(signs, H_K, H_1, H_2) initializers (placeholders where absent) and the rotation attributes."""
     from qdit4sr_export.plugins.activation_layout import factor_matrices, rotation_layout
+
     from qdit4sr_export.quant.hadamard import Rotation
 
     none = _none(graph)
@@ -108,6 +124,9 @@ def _bias_add(mm: ir.Node, layer: str) -> ir.Node | None:
     return add if other is not None and other.name == f"{layer}.bias" and other.const_value is not None else None
 
 
+@register_pass("lower-trt",
+               "Lower quantized linears to qdit4sr::RotateQuantize + qdit4sr::LowbitGemm plugin nodes",
+               takes=("plan", "store"))
 class LowerTrtPass(InPlacePass):
     """Replace every annotated MatMul (and its bias Add) by the two plugin nodes (see module doc)."""
 

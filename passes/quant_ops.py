@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from qdit4sr_export.passes.graph_edit import Emitter
+
 from qdit4sr_export.quant.gaussian import _TINY, optimal_clip, qmax
 
 ZERO_POINT = 128

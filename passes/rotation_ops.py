@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import torch
-
 from qdit4sr_export.passes.graph_edit import Emitter
+
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.outlier_rotation import BlockRotation
 

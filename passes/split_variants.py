@@ -12,13 +12,17 @@ import json
 
 import onnx_ir as ir
 from onnx_ir.passes import InPlacePass, PassResult
-
 from qdit4sr_export.passes.graph_edit import ABITS_KEY, LAYER_KEY, WBITS_KEY, annotated_matmuls
+from qdit4sr_export.passes.registry import register_pass
+
 from qdit4sr_export.quant.variants import Variant
 
 VARIANT_KEY = "qdit4sr.variant"
 
 
+@register_pass("split-variants",
+               "Set every annotated MatMul's bits to one timestep variant's (per variant, on a clone)",
+               takes=("variant",))
 class SplitTimestepVariantsPass(InPlacePass):
     """Set each annotated MatMul's bits to those of ``variant``."""
 

@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from qdit4sr_export.plugins.triton_env import next_pow2
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.plugins.triton_env import next_pow2
 from qdit4sr_export.quant.hadamard import Rotation, decompose, hadamard_base
 
 #: Largest dense factor applied by one tl.dot (n * F flops per token).

@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.activation_spec import ActivationCodes
 from qdit4sr_export.plugins.packing import INT4, INT8, weight_storage
 from qdit4sr_export.plugins.triton_env import dot_precision, interpreting, next_pow2
 from qdit4sr_export.plugins.weight_spec import WeightSpec
+
+from qdit4sr_export.errors import UserError
 
 
 @triton.jit

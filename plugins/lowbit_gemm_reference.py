@@ -4,7 +4,6 @@ as the kernel (per group: acc * token scale * weight scale, groups summed in ord
 from __future__ import annotations
 
 import torch
-
 from qdit4sr_export.plugins.activation_spec import ActivationCodes
 from qdit4sr_export.plugins.packing import decode_weight, unpack_int4
 from qdit4sr_export.plugins.weight_spec import WeightSpec

@@ -14,11 +14,17 @@ import functools
 
 import numpy as np
 import torch
-
 from qdit4sr_export.plugins.trt_launch import rotation_of
-from qdit4sr_export.plugins.trt_ops import (DOMAIN, LOWBIT_GEMM, LOWBIT_GEMM_INPUTS, ROTATE_QUANTIZE,
-                                            ROTATE_QUANTIZE_INPUTS, ROTATE_QUANTIZE_OUTPUTS, LowbitGemmAttrs,
-                                            RotateQuantizeAttrs)
+from qdit4sr_export.plugins.trt_ops import (
+    DOMAIN,
+    LOWBIT_GEMM,
+    LOWBIT_GEMM_INPUTS,
+    ROTATE_QUANTIZE,
+    ROTATE_QUANTIZE_INPUTS,
+    ROTATE_QUANTIZE_OUTPUTS,
+    LowbitGemmAttrs,
+    RotateQuantizeAttrs,
+)
 
 
 def _check_rotation_inputs(a: RotateQuantizeAttrs, rot, signs, hk, h1, h2) -> None:

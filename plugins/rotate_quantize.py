@@ -17,12 +17,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.activation_layout import Segments, factor_matrices, rotation_layout
 from qdit4sr_export.plugins.activation_spec import ActivationCodes, ActivationSpec
 from qdit4sr_export.plugins.rotate_quantize_reference import svd_l_down
 from qdit4sr_export.plugins.triton_env import dot_precision, interpreting, next_pow2
+
+from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.gaussian import check_bits, optimal_clip, qmax
 from qdit4sr_export.quant.hadamard import Rotation
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import torch
-
 from qdit4sr_export.plugins.activation_spec import ActivationCodes, ActivationSpec
 from qdit4sr_export.plugins.packing import pack_int4
+
 from qdit4sr_export.quant.gaussian import qmax, token_scales
 
 

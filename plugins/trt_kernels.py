@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
 from qdit4sr_export.plugins.lowbit_gemm import _lowbit_gemm_kernel
 from qdit4sr_export.plugins.rotate_quantize import _rotate_quantize_kernel
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs, RotateQuantizeAttrs
+
 from qdit4sr_export.quant.gaussian import optimal_clip, qmax
 
 #: The GPU the ahead-of-time PTX targets by default: Hopper (H100/H200), compute capability 9.0.
@@ -124,9 +124,8 @@ class CompiledKernel:
 def compile_ptx(launch: KernelLaunch, arch: int = DEFAULT_ARCH) -> CompiledKernel:
     """Compile ``launch``'s kernel to PTX for compute capability ``arch`` (no GPU needed)."""
     import triton
-    from triton.backends.compiler import GPUTarget
-
     from qdit4sr_export.plugins import trt_kernels
+    from triton.backends.compiler import GPUTarget
 
     fn = getattr(trt_kernels, launch.kernel)
     if not hasattr(fn, "arg_names"):

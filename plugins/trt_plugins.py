@@ -15,10 +15,8 @@ from typing import Tuple
 import tensorrt as trt
 import tensorrt.plugin as trtp
 import torch
-
 from qdit4sr_export.plugins import trt_launch
-from qdit4sr_export.plugins.trt_ops import (LOWBIT_GEMM, NAMESPACE, ROTATE_QUANTIZE, LowbitGemmAttrs,
-                                            RotateQuantizeAttrs)
+from qdit4sr_export.plugins.trt_ops import LOWBIT_GEMM, NAMESPACE, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
 
 RQ_ID = f"{NAMESPACE}::{ROTATE_QUANTIZE}"
 GEMM_ID = f"{NAMESPACE}::{LOWBIT_GEMM}"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from qdit4sr_export.plugins.packing import INT4, weight_storage
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.plugins.packing import INT4, weight_storage
 
 
 @dataclass(frozen=True)

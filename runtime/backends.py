@@ -13,10 +13,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.shared_weights import SharedInt8, session_graph
+
+from qdit4sr_export.errors import UserError
 
 #: Graph optimizers that would give each session a private copy of weights derived from shared initializers.
 NO_COPY_OPTIMIZERS = ["ConstantFolding"]

@@ -31,9 +31,10 @@ def open_ort_prepacked(engine, *, threads: int | None = None, **_: Any):
 @register_backend("torch", summary="PyTorch on an FP checkpoint, or the simulation of --plan on it (the oracle)",
                   reads=CHECKPOINT, devices=("cpu",))
 def open_torch(model_path: str | Path, *, plan: str | None = None, **_: Any):
+    from qdit4sr_export.runtime.backends import TorchRunner
+
     from qdit4sr_export.model import load_dit4sr
     from qdit4sr_export.quant.plan import QuantPlan
-    from qdit4sr_export.runtime.backends import TorchRunner
 
     net = load_dit4sr(model_path)
     return TorchRunner(net, QuantPlan.load(plan) if plan else None)
@@ -42,8 +43,8 @@ def open_torch(model_path: str | Path, *, plan: str | None = None, **_: Any):
 @register_backend("trt", summary="TensorRT engines of a --target trt engine set (needs TensorRT and a CUDA GPU)",
                   reads=ENGINE_SET, devices=("cuda",))
 def open_trt(engine, **_: Any):
+    from qdit4sr_export.compiler.trt_engines import check_engines, require_tensorrt
     from qdit4sr_export.errors import UserError
-    from qdit4sr_export.trt_engines import check_engines, require_tensorrt
 
     require_tensorrt()
     target = engine.manifest.get("target", {}).get("name")

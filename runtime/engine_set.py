@@ -1,4 +1,4 @@
-"""Load and validate an engine set folder (the format: :mod:`qdit4sr_export.engine_format`).
+"""Load and validate an engine set folder (the format: :mod:`qdit4sr_export.engine.format`).
 
 Validation on load: the manifest's schema and version, every listed file present with its size and, by
 default, a quick checksum (full sha256 of small files, sampled of large ones); ``verify="full"`` hashes every
@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from qdit4sr_export.engine_format import WeightsFile, check_files, read_manifest
+from qdit4sr_export.engine.format import WeightsFile, check_files, read_manifest
 from qdit4sr_export.errors import UserError
 
 

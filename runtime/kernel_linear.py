@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.activation_spec import ActivationCodes, ActivationSpec
 from qdit4sr_export.plugins.lowbit_gemm_reference import epilogue
 from qdit4sr_export.plugins.packing import unpack_int4
 from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
+from torch import nn
+
+from qdit4sr_export.errors import UserError
 
 
 def dequantize(act: ActivationCodes, n: int) -> torch.Tensor:

@@ -14,16 +14,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
-
-from qdit4sr_export.errors import UserError
-from qdit4sr_export.model.config import DiT4SRConfig
-from qdit4sr_export.model.transformer import DiT4SRTransformer
 from qdit4sr_export.plugins.activation_spec import ActivationSpec
 from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
 from qdit4sr_export.plugins.weight_spec import WeightSpec
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.kernel_linear import DeadLinear, EpilogueTerms, FloatWeightGemm, KernelLinear
+from torch import nn
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.model.transformer import DiT4SRTransformer
 
 KINDS = ("int", "grouped", "float")
 

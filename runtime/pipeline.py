@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.color_fix import apply_color_fix, is_grey, keep_grey
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
 from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles
-from qdit4sr_export.sampling import euler_sample, flow_schedule, start_index
+from safetensors.torch import load_file
+
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.sampling import euler_sample, flow_schedule, start_index
 
 PROMPT_KEYS = ("prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds")
 

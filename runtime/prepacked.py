@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
-
 from qdit4sr_export.runtime.shared_weights import uint8_gemm_weights, uint8_x_int8_exact
 
 OFFSET = "prepack.uint8_offset"

@@ -7,11 +7,11 @@ Importing this module is cheap: factories import their heavy dependencies when c
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.registry import Registry
 
 ENGINE_SET = "engine set"
 CHECKPOINT = "checkpoint"
@@ -45,8 +45,7 @@ class Backend:
         return device
 
 
-_REGISTRY: dict[str, Backend] = {}
-_loaded = False
+BACKENDS: Registry[Backend] = Registry("backend", BACKEND_MODULES)
 
 
 def register_backend(name: str, *, summary: str, reads: str, devices: tuple[str, ...] = ("cpu",),
@@ -57,35 +56,19 @@ def register_backend(name: str, *, summary: str, reads: str, devices: tuple[str,
         raise ValueError(f"reads must be {ENGINE_SET!r} or {CHECKPOINT!r}")
 
     def wrap(open_: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY:
-            raise ValueError(f"backend {name!r} registered twice")
-        _REGISTRY[name] = Backend(name, summary, reads, tuple(devices), open_, runs_graphs, prepare)
+        BACKENDS.add(name, Backend(name, summary, reads, tuple(devices), open_, runs_graphs, prepare))
         return open_
     return wrap
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BACKEND_MODULES:
-            importlib.import_module(module)
-
-
 def backend_names() -> list[str]:
-    _load()
-    return list(_REGISTRY)
+    return BACKENDS.names()
 
 
 def get_backend(name: str) -> Backend:
-    _load()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown backend '{name}'; valid: {', '.join(_REGISTRY)}") from None
+    return BACKENDS.get(name)
 
 
 def default_backend(reads: str) -> Backend:
     """The first registered backend that reads ``reads`` (ort for engine sets, torch for checkpoints)."""
-    _load()
-    return next(b for b in _REGISTRY.values() if b.reads == reads)
+    return next(b for b in BACKENDS if b.reads == reads)

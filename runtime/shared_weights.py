@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from qdit4sr_export.engine_format import WeightsFile
+from qdit4sr_export.engine.format import WeightsFile
 
 
 def unpack_int4(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -12,10 +12,10 @@ import logging
 from typing import Any
 
 import torch
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.cuda_graphs import GraphCache
 from qdit4sr_export.runtime.registry import ENGINE_SET, register_backend
+
+from qdit4sr_export.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from qdit4sr_export.runtime.backends import numpy_feeds
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.runtime.backends import numpy_feeds
 
 
 class TrtRunner:
@@ -24,10 +24,9 @@ class TrtRunner:
     name = "trt"
 
     def __init__(self, engine) -> None:
+        import qdit4sr_export.plugins.trt_plugins  # noqa: F401  registers the plugins (JIT implementations)
         import tensorrt as trt
         from polygraphy import cuda
-
-        import qdit4sr_export.plugins.trt_plugins  # noqa: F401  registers the plugins (JIT implementations)
 
         self.trt = trt
         self.engine_set = engine

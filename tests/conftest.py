@@ -14,9 +14,9 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-
 from helpers import make_pipeline_folder, seeded_model  # noqa: E402
-from qdit4sr_export.build import build_engine_set
+
+from qdit4sr_export.compiler.build import build_engine_set
 from qdit4sr_export.model import DiT4SRTransformer
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config
@@ -77,7 +77,7 @@ def traced_graph_cache():
     Tracing (torch.export + the ONNX exporter) is most of a build's time in these tests; it never reads weights and
     is deterministic for a given config, and tests/test_trace.py checks it on its own.
     """
-    from qdit4sr_export import trace
+    from qdit4sr_export.compiler import trace
 
     original = trace.trace_graph
     cache = {}

@@ -67,7 +67,7 @@ def make_pipeline_folder(root: Path, seed: int = 0, steps: int = 6) -> DiT4SRTra
 
 def rehash_engine_set(folder: Path) -> None:
     """Re-record the file table of a deliberately altered engine set (as if it had been built that way)."""
-    from qdit4sr_export.engine_format import write_manifest
+    from qdit4sr_export.engine.format import write_manifest
 
     manifest = json.loads((folder / "manifest.json").read_text())
     for key in ("schema", "version", "tool_version", "files"):
@@ -79,7 +79,7 @@ def overwrite_tensor(folder: Path, name: str, values) -> None:
     """Overwrite tensor ``name`` in an engine set's weights.bin in place (same size) and rehash the set."""
     import numpy as np
 
-    from qdit4sr_export.engine_format import WeightsFile, read_manifest
+    from qdit4sr_export.engine.format import WeightsFile, read_manifest
 
     weights = WeightsFile.of(folder, read_manifest(folder))
     entry = weights.entries[name]
@@ -98,10 +98,10 @@ def simulation_sqnr_per_step(model, folder: Path, plan, *, side: int = 8) -> lis
     import copy
 
     import numpy as np
-
-    from qdit4sr_export.quant.simulate import apply_plan
     from qdit4sr_export.runtime.backends import OrtRunner
     from qdit4sr_export.runtime.engine_set import EngineSet
+
+    from qdit4sr_export.quant.simulate import apply_plan
 
     engine = EngineSet.load(folder)
     runner = OrtRunner(engine)

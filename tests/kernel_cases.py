@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-
 from qdit4sr_export.plugins.activation_spec import ActivationSpec
 from qdit4sr_export.plugins.packing import stored_weight_bytes
 from qdit4sr_export.plugins.weight_spec import WeightSpec
+
 from qdit4sr_export.quant.hadamard import Rotation
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from qdit4sr_export.cli import main
-from qdit4sr_export.metrics import hf_energy, psnr, to_255
-from qdit4sr_export.model import load_dit4sr
 from qdit4sr_export.runtime.images import load_image
 from qdit4sr_export.runtime.resize import plan_resize, upscale_lr
+
+from qdit4sr_export.cli import main
+from qdit4sr_export.model import load_dit4sr
+from qdit4sr_export.report.metrics import hf_energy, psnr, to_255
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -68,7 +68,7 @@ def test_degradations_keep_grey_photos_grey_and_clean_is_plain_bicubic():
 def test_path_states_follow_the_samplers_euler_steps():
     from train_tiny import path_state
 
-    from qdit4sr_export.sampling import NUM_TRAIN_TIMESTEPS
+    from qdit4sr_export.model.sampling import NUM_TRAIN_TIMESTEPS
 
     g = torch.Generator().manual_seed(0)
     x0, cond, noise = (torch.randn(3, 12, 8, 8, generator=g) for _ in range(3))
@@ -95,7 +95,7 @@ def test_path_states_follow_the_samplers_euler_steps():
 def test_path_states_start_levels_follow_the_chosen_range():
     from train_tiny import path_state
 
-    from qdit4sr_export.sampling import NUM_TRAIN_TIMESTEPS
+    from qdit4sr_export.model.sampling import NUM_TRAIN_TIMESTEPS
 
     x0 = cond = noise = torch.zeros(64, 3, 4, 4)
     seen = {}
@@ -145,10 +145,9 @@ def test_path_options_are_refused_where_they_would_do_nothing(capsys):
 def test_eval_colour_fixes_are_the_runtimes():
     """The validation sweep applies the runtime's colour fixes to images in [-1, 1]; each fix is affine, so that is
     what `run` gives on [0, 1] images, and the setting chosen into pipeline.json gives the output it measured."""
-    from tiny_eval import COLOR_FIXES
-
     from qdit4sr_export.runtime.color_fix import COLOR_FIXES as RUNTIME_FIXES
     from qdit4sr_export.runtime.color_fix import apply_color_fix
+    from tiny_eval import COLOR_FIXES
 
     gen = torch.Generator().manual_seed(0)
     out = torch.rand(2, 3, 40, 40, generator=gen) * 2 - 1

@@ -95,17 +95,17 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
     chosen, cfg = method_and_config(ctx, method, method_option)
     if plan_file is not None and not chosen.quantizes:
         raise UserError(f"--plan and --method {method} exclude each other")
-    from qdit4sr_export.targets import get_target
+    from qdit4sr_export.compiler.targets import get_target
 
     target_options = get_target(target).configure(_key_values(target_option, "--target-option"))
 
-    from qdit4sr_export.build import build_engine_set, default_max_latent
     from qdit4sr_export.cli.plan import _load_model
-    from qdit4sr_export.engine_writer import check_disk
+    from qdit4sr_export.compiler.build import build_engine_set, default_max_latent
+    from qdit4sr_export.compiler.stages import Stages, peak_rss
+    from qdit4sr_export.engine.writer import check_disk
     from qdit4sr_export.model.folder import model_root
     from qdit4sr_export.model.positions import max_grid
-    from qdit4sr_export.size_report import predicted_engine_bytes
-    from qdit4sr_export.stages import Stages, peak_rss
+    from qdit4sr_export.report.size_report import predicted_engine_bytes
 
     started = time.perf_counter()
     notices: list[str] = []
@@ -136,7 +136,7 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
                               build_info=info, force=force, progress=not as_json, target=target,
                               target_options=target_options, max_latent=latent, stages=stages)
     stages.close()
-    from qdit4sr_export.size_report import format_breakdown, size_breakdown
+    from qdit4sr_export.report.size_report import format_breakdown, size_breakdown
 
     manifest = result.manifest
     sizes = size_breakdown(manifest)
@@ -177,12 +177,15 @@ def build(ctx: click.Context, model, method, method_option, config, wbits, wbits
 def _list_targets(ctx: click.Context, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from qdit4sr_export.targets import get_target, target_names
+    from qdit4sr_export.compiler.targets import TARGETS
 
-    for name in target_names():
-        t = get_target(name)
+    for t in TARGETS:
         opts = ", ".join(f"{k}={v}" for k, v in t.options.items()) or "none"
-        click.echo(f"{name:<6} {t.summary}\n{'':<6} options: {opts}")
+        pipeline = t.pipeline()
+        passes = " -> ".join(pipeline["graph"]) + " | per variant: " + " -> ".join(pipeline["per_variant"])
+        if pipeline["final"]:
+            passes += " | every graph: " + " -> ".join(pipeline["final"])
+        click.echo(f"{t.name:<6} {t.summary}\n{'':<6} passes: {passes}\n{'':<6} options: {opts}")
     ctx.exit()
 
 

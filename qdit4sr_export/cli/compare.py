@@ -15,7 +15,7 @@ VERSION = 1
 
 def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: bool, backend, device: str) -> list[dict]:
     """Both pipelines end to end on every image of ``folder``: PSNR/SSIM of the engine's output against FP's."""
-    from qdit4sr_export.metrics import psnr, ssim, to_255
+    from qdit4sr_export.report.metrics import psnr, ssim, to_255
     from qdit4sr_export.runtime.backends import TorchRunner
     from qdit4sr_export.runtime.images import find_inputs, load_image
     from qdit4sr_export.runtime.pipeline import PipelineOptions, SRPipeline, load_assets
@@ -98,12 +98,18 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     if chosen.reads != ENGINE_SET:
         raise UserError(f"--backend {backend} runs checkpoints, not engine sets; compare needs an engine-set backend")
     device = chosen.check_device(device)
-    from qdit4sr_export.compare import (Tolerance, check_engine_matches, compare_variant, generated_inputs,
-                                        load_inputs, torch_outputs)
-    from qdit4sr_export.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.model.loading import open_dit4sr
     from qdit4sr_export.model.positions import max_grid
     from qdit4sr_export.model.weights import crop_positions_, materialize
+    from qdit4sr_export.report.compare import (
+        Tolerance,
+        check_engine_matches,
+        compare_variant,
+        generated_inputs,
+        load_inputs,
+        torch_outputs,
+    )
+    from qdit4sr_export.report.layer_errors import error_onset, variant_layer_errors
     from qdit4sr_export.runtime.backends import uses_plugin_ops
     from qdit4sr_export.runtime.engine_set import EngineSet
     engine = EngineSet.load(engine_dir)

@@ -17,9 +17,9 @@ from qdit4sr_export.errors import UserError
 def engines(engine_dir: Path, target_option, force: bool) -> None:
     """Build one TensorRT engine per variant of ENGINE_SET (made with `build --target trt`), where TensorRT runs."""
     from qdit4sr_export.cli.build import _key_values
-    from qdit4sr_export.engine_format import check_files, read_manifest, write_manifest
-    from qdit4sr_export.targets import get_target
-    from qdit4sr_export.trt_engines import build_engines, require_tensorrt
+    from qdit4sr_export.compiler.targets import get_target
+    from qdit4sr_export.compiler.trt_engines import build_engines, require_tensorrt
+    from qdit4sr_export.engine.format import check_files, read_manifest, write_manifest
 
     manifest = read_manifest(engine_dir)
     check_files(engine_dir, manifest["files"], "quick")

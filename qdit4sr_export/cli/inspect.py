@@ -31,14 +31,14 @@ def _variance_layer(plan) -> str:
 @click.option("--no-layers", is_flag=True, help="Leave out the per-layer table (text output).")
 def inspect(target, plots_dir, layer, latent_side, as_json, no_layers) -> None:
     """Describe an engine set or a QuantPlan file."""
-    from qdit4sr_export.inspect_report import format_report, load_target, report
+    from qdit4sr_export.report.inspect import format_report, load_target, report
 
     plan, manifest = load_target(target)
     rep = report(plan, manifest, latent_side=latent_side, target=target)
     if plots_dir:
         if plan is None:
             raise UserError(f"{target}: an FP engine set has no plan to plot")
-        from qdit4sr_export.plots import plot_abits_heatmap, plot_act_variance, plot_weight_bits
+        from qdit4sr_export.report.plots import plot_abits_heatmap, plot_act_variance, plot_weight_bits
 
         folder = Path(plots_dir)
         runs = rep["plan"]["runs"]

@@ -219,7 +219,7 @@ def plan(ctx: click.Context, model, method, method_option, config, wbits, wbits_
     if not chosen.quantizes:
         raise UserError(f"method '{method}' makes no plan (it is the unquantized model); "
                         f"`qdit4sr-export build --method {method}` packages it")
-    from qdit4sr_export.stages import Stages, peak_rss
+    from qdit4sr_export.compiler.stages import Stages, peak_rss
 
     stages = Stages()
     with stages.stage("load"):

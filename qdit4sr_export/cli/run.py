@@ -28,10 +28,10 @@ def _engine_pipeline(folder: Path, backend, device: str, threads: int | None, ve
 
 
 def _model_pipeline(model: str, backend, plan_file: str | None, device: str, threads: int | None):
-    from qdit4sr_export.build import model_root
-    from qdit4sr_export.jsonfile import read_json_object
+    from qdit4sr_export.compiler.build import model_root
+    from qdit4sr_export.engine.jsonfile import read_json_object
+    from qdit4sr_export.model.sampling import DEFAULT_SHIFT
     from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets
-    from qdit4sr_export.sampling import DEFAULT_SHIFT
 
     root = model_root(Path(model))
     if root is None:
@@ -132,7 +132,7 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
     records, failed = _run_images(pipe, files, targets, alpha, (steps, guidance, start_sigma, color_fix, seed,
                                                                  tile, overlap))
     if report_file:
-        from qdit4sr_export.atomic import atomic_path
+        from qdit4sr_export.engine.atomic import atomic_path
 
         report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "tool_version": __version__, **info,
                   "options": {"steps": steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed,

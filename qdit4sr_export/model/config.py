@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from qdit4sr_export.engine.jsonfile import read_json_object
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.jsonfile import read_json_object
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qdit4sr_export.engine.jsonfile import read_json_object
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.jsonfile import read_json_object
 
 
 def model_root(model_path: Path) -> Path | None:

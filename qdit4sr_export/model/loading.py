@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save_file
 
-from qdit4sr_export.atomic import atomic_path
+from qdit4sr_export.engine.atomic import atomic_path
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.checkpoint import (
     CONFIG_METADATA_KEY,

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from qdit4sr_export.atomic import atomic_path
+from qdit4sr_export.engine.atomic import atomic_path
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.checkpoint import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from qdit4sr_export.model.config import DiT4SRConfig, resolve_config
@@ -115,7 +115,7 @@ def make_random_checkpoint(preset: str | DiT4SRConfig, out: str | Path, *, seed:
                            progress: bool = False) -> Path:
     """Write the pipeline folder ``out`` atomically (a temporary folder renamed at the end; removed on error or
     Ctrl-C). ``vae`` "auto": sd35 for 16 latent channels, unshuffle otherwise."""
-    from qdit4sr_export.engine_writer import check_disk
+    from qdit4sr_export.engine.writer import check_disk
 
     config = resolve_config(preset)
     out = Path(out)

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.model.sampling import flow_schedule, start_index
 from qdit4sr_export.quant.gptq import HessianAccumulator
-from qdit4sr_export.sampling import flow_schedule, start_index
 
 #: Text tokens used when a calibration file carries no prompt embeddings (a zero "null" prompt).
 NULL_TEXT_TOKENS = 1

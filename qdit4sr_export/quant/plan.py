@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qdit4sr_export import __version__
-from qdit4sr_export.atomic import atomic_path
+from qdit4sr_export.engine.atomic import atomic_path
+from qdit4sr_export.engine.jsonfile import read_json_object
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.jsonfile import read_json_object
 from qdit4sr_export.model.config import DiT4SRConfig
 from qdit4sr_export.quant.layer_plan import LayerPlan
 

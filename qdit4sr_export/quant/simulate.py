@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.model.weights import materialize, source_of
+from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.gaussian import QuantizedWeight, fake_quantize_tokens, fake_quantize_weight, quantize_weight
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.hsvd import HSVD, hsvd

@@ -52,7 +52,7 @@ def fp_trajectory(model: nn.Module, inputs: CalibrationInputs, statistics: Seque
                   shift: float, start_sigma: float, seed: int, batch_size: int = 8,
                   progress: bool = False) -> FPTrajectory:
     """One calibration pass that keeps the state before every step (and feeds ``statistics``)."""
-    from qdit4sr_export.sampling import flow_schedule, start_index
+    from qdit4sr_export.model.sampling import flow_schedule, start_index
 
     timesteps, sigmas = flow_schedule(steps, shift=shift)
     traj = FPTrajectory(start_index(sigmas, start_sigma), steps, timesteps, sigmas)

@@ -19,6 +19,7 @@ from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.gaussian import kappa
 from qdit4sr_export.quant.plan import QuantPlan
 
+
 @dataclass(frozen=True)
 class Variant:
     """One engine variant: the steps it serves and each layer's bits there (abits None = float)."""

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import overwrite_tensor
 from safetensors.numpy import save_file
 
-from helpers import overwrite_tensor
 from qdit4sr_export.cli import main
 
 
@@ -40,8 +40,9 @@ def test_default_inputs_follow_the_pipeline(pipeline_folder, engine_sets, tmp_pa
     """A pipeline that starts at sigma 0.3 runs only the late steps: inputs sit there, and variants it never
     reaches are still checked at their own steps, marked as not in the run."""
     from helpers import rehash_engine_set
-    from qdit4sr_export.compare import run_timesteps
     from qdit4sr_export.runtime.engine_set import EngineSet
+
+    from qdit4sr_export.report.compare import run_timesteps
 
     _, folder = pipeline_folder
     _, w8, _ = engine_sets

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from qdit4sr_export.cli import main
-from qdit4sr_export.trt_engines import tensorrt_available
+from qdit4sr_export.compiler.trt_engines import tensorrt_available
 
 pytestmark = pytest.mark.skipif(tensorrt_available(), reason="checks the behaviour where TensorRT is not installed")
 
@@ -43,7 +43,10 @@ def test_trt_set_runs_and_compares_on_the_reference_ops(pipeline_folder, trt_set
     _, folder = pipeline_folder
     manifest = json.loads((trt_set / "manifest.json").read_text())
     assert manifest["target"] == {"name": "trt", "options": {"precision": "fp16", "engines": "auto", "max_batch": 2,
-                                                             "min_side": 32, "opt_side": 64, "max_side": 128}}
+                                                             "min_side": 32, "opt_side": 64, "max_side": 128},
+                                  "passes": {"graph": ["fold-hadamard(online=False)", "insert-hsvd(emit=False)",
+                                                       "annotate-bits"],
+                                             "per_variant": ["split-variants", "lower-trt"], "final": []}}
     assert "engines" not in manifest
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)

@@ -5,9 +5,9 @@ import shutil
 
 from click.testing import CliRunner
 from PIL import Image
+from qdit4sr_export.passes.storage import layer_bytes
 
 from qdit4sr_export.cli import main
-from qdit4sr_export.passes.storage import layer_bytes
 
 
 def invoke(*args):

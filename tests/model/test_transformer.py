@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import make_inputs
+
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.feedforward import ControlFeedForward
 

@@ -1,6 +1,5 @@
 import numpy as np
-
-from pass_graphs import IN, HID, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch
+from pass_graphs import HID, IN, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.graph_edit import LAYER_KEY, WBITS_KEY
 

@@ -1,8 +1,8 @@
 import numpy as np
 import torch
-
-from pass_graphs import IN, HID, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch
+from pass_graphs import HID, IN, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch
 from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
+
 from qdit4sr_export.quant.hadamard import Rotation
 
 
@@ -39,7 +39,6 @@ def test_rotation_is_structured_not_dense(tmp_path):
 def test_large_rotation_matches_torch_with_small_factors(tmp_path):
     import onnx_ir as ir
     import onnxruntime as ort
-
     from qdit4sr_export.passes.graph_edit import Emitter
     from qdit4sr_export.passes.rotation_ops import emit_hadamard
 

@@ -1,10 +1,10 @@
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
-
 from helpers import make_inputs
 from qdit4sr_export.passes.fuse_attention import FuseAttentionPass
-from qdit4sr_export.trace import INPUT_NAMES
+
+from qdit4sr_export.compiler.trace import INPUT_NAMES
 
 
 def _run(model: ir.Model, feeds, path):

@@ -1,7 +1,7 @@
 import numpy as np
-
-from pass_graphs import IN, HID, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch
+from pass_graphs import HID, IN, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch
 from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
+
 from qdit4sr_export.quant.hsvd import hsvd, select_block
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
-
 from helpers import make_inputs, seeded_model
 from qdit4sr_export.passes.linear_sites import find_linear_sites
+
+from qdit4sr_export.compiler.trace import trace_to_onnx
 from qdit4sr_export.quant.accounting import quantizable_linears
-from qdit4sr_export.trace import trace_to_onnx
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-
-from pass_graphs import (IN, HID, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch, simulate,
-                         sqnr)
+from pass_graphs import HID, IN, OUT, Twin, build_graph, inputs, layer, make_plan, run_ort, run_torch, simulate, sqnr
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
 from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
 from qdit4sr_export.passes.lower_ort import LOWERING_KEY, LowerOrtPass, WeightStore
 from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
+
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.hsvd import select_block
 from qdit4sr_export.quant.variants import plan_variants

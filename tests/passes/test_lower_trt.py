@@ -5,15 +5,15 @@ import dataclasses
 
 import onnx
 import pytest
-
 from helpers import seeded_model, simulation_sqnr_per_step
-from qdit4sr_export.build import build_engine_set
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.passes.lower_trt import check_supported
 from qdit4sr_export.plugins.trt_ops import DOMAIN, LOWBIT_GEMM, NONE, ROTATE_QUANTIZE
-from qdit4sr_export.quant.methods import get_method, make_config
 from qdit4sr_export.runtime.engine_set import EngineSet
-from qdit4sr_export.targets import get_target
+
+from qdit4sr_export.compiler.build import build_engine_set
+from qdit4sr_export.compiler.targets import get_target
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.quant.methods import get_method, make_config
 
 STEPS = 4
 

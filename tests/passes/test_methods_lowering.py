@@ -7,7 +7,6 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-
 from helpers import lowered_layer_bytes, make_inputs
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
@@ -15,12 +14,12 @@ from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
 from qdit4sr_export.passes.lower_ort import LowerOrtPass
 from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
 from qdit4sr_export.passes.storage import layer_bytes
+
+from qdit4sr_export.compiler.trace import INPUT_NAMES
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config, method_names
 from qdit4sr_export.quant.simulate import apply_plan
 from qdit4sr_export.quant.variants import plan_variants
-from qdit4sr_export.trace import INPUT_NAMES
-
 
 #: Method options that change what is lowered: Q-DiT4SR with group-wise scales and the data-aware smoothing. (Groups
 #: of 32 on this seed put one 4-bit activation on a rounding tie that float summation order flips, 35.8 dB; the layer

@@ -2,11 +2,11 @@ import json
 
 import pytest
 from onnx_ir.passes import PreconditionError
-
-from pass_graphs import IN, HID, OUT, Twin, build_graph, layer, make_plan
+from pass_graphs import HID, IN, OUT, Twin, build_graph, layer, make_plan
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.graph_edit import ABITS_KEY, LAYER_KEY, WBITS_KEY
 from qdit4sr_export.passes.split_variants import VARIANT_KEY, SplitTimestepVariantsPass
+
 from qdit4sr_export.quant.variants import Variant, plan_variants
 
 

@@ -1,13 +1,12 @@
 import pytest
-
 from helpers import lowered_layer_bytes
-
 from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
 from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
 from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
 from qdit4sr_export.passes.lower_ort import LowerOrtPass
 from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
 from qdit4sr_export.passes.storage import code_bytes, layer_bytes
+
 from qdit4sr_export.quant.methods import get_method, make_config
 from qdit4sr_export.quant.variants import plan_variants
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from qdit4sr_export.plugins.activation_layout import Segments, factor_matrices, rotation_layout
+
 from qdit4sr_export.quant.hadamard import Rotation
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from kernel_cases import activation_spec, rel_err, tokens, weight_spec
 from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
 from qdit4sr_export.plugins.lowbit_gemm_reference import integer_accumulators, lowbit_gemm_reference
@@ -10,6 +9,7 @@ from qdit4sr_export.plugins.packing import unpack_int4
 from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
 from qdit4sr_export.plugins.rotate_quantize_reference import rotate_quantize_reference
 from qdit4sr_export.plugins.triton_env import interpreting
+
 from qdit4sr_export.quant.hsvd import select_block
 
 pytestmark = [pytest.mark.gpu,

@@ -1,13 +1,13 @@
 import pytest
 import torch
-
 from kernel_cases import activation_spec, rel_err, tokens, weight_spec
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
 from qdit4sr_export.plugins.lowbit_gemm_reference import integer_accumulators, lowbit_gemm_reference
 from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
 from qdit4sr_export.plugins.rotate_quantize_reference import rotate_quantize_reference
 from qdit4sr_export.plugins.weight_spec import WeightSpec
+
+from qdit4sr_export.errors import UserError
 
 M = 70  # not a multiple of the row tile
 

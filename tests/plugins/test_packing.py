@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.passes.lower_ort import _code_tensor
 from qdit4sr_export.plugins.packing import decode_weight, pack_int4, stored_weight_bytes, unpack_int4
+
+from qdit4sr_export.errors import UserError
 
 
 def test_pack_roundtrip_every_nibble():

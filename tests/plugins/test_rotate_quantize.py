@@ -1,11 +1,11 @@
 import pytest
 import torch
-
 from kernel_cases import activation_spec, rel_err, tokens
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.packing import unpack_int4
 from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
 from qdit4sr_export.plugins.rotate_quantize_reference import rotate_quantize_reference
+
+from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.gaussian import fake_quantize_tokens
 
 # (n, rotation, clip, group, smoothing, SVD-G rank, SVD-L block (s_o, s_i), out features)
@@ -111,6 +111,7 @@ def test_svd_l_blocks_too_narrow_to_combine_fall_back_to_torch(device):
 def test_outlier_block_rotation_runs_in_torch_then_the_kernel_quantizes(device):
     """LRQ-DiT's learned block rotation is not a Kronecker Hadamard: torch applies it (after smoothing)."""
     from qdit4sr_export.plugins.activation_spec import ActivationSpec
+
     from qdit4sr_export.quant.outlier_rotation import outlier_rotation
 
     act_max = tokens(64, 128).abs().amax(0)

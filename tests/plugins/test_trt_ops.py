@@ -1,9 +1,9 @@
 """The plugin ops' plain-Python contract: attributes round-trip with the types TensorRT's parser passes, shapes."""
 
 import pytest
+from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs, RotateQuantizeAttrs
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs, RotateQuantizeAttrs
 
 
 def test_attributes_round_trip_with_parser_types():

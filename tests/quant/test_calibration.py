@@ -60,8 +60,8 @@ def test_activation_variance_is_mean_square_per_step(tiny_model):
 
 
 def test_trajectory_from_start_sigma_runs_the_pipelines_steps(tiny_model):
+    from qdit4sr_export.model.sampling import flow_schedule, start_index
     from qdit4sr_export.quant.calibration import run_trajectory
-    from qdit4sr_export.sampling import flow_schedule, start_index
 
     inputs = CalibrationInputs.with_null_prompt(torch.randn(2, 16, 8, 8), tiny_model.config)
     timesteps, sigmas = flow_schedule(10)

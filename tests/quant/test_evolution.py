@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.quant.evolution import (GROUP_CHOICES, EvolutionConfig, EvolutionResult,
-                                            evolve_group_sizes)
+from qdit4sr_export.quant.evolution import GROUP_CHOICES, EvolutionConfig, EvolutionResult, evolve_group_sizes
 
 
 class Recorder:

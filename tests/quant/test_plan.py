@@ -5,6 +5,7 @@ import pytest
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.quant.accounting import quantizable_linears
+from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 from qdit4sr_export.quant.plan import (
     LayerPlan,
     QuantPlan,
@@ -12,7 +13,6 @@ from qdit4sr_export.quant.plan import (
     check_plan_matches,
     weights_fingerprint,
 )
-from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 
 
 @pytest.fixture

@@ -4,14 +4,14 @@ import dataclasses
 
 import pytest
 import torch
-
 from helpers import heavy_tailed_model, make_inputs, seeded_model
+
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.gaussian import fake_quantize_tokens, fake_quantize_weight
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.hsvd import hsvd
-from qdit4sr_export.quant.plan import LayerPlan
 from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
+from qdit4sr_export.quant.plan import LayerPlan
 from qdit4sr_export.quant.simulate import FakeQuantLinear, StepState, apply_plan
 
 

@@ -2,10 +2,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from qdit4sr_export.model.sampling import flow_schedule
 from qdit4sr_export.quant.beam import BeamConfig, beam_search
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.temporal import PathErrors, fisher_sensitivity, fp_trajectory
-from qdit4sr_export.sampling import flow_schedule
 
 
 class Diagonal(nn.Module):

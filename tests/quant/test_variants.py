@@ -2,8 +2,8 @@ import itertools
 
 import numpy as np
 import pytest
+from pass_graphs import HID, IN, layer, make_plan
 
-from pass_graphs import IN, HID, layer, make_plan
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.gaussian import kappa
 from qdit4sr_export.quant.plan import QuantPlan

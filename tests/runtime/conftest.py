@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from conftest import STEPS
-from qdit4sr_export.build import build_engine_set
+from qdit4sr_export.runtime.engine_set import EngineSet
+
+from qdit4sr_export.compiler.build import build_engine_set
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config
-from qdit4sr_export.runtime.engine_set import EngineSet
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@ import shutil
 
 import numpy as np
 import pytest
-
-from qdit4sr_export import engine_format
-from qdit4sr_export.engine_format import SAMPLE_BLOCK_BYTES, check_files, file_entry
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.engine_set import EngineSet
+
+from qdit4sr_export.engine import format as engine_format
+from qdit4sr_export.engine.format import SAMPLE_BLOCK_BYTES, check_files, file_entry
+from qdit4sr_export.errors import UserError
 
 
 def test_load_and_lookup(engine_sets):

@@ -5,10 +5,10 @@ import png
 import pytest
 import torch
 from PIL import Image
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime import images
 from qdit4sr_export.runtime.images import find_inputs, load_image, save_image
+
+from qdit4sr_export.errors import UserError
 
 
 def rgb_array(h=6, w=5, seed=0):

@@ -1,7 +1,6 @@
 """The SR pipeline end to end on engine sets (ORT) and on the torch model / simulation."""
 
 import torch
-
 from qdit4sr_export.runtime.backends import OrtRunner, TorchRunner
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.pipeline import PipelineOptions, SRPipeline, load_assets

@@ -3,14 +3,14 @@
 import numpy as np
 import onnx
 import pytest
-
 from helpers import step_feeds
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.backends import OrtRunner
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.prepacked import prepacked_graph
 from qdit4sr_export.runtime.registry import get_backend
 from qdit4sr_export.runtime.shared_weights import uint8_x_int8_exact
+
+from qdit4sr_export.errors import UserError
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.runtime.color_fix import adain, apply_color_fix, is_grey, keep_grey, wavelet, wavelet_split
 from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
 from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles, tile_starts
+
+from qdit4sr_export.errors import UserError
 
 
 def test_resize_rule():

@@ -4,7 +4,6 @@ graphs run as they are."""
 import numpy as np
 import onnx
 import onnx_ir as ir
-
 from helpers import step_feeds
 from qdit4sr_export.runtime.backends import OrtRunner, make_session
 from qdit4sr_export.runtime.engine_set import EngineSet

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from helpers import rehash_engine_set
-from qdit4sr_export.cli import main
-from qdit4sr_export.compare import error_stats
-from qdit4sr_export.engine_format import WeightsFile
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.triton_env import interpreting
 from qdit4sr_export.runtime.backends import OrtRunner
 from qdit4sr_export.runtime.engine_set import EngineSet, VariantInfo
 from qdit4sr_export.runtime.registry import get_backend
+
+from qdit4sr_export.cli import main
+from qdit4sr_export.engine.format import WeightsFile
+from qdit4sr_export.errors import UserError
+from qdit4sr_export.report.compare import error_stats
 
 #: These tests run the kernels in Triton's CPU interpreter (CI); on a GPU the -m gpu tests cover the backend.
 on_cpu = pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")
@@ -68,8 +68,9 @@ def test_a_latent_over_the_positional_crop_is_refused(w8_runners, monkeypatch):
 
 def _stored_layer(folder, tensors, row, name, k, n, bits):
     """One layer's tensors written as the engine writer writes weights.bin, read back into a KernelLinear."""
-    from qdit4sr_export.engine_writer import write_weights
     from qdit4sr_export.runtime.kernel_model import WeightReader, kernel_linear
+
+    from qdit4sr_export.engine.writer import write_weights
 
     layout = write_weights(folder, dict(sorted(tensors.items())))
     weights = WeightsFile(folder / "weights.bin", layout.values())
@@ -85,8 +86,8 @@ def test_int4_layer_reads_the_engine_sets_bytes(tmp_path):
     """A W4A4 layer stored by the ORT lowering and read back through weights.bin's index: packed INT4 (K, N/2)
     weights, rotation, H-SVD branches, bias; matches the simulation's FakeQuantLinear."""
     import onnx_ir as ir
-
     from qdit4sr_export.passes.lower_ort import _quantize
+
     from qdit4sr_export.quant.hadamard import Rotation
     from qdit4sr_export.quant.hsvd import hsvd, select_block
     from qdit4sr_export.quant.plan import LayerPlan, QuantPlan
@@ -128,12 +129,12 @@ def test_float_stored_weights_run_the_torch_gemm_fallback(tmp_path):
     """A float-stored weight (LRQ-DiT's twin-log levels): the kernel quantizes the activations per group,
     torch multiplies (dequantized codes @ W) and adds the same epilogue."""
     import onnx_ir as ir
-
     from qdit4sr_export.plugins.activation_spec import ActivationSpec
     from qdit4sr_export.plugins.rotate_quantize_reference import rotate_quantize_reference
+    from qdit4sr_export.runtime.kernel_linear import KernelLinear
+
     from qdit4sr_export.quant.gaussian import fake_quantize_tokens
     from qdit4sr_export.quant.hadamard import Rotation
-    from qdit4sr_export.runtime.kernel_linear import KernelLinear
 
     k, n, name = 128, 48, "blk.tlq"
     g = torch.Generator().manual_seed(5)
@@ -216,7 +217,7 @@ def test_compare_resolves_the_backend_before_loading_anything(tmp_path):
 def test_polygraphy_adapter_checks_real_feeds():
     """polygraphy's Comparator checks feeds against the adapter's input metadata (every dimension dynamic) and
     sums its inference times."""
-    from qdit4sr_export.poly_runner import BackendVariantRunner
+    from qdit4sr_export.report.poly_runner import BackendVariantRunner
 
     calls = []
 
@@ -248,7 +249,7 @@ def test_polygraphy_adapter_checks_real_feeds():
 def test_grouped_and_smoothed_qdit4sr_matches_ort(pipeline_folder, tmp_path):
     """Q-DiT4SR's options (issue 19) on the kernels: smoothing before the rotation, group scales in the GEMM epilogue
     and the activation quantizer, H-SVD branches, W4A4."""
-    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.compiler.build import build_engine_set
     from qdit4sr_export.quant.calibration import CalibrationInputs
     from qdit4sr_export.quant.methods import get_method, make_config
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from qdit4sr_export.plugins.triton_env import interpreting
 
 pytestmark = [pytest.mark.gpu,
@@ -10,10 +9,11 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_triton_runner_cuda_graph_replays_eager(engine_sets):
-    from qdit4sr_export.compare import error_stats
     from qdit4sr_export.runtime.backends import OrtRunner
     from qdit4sr_export.runtime.engine_set import EngineSet
     from qdit4sr_export.runtime.triton_backend import TritonRunner
+
+    from qdit4sr_export.report.compare import error_stats
 
     _, w8, _ = engine_sets
     engine = EngineSet.load(w8)

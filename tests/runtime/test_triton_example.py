@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
-from qdit4sr_export.cli import main
-from qdit4sr_export.compare import error_stats
 from qdit4sr_export.plugins.triton_env import interpreting
 from qdit4sr_export.runtime.backends import OrtRunner
 from qdit4sr_export.runtime.engine_set import EngineSet
 from qdit4sr_export.runtime.registry import get_backend
+
+from qdit4sr_export.cli import main
+from qdit4sr_export.report.compare import error_stats
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not interpreting(), reason="CPU interpreter tests (TRITON_INTERPRET=1)")]

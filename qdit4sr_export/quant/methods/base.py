@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 from qdit4sr_export.quant.checks import check_bits
-from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 
 
 @dataclass(frozen=True)

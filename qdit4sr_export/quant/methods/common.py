@@ -8,13 +8,13 @@ from typing import Any, Mapping
 import torch
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.model.weights import has_weights, source_of
+from qdit4sr_export.model.sampling import flow_schedule, start_index
 from qdit4sr_export.model.transformer import DiT4SRTransformer
+from qdit4sr_export.model.weights import has_weights, source_of
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.layer_plan import LayerPlan
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
-from qdit4sr_export.sampling import flow_schedule, start_index
 
 
 @dataclass

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from qdit4sr_export.model.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 from qdit4sr_export.quant.methods.base import check_grid
 from qdit4sr_export.quant.methods.registry import register
-from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 
 
 @dataclass(frozen=True)

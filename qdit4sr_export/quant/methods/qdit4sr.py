@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.model.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 from qdit4sr_export.quant.checks import check_bits
 from qdit4sr_export.quant.methods.registry import register
-from qdit4sr_export.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 
 if TYPE_CHECKING:
     import torch

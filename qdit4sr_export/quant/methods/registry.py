@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.registry import Registry
 
 Builder = Callable[..., Any]  # (model, config, *, calibration, progress) -> QuantPlan
 
@@ -44,7 +45,7 @@ class Method:
         return {f.name: f.default for f in dataclasses.fields(self.config_cls) if f.name != "version"}
 
 
-_REGISTRY: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register(name: str, *, summary: str, config: type, needs_calibration: bool = False,
@@ -55,9 +56,6 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
         raise ValueError(f"method {name!r} needs calibration data but does not use it")
 
     def wrap(build: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
-
         @functools.wraps(build)
         def checked(model, cfg, *, calibration=None, progress: bool = False):
             if needs_calibration:
@@ -73,21 +71,18 @@ def register(name: str, *, summary: str, config: type, needs_calibration: bool =
                     model = materialize(lazy_copy(model))
             return build(model, cfg, calibration=calibration if uses else None, progress=progress)
 
-        _REGISTRY[name] = Method(name, summary, config, checked, needs_calibration, uses, quantizes)
+        METHODS.add(name, Method(name, summary, config, checked, needs_calibration, uses, quantizes))
         return build
     return wrap
 
 
 def method_names(*, quantizing_only: bool = False) -> list[str]:
     """Every registered name in registration order; ``quantizing_only`` leaves out the FP baseline."""
-    return [n for n, m in _REGISTRY.items() if m.quantizes or not quantizing_only]
+    return [m.name for m in METHODS if m.quantizes or not quantizing_only]
 
 
 def get_method(name: str) -> Method:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown method '{name}'; valid: {', '.join(_REGISTRY)}") from None
+    return METHODS.get(name)
 
 
 def _convert(value: Any, annotation: Any, key: str, method: str) -> Any:

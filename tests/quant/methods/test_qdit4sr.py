@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_inputs
+
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.quant.calibration import CalibrationInputs
@@ -60,7 +60,7 @@ def test_vatmp_puts_extra_bits_where_variance_is_high(tiny_model):
 
 
 def test_vatmp_schedules_only_the_steps_a_run_from_start_sigma_executes(tiny_model, tmp_path):
-    from qdit4sr_export.sampling import flow_schedule, start_index
+    from qdit4sr_export.model.sampling import flow_schedule, start_index
 
     first = start_index(flow_schedule(8)[1], 0.5)
     plan = make_plan(tiny_model, QDiT4SRConfig(wbits=4, abits=4.5, svd_rank=8, local_rank=2, steps=8, start_sigma=0.5),

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from helpers import heavy_tailed_model, make_inputs
+
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config, method_names
@@ -173,8 +173,7 @@ def test_a_new_method_needs_no_cli_edit(tmp_path, tiny_model):
 
     from qdit4sr_export.cli import main
     from qdit4sr_export.model.loading import save_dit4sr
-    from qdit4sr_export.quant.methods import register
-    from qdit4sr_export.quant.methods import registry
+    from qdit4sr_export.quant.methods import register, registry
     from qdit4sr_export.quant.methods.rtn import RTNConfig, build_rtn
 
     received = {}
@@ -197,7 +196,7 @@ def test_a_new_method_needs_no_cli_edit(tmp_path, tiny_model):
         assert len(received["test-calibrating"]) == 2 and received["test-plain"] is None
     finally:
         for name in ("test-calibrating", "test-plain"):
-            registry._REGISTRY.pop(name, None)
+            registry.METHODS.remove(name)
 
 
 def test_adatsq_caching_gives_the_uncached_plan_in_fewer_model_calls(tiny_model):

@@ -4,10 +4,10 @@ in batches, one pass where it needs several statistics."""
 import pytest
 import torch
 
+from qdit4sr_export.model.sampling import flow_schedule, start_index
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config
 from qdit4sr_export.quant.methods.adatsq import search_extensions
-from qdit4sr_export.sampling import flow_schedule, start_index
 
 STEPS, SIGMA, SAMPLES, BATCH = 6, 0.5, 10, 8  # 2 batches; steps 3-5 run
 QUICK = {"qdit4sr": {"svd_rank": 8, "local_rank": 2, "wbits": 4, "abits": 4.5},

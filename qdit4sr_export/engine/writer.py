@@ -1,4 +1,4 @@
-"""Write an engine set (format: :mod:`qdit4sr_export.engine_format`): variant graphs sharing one external
+"""Write an engine set (format: :mod:`qdit4sr_export.engine.format`): variant graphs sharing one external
 weights file, pipeline extras, and the manifest.
 
 ``weights.bin`` holds every parameter-like initializer once (64-byte aligned, sorted by name), referenced by all
@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx_ir as ir
 from tqdm import tqdm
 
-from qdit4sr_export.engine_format import ALIGN, WEIGHTS_FILE, TensorEntry, write_manifest
+from qdit4sr_export.engine.format import ALIGN, WEIGHTS_FILE, TensorEntry, write_manifest
 from qdit4sr_export.errors import UserError
 
 #: Float initializers at most this large (scalars) and every INT64 one (shapes, axes) stay inside each graph.

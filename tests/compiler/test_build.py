@@ -9,14 +9,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import make_inputs, make_pipeline_folder, seeded_model
 from safetensors.torch import save_file
 
-from helpers import make_inputs, make_pipeline_folder, seeded_model
 from qdit4sr_export.cli import main
+from qdit4sr_export.compiler.trace import INPUT_NAMES
 from qdit4sr_export.model.loading import save_dit4sr
 from qdit4sr_export.quant.plan import QuantPlan
 from qdit4sr_export.quant.simulate import apply_plan
-from qdit4sr_export.trace import INPUT_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_vatmp_follows_the_pipelines_start_sigma(tmp_path):
     """A folder whose pipeline.json starts runs at sigma 0.5: VaTMP budgets only the steps that run; the skipped
     steps keep static bits; --start-sigma overrides; the plan's None variances go through variants and plots."""
     from qdit4sr_export.cli.build import packaged_calibration_folder
-    from qdit4sr_export.sampling import flow_schedule, start_index
+    from qdit4sr_export.model.sampling import flow_schedule, start_index
 
     make_pipeline_folder(tmp_path / "pipe")
     settings = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())

@@ -2,10 +2,10 @@
 
 import pytest
 
+from qdit4sr_export.compiler.trt_engines import profile_shapes, tensorrt_available
+from qdit4sr_export.compiler.trt_target import OPTIONS
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.config import PRESETS
-from qdit4sr_export.trt_engines import profile_shapes, tensorrt_available
-from qdit4sr_export.trt_target import OPTIONS
 
 needs_no_trt = pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
 

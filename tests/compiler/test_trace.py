@@ -5,9 +5,9 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-
 from helpers import make_inputs, seeded_model
-from qdit4sr_export.trace import INPUT_NAMES, IR_VERSION, OUTPUT_NAME, trace_to_onnx
+
+from qdit4sr_export.compiler.trace import INPUT_NAMES, IR_VERSION, OUTPUT_NAME, trace_to_onnx
 
 
 @pytest.fixture(scope="module")

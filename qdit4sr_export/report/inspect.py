@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qdit4sr_export.engine.jsonfile import read_json_object
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.jsonfile import read_json_object
 from qdit4sr_export.passes.storage import layer_bytes
 from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.plan import QuantPlan
@@ -20,7 +20,7 @@ def load_target(path: str | Path) -> tuple[QuantPlan | None, dict[str, Any] | No
     """(plan, engine manifest) of an engine-set folder (plan None for an FP set) or of a plan file."""
     path = Path(path)
     if path.is_dir():
-        from qdit4sr_export.engine_format import read_manifest
+        from qdit4sr_export.engine.format import read_manifest
 
         manifest = read_manifest(path)
         plan_file = manifest.get("plan")
@@ -49,7 +49,7 @@ def run_window(plan: QuantPlan, target: str | Path) -> dict[str, Any] | None:
     An engine set's run starts where its ``pipeline.json`` says (``start_sigma`` on a grid of ``steps``, diffusers'
     img2img start); a plan file's where its method's ``start_sigma`` says. A grid step runs when its sigma (timestep
     / 1000) is at most the sigma the run starts from."""
-    from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule, start_index
+    from qdit4sr_export.model.sampling import DEFAULT_SHIFT, flow_schedule, start_index
 
     target = Path(target)
     if not target.is_dir():
@@ -105,7 +105,7 @@ def report(plan: QuantPlan | None, manifest: dict[str, Any] | None, *, latent_si
                 "abits": list(lp.abits), "abits_runs": run_lengths(lp.abits), "active": lp.active,
                 "bytes": layer_bytes(lp)})
     if manifest is not None:
-        from qdit4sr_export.size_report import size_breakdown
+        from qdit4sr_export.report.size_report import size_breakdown
 
         out["sizes"] = size_breakdown(manifest)
         ts = manifest["timesteps"]
@@ -141,7 +141,7 @@ def format_report(rep: dict[str, Any], *, layers: bool = True) -> str:
             lines.append(f"{r['layer']:<52}{r['shape'][0]:>6}x{r['shape'][1]:<5}{r['wbits']:>3}{r['svd_rank']:>6}"
                          f"{block:>9}{r['bytes']:>11}  {r['abits_runs']}" + ("" if r["active"] else "  (inactive)"))
     if rep.get("sizes") is not None:
-        from qdit4sr_export.size_report import format_breakdown
+        from qdit4sr_export.report.size_report import format_breakdown
 
         lines.extend(format_breakdown(rep["sizes"]))
     if rep["variants"] is not None:

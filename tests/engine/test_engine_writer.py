@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from qdit4sr_export import engine_writer
+from qdit4sr_export.engine import writer as engine_writer
 from qdit4sr_export.errors import UserError
 
 

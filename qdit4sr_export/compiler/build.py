@@ -22,15 +22,16 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from qdit4sr_export.engine_writer import io_specs, write_engine_set
+from qdit4sr_export.compiler.stages import Stages
+from qdit4sr_export.engine.writer import io_specs, write_engine_set
 from qdit4sr_export.model.folder import model_root
 from qdit4sr_export.model.positions import max_grid
+from qdit4sr_export.model.sampling import DEFAULT_SHIFT, flow_schedule
+from qdit4sr_export.passes.registry import make_pass
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
-from qdit4sr_export.sampling import DEFAULT_SHIFT, flow_schedule
-from qdit4sr_export.size_report import checkpoint_bytes
-from qdit4sr_export.stages import Stages
+from qdit4sr_export.report.size_report import checkpoint_bytes
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +105,14 @@ def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> C
     return write
 
 
-def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, options, progress: bool):
-    from qdit4sr_export.passes.split_variants import SplitTimestepVariantsPass
-
+def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, progress: bool):
     store = target.make_store()
     out = []
     for v in tqdm(schedule.variants, desc="lowering variants", unit="variant",
                   disable=None if progress else True):  # None: bars only on a terminal
         model = base.clone()
-        SplitTimestepVariantsPass(v)(model)
-        lower = target.lowering(plan, store, options)
+        make_pass("split-variants", variant=v)(model)
+        lower = make_pass(target.lowering, plan=plan, store=store)
         lower(model)
         out.append((v, model, dict(sorted(lower.paths.items()))))
     return out, store
@@ -152,10 +151,10 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     set. ``max_latent`` (latent side; default the smaller of 128 and the table) crops the positional table; larger
     inputs are refused at run time. The model may be opened lazily: every weight is read, transformed and written
     one layer at a time, never held twice. ``stages`` (optional) records the time and peak memory of each stage."""
-    from qdit4sr_export.engine_writer import check_destination, check_disk
-    from qdit4sr_export.size_report import predicted_engine_bytes
-    from qdit4sr_export.targets import get_target
-    from qdit4sr_export.trace import trace_to_onnx
+    from qdit4sr_export.compiler.targets import get_target
+    from qdit4sr_export.compiler.trace import trace_to_onnx
+    from qdit4sr_export.engine.writer import check_destination, check_disk
+    from qdit4sr_export.report.size_report import predicted_engine_bytes
 
     chosen = get_target(target)
     options = chosen.configure({}) if target_options is None else target_options
@@ -183,16 +182,16 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
     else:
         timesteps = list(plan.timesteps)
         with stages.stage("passes"):
-            _graph_passes(base, chosen.graph_passes(plan, options), progress)
+            _graph_passes(base, [make_pass(s, plan=plan) for s in chosen.graph_passes], progress)
         step_variant = list(schedule.step_variant)
         cap = schedule.report()
         with stages.stage("lowering"):
-            lowered, store = _variant_models(base, plan, schedule, chosen, options, progress)
+            lowered, store = _variant_models(base, plan, schedule, chosen, progress)
         names = {n for _, g, _ in lowered for n in g.graph.initializers}
         layers_stored = quantized_layers(plan, store, names)
     for _, graph, _ in lowered:  # target rewrites every graph gets, the FP build's included
-        for p in chosen.final_passes(plan, options) if chosen.final_passes is not None else []:
-            p(graph)
+        for step in chosen.final_passes:
+            make_pass(step, plan=plan)(graph)
     variants = []
     files = []
     for i, (v, graph, paths) in enumerate(lowered):
@@ -216,7 +215,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
                       "architecture_fingerprint": architecture_fingerprint(model.config, linears),
                       "weights_fingerprint": weights_fingerprint(model, sorted(linears))},
             "build": build_info,
-            "target": {"name": target, "options": options},
+            "target": {"name": target, "options": options, "passes": chosen.pipeline()},
             "plan": "plan.json" if plan is not None else None,
             "max_latent": grid * model.config.patch_size,
             "timesteps": timesteps,

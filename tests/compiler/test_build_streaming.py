@@ -9,16 +9,16 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
+from qdit4sr_export.runtime.backends import OrtRunner
+from qdit4sr_export.runtime.engine_set import EngineSet
 
-from qdit4sr_export.build import build_engine_set
 from qdit4sr_export.cli import main
+from qdit4sr_export.compiler.build import build_engine_set
 from qdit4sr_export.model.checkpoint import Checkpoint
 from qdit4sr_export.model.loading import load_dit4sr, open_dit4sr
 from qdit4sr_export.model.random_checkpoint import make_random_checkpoint
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config
-from qdit4sr_export.runtime.backends import OrtRunner
-from qdit4sr_export.runtime.engine_set import EngineSet
 
 STEPS = 4
 PRESET = "dit4sr-small"
@@ -126,8 +126,8 @@ RSS_PER_MODEL_BYTE = 5.0
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
-    from qdit4sr_export import trace
-    from qdit4sr_export.build import build_engine_set
+    from qdit4sr_export.compiler import trace
+    from qdit4sr_export.compiler.build import build_engine_set
     from qdit4sr_export.model.loading import open_dit4sr
     from qdit4sr_export.quant.methods import get_method, make_config
     import onnxruntime, onnx, diffusers  # noqa: F401  (everything a build imports, before the baseline)

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from qdit4sr_export.checksum import sha256_file
+from qdit4sr_export.engine.checksum import sha256_file
 from qdit4sr_export.errors import UserError
 
 SCHEMA = "qdit4sr-export/engine-set"

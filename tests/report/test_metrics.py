@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from qdit4sr_export.metrics import GMS_C, gms, gradient_magnitude, hf_energy, image_metrics, psnr, ssim
+from qdit4sr_export.report.metrics import GMS_C, gms, gradient_magnitude, hf_energy, image_metrics, psnr, ssim
 
 
 def test_psnr_and_ssim_known_values():

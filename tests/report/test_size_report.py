@@ -1,11 +1,11 @@
 """The one size breakdown: every byte of weights.bin in a category, each category equal to what the plan stores."""
 
 from click.testing import CliRunner
+from qdit4sr_export.passes.storage import branch_bytes, weight_bytes
 
 from qdit4sr_export.cli import main
-from qdit4sr_export.engine_format import read_manifest
-from qdit4sr_export.passes.storage import branch_bytes, weight_bytes
-from qdit4sr_export.size_report import format_breakdown, size_breakdown
+from qdit4sr_export.engine.format import read_manifest
+from qdit4sr_export.report.size_report import format_breakdown, size_breakdown
 
 
 def test_breakdown_adds_up_and_matches_the_plan(engine_sets):

@@ -67,7 +67,7 @@ class GeneratedInputs:
 
 def run_timesteps(engine: EngineSet) -> list[tuple[float, float]]:
     """(timestep, sigma) of every step the engine set's pipeline.json runs (its steps and start sigma)."""
-    from qdit4sr_export.sampling import flow_schedule, start_index
+    from qdit4sr_export.model.sampling import flow_schedule, start_index
 
     cfg = engine.pipeline_config()
     steps = int(cfg.get("steps", len(engine.timesteps)))
@@ -96,7 +96,7 @@ def generated_inputs(engine: EngineSet, model: torch.nn.Module, *, per_variant: 
     """Per variant, up to ``per_variant`` input sets at the timesteps the pipeline runs on it (spread over them):
     ``x_t = (1 - sigma) * lr + sigma * noise`` with LR latents of real photos where the set has an autoencoder.
     A variant no default run reaches gets inputs at its own build-grid timesteps instead."""
-    from qdit4sr_export.sampling import flow_schedule
+    from qdit4sr_export.model.sampling import flow_schedule
 
     cfg = model.config
     prompt = _prompt(engine, cfg)
@@ -220,7 +220,7 @@ def compare_variant(engine: EngineSet, index: int, feeds: list[Feed], reference:
         poly = OnnxrtRunner(lambda: make_session(path, providers or ["CPUExecutionProvider"], plugin_ops=plugin_ops),
                             name=variant.file)
     else:
-        from qdit4sr_export.poly_runner import BackendVariantRunner
+        from qdit4sr_export.report.poly_runner import BackendVariantRunner
 
         poly = BackendVariantRunner(runner, index, f"{runner.name}:{variant.file}")
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # polygraphy logs every inference to stdout

@@ -41,7 +41,7 @@ def block_abits(plan) -> tuple[list[int], np.ndarray]:
 
 
 def _not_run(runs: dict | None, steps: int) -> list[int]:
-    """Grid steps that a run never executes (``runs``: ``inspect_report.run_window``'s answer, or None)."""
+    """Grid steps that a run never executes (``runs``: ``report.inspect.run_window``'s answer, or None)."""
     if runs is None:
         return []
     if len(runs["runs"]) != steps:

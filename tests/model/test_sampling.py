@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.sampling import euler_sample, flow_schedule, start_index
+from qdit4sr_export.model.sampling import euler_sample, flow_schedule, start_index
 
 
 def test_schedule_shape_and_shift():

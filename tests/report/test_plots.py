@@ -8,7 +8,7 @@ from PIL import Image
 from qdit4sr_export.quant.calibration import CalibrationInputs
 from qdit4sr_export.quant.methods import get_method, make_config
 
-plots = pytest.importorskip("qdit4sr_export.plots")
+plots = pytest.importorskip("qdit4sr_export.report.plots")
 pytest.importorskip("matplotlib")
 
 
@@ -60,7 +60,7 @@ def _inside(fig, artist) -> bool:
 
 
 def test_steps_that_never_run_are_drawn_apart(late_plan, tmp_path, monkeypatch):
-    from qdit4sr_export.inspect_report import run_window
+    from qdit4sr_export.report.inspect import run_window
 
     plan, path = late_plan
     runs = run_window(plan, path)
@@ -79,7 +79,7 @@ def test_steps_that_never_run_are_drawn_apart(late_plan, tmp_path, monkeypatch):
 
 
 def test_weight_bits_mean_matches_the_text_report(late_plan, tmp_path, monkeypatch):
-    from qdit4sr_export.inspect_report import format_report, report
+    from qdit4sr_export.report.inspect import format_report, report
 
     plan, path = late_plan
     bits = [lp.wbits for lp in plan.layers.values()]

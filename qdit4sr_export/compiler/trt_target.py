@@ -4,7 +4,7 @@ Graph: the model traced at the target's ``precision`` (fp16 by default: the grap
 the model does, float32 where diffusers keeps statistics in float32), the planned layers' weights kept in float32
 for the quantizer, rotations folded into the weights without online nodes (the plugin rotates), the H-SVD factors
 as initializers, and ``LowerTrtPass`` turning each quantized linear into ``RotateQuantize`` + ``LowbitGemm``.
-Engines: built by :mod:`qdit4sr_export.trt_engines` when ``tensorrt`` imports (``engines=auto``), else a notice
+Engines: built by :mod:`qdit4sr_export.compiler.trt_engines` when ``tensorrt`` imports (``engines=auto``), else a notice
 says how to build them later (``qdit4sr-export engines ENGINE_SET``).
 """
 
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from qdit4sr_export.compiler.targets import Target, register_target
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.targets import Target, register_target
+from qdit4sr_export.passes.registry import PassStep
 
 PRECISIONS = ("fp16", "fp32")
 ENGINE_MODES = ("auto", "no")
@@ -33,7 +34,7 @@ def check_options(options: dict[str, Any]) -> None:
 def _trace(model, plan, options, max_latent=None):
     import torch
 
-    from qdit4sr_export.trace import trace_to_onnx
+    from qdit4sr_export.compiler.trace import trace_to_onnx
 
     if plan is not None:
         from qdit4sr_export.passes.lower_trt import check_supported
@@ -46,20 +47,6 @@ def _trace(model, plan, options, max_latent=None):
     return trace_to_onnx(model, dtype=torch.float16, max_latent=max_latent, float32=keep)
 
 
-def _passes(plan, options) -> list:
-    from qdit4sr_export.passes.annotate_bits import AnnotateWeightBitsPass
-    from qdit4sr_export.passes.fold_hadamard import FoldHadamardPass
-    from qdit4sr_export.passes.insert_hsvd import InsertHSVDPass
-
-    return [FoldHadamardPass(plan, online=False), InsertHSVDPass(plan, emit=False), AnnotateWeightBitsPass(plan)]
-
-
-def _lowering(plan, store, options):
-    from qdit4sr_export.passes.lower_trt import LowerTrtPass
-
-    return LowerTrtPass(plan, store)
-
-
 def _store():
     from qdit4sr_export.passes.lower_trt import TrtWeightStore
 
@@ -67,7 +54,7 @@ def _store():
 
 
 def _finish(folder, manifest, notices, options) -> dict[str, Any] | None:
-    from qdit4sr_export.trt_engines import build_engines, tensorrt_available
+    from qdit4sr_export.compiler.trt_engines import build_engines, tensorrt_available
 
     if options["engines"] == "no":
         return None
@@ -80,5 +67,7 @@ def _finish(folder, manifest, notices, options) -> dict[str, Any] | None:
 
 register_target(Target("trt", "TensorRT plugin graphs (RotateQuantize + LowbitGemm on the Triton kernels), and "
                               "engines where TensorRT is installed",
-                       _passes, _lowering, _store, finish=_finish, trace=_trace, options=OPTIONS,
-                       check=check_options))
+                       graph_passes=(PassStep("fold-hadamard", {"online": False}),
+                                     PassStep("insert-hsvd", {"emit": False}), PassStep("annotate-bits")),
+                       lowering=PassStep("lower-trt"), make_store=_store, finish=_finish, trace=_trace,
+                       options=OPTIONS, check=check_options))

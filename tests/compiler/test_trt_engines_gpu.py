@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from qdit4sr_export.trt_engines import tensorrt_available
+from qdit4sr_export.compiler.trt_engines import tensorrt_available
 
 pytestmark = [pytest.mark.trt,
               pytest.mark.skipif(not tensorrt_available(), reason="TensorRT (>= 10.9 with tensorrt.plugin) is not "
@@ -15,12 +15,12 @@ pytestmark = [pytest.mark.trt,
 
 def test_engines_agree_with_the_reference_graph(pipeline_folder, tmp_path):
     from click.testing import CliRunner
-
     from helpers import make_inputs
-    from qdit4sr_export.cli import main
     from qdit4sr_export.runtime.backends import OrtRunner
     from qdit4sr_export.runtime.engine_set import EngineSet
     from qdit4sr_export.runtime.registry import get_backend
+
+    from qdit4sr_export.cli import main
 
     model, folder = pipeline_folder
     out = tmp_path / "trt"

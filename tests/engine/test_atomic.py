@@ -1,6 +1,6 @@
 import pytest
 
-from qdit4sr_export.atomic import atomic_path
+from qdit4sr_export.engine.atomic import atomic_path
 from qdit4sr_export.errors import UserError
 
 
