@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import click
-from tqdm import tqdm
 
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.report.progress import progress_bar
 
 SCHEMA = "qdit4sr-export/compare"
 VERSION = 1
@@ -28,7 +28,7 @@ def _images(model, engine, folder: str, steps: int | None, seed: int, quiet: boo
     q_pipe = SRPipeline(backend.open(engine, device=device), assets, engine, patch_size=model.config.patch_size)
     options = PipelineOptions(steps=steps, seed=seed)
     rows = []
-    for path in tqdm(files, desc="images", unit="img", leave=False, disable=quiet):
+    for path in progress_bar(files, desc="images", unit="img", leave=False, enabled=not quiet):
         rgb = load_image(path).rgb
         a, _ = fp_pipe.upscale(rgb, options)
         b, _ = q_pipe.upscale(rgb, options)
@@ -136,7 +136,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     result = {"schema": SCHEMA, "version": VERSION, "engine_set": str(engine_dir), "fp_model": str(fp_model),
               "backend": backend, "device": device, "inputs": source,
               "tolerance": {"min_sqnr": min_sqnr, "min_cosine": min_cosine, "atol": atol}, "variants": []}
-    for v in tqdm(engine.variants, desc="variants", unit="variant", disable=as_json or None):
+    for v in progress_bar(engine.variants, desc="variants", unit="variant", enabled=not as_json):
         for feed in feeds[v.index]:
             engine.check_latent(*feed["hidden_states"].shape[-2:])
         reference = torch_outputs(model, feeds[v.index])
@@ -147,7 +147,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
     if layers:
         threshold = min_sqnr if layer_threshold is None else layer_threshold
         result["layers"] = {}
-        for v in tqdm(engine.variants, desc="layers", unit="variant", disable=as_json):
+        for v in progress_bar(engine.variants, desc="layers", unit="variant", enabled=not as_json):
             errors = variant_layer_errors(model, engine.folder / v.file, feeds[v.index][0],
                                           plugin_ops=uses_plugin_ops(engine))
             result["layers"][str(v.index)] = {**error_onset(errors, threshold),

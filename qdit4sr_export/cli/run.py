@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -148,16 +149,17 @@ def _run_images(pipe, files: list[Path], targets: list[Path], alpha: str, option
     """Run every image; returns the report records and the number that failed."""
     from tqdm import tqdm
 
+    from qdit4sr_export.report.progress import progress_bar
     from qdit4sr_export.runtime.images import load_image, save_image
     from qdit4sr_export.runtime.pipeline import PipelineOptions
     from qdit4sr_export.runtime.resize import to_output_size
 
     options = PipelineOptions(*option_values)
     records, failed = [], 0
-    bar = tqdm(total=len(files), desc="images", unit="img", disable=None)  # None: off when stderr is no terminal
+    bar = progress_bar(total=len(files), desc="images", unit="img")
     for src, dst in zip(files, targets):
         entry = {"input": str(src), "output": None}
-        steps_bar = tqdm(desc=src.name, unit="step", leave=False, disable=None)
+        steps_bar = progress_bar(desc=src.name, unit="step", leave=False)
         try:
             image = load_image(src)
             start = time.perf_counter()
@@ -173,7 +175,7 @@ def _run_images(pipe, files: list[Path], targets: list[Path], alpha: str, option
         except UserError as exc:
             failed += 1
             entry["error"] = str(exc)
-            tqdm.write(f"error: {src}: {exc}" if str(src) not in str(exc) else f"error: {exc}")
+            tqdm.write(f"error: {src}: {exc}" if str(src) not in str(exc) else f"error: {exc}", file=sys.stderr)
         finally:
             steps_bar.close()
         records.append(entry)

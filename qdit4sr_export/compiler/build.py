@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm import tqdm
 
 from qdit4sr_export.compiler.stages import Stages
 from qdit4sr_export.engine.writer import io_specs, write_engine_set
@@ -31,6 +30,7 @@ from qdit4sr_export.passes.registry import make_pass
 from qdit4sr_export.quant.accounting import quantizable_linears
 from qdit4sr_export.quant.plan import QuantPlan, architecture_fingerprint, weights_fingerprint
 from qdit4sr_export.quant.variants import VariantSchedule, plan_variants
+from qdit4sr_export.report.progress import progress_bar
 from qdit4sr_export.report.size_report import checkpoint_bytes
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def _write_extras(root: Path | None, model, steps: int, notices: list[str]) -> C
 def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, progress: bool):
     store = target.make_store()
     out = []
-    for v in tqdm(schedule.variants, desc="lowering variants", unit="variant",
-                  disable=None if progress else True):  # None: bars only on a terminal
+    for v in progress_bar(schedule.variants, desc="lowering variants", unit="variant",
+                  enabled=progress):  # None: bars only on a terminal
         model = base.clone()
         make_pass("split-variants", variant=v)(model)
         lower = make_pass(target.lowering, plan=plan, store=store)
@@ -119,7 +119,7 @@ def _variant_models(base, plan: QuantPlan, schedule: VariantSchedule, target, pr
 
 
 def _graph_passes(base, passes: list, progress: bool) -> None:
-    for p in tqdm(passes, desc="graph passes", unit="pass", disable=None if progress else True):
+    for p in progress_bar(passes, desc="graph passes", unit="pass", enabled=progress):
         p(base)
 
 
@@ -168,7 +168,7 @@ def build_engine_set(model, model_path: str | Path, output: str | Path, *, plan:
                                               variants=len(schedule.variants) if schedule else 1))
     stages = stages if stages is not None else Stages()
     notices: list[str] = []
-    with stages.stage("trace"), tqdm(total=1, desc="trace", unit="graph", disable=None if progress else True) as bar:
+    with stages.stage("trace"), progress_bar(total=1, desc="trace", unit="graph", enabled=progress) as bar:
         side = grid * model.config.patch_size
         base = trace_to_onnx(model, max_latent=side) if chosen.trace is None else \
             chosen.trace(model, plan, options, max_latent=side)

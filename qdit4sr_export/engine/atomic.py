@@ -39,7 +39,16 @@ def atomic_path(target: str | Path, *, overwrite: bool = False, folder: bool = F
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _replace(tmp: Path, target: Path) -> None:
+    # mkstemp/mkdtemp create 0600/0700; the result gets the modes an ordinary open() would give (0644/0755 under the
+    # usual umask), so a report is as readable as the images beside it.
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
     if tmp.is_dir() and target.exists():
         # os.replace cannot swap a folder over a non-empty one: move the old one aside first.
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import onnx_ir as ir
-from tqdm import tqdm
 
 from qdit4sr_export.engine.format import ALIGN, WEIGHTS_FILE, TensorEntry, write_manifest
 from qdit4sr_export.errors import UserError
+from qdit4sr_export.report.progress import progress_bar
 
 #: Float initializers at most this large (scalars) and every INT64 one (shapes, axes) stay inside each graph.
 INLINE_BYTES = 16
@@ -50,8 +50,8 @@ def write_weights(folder: Path, tensors: Mapping[str, ir.TensorProtocol], *,
     """Write ``weights.bin`` one tensor at a time (a lazy tensor is computed as it is written, then dropped);
     returns its index, name -> entry."""
     layout = {}
-    bar = tqdm(total=sum(t.nbytes for t in tensors.values()), desc="write weights.bin", unit="B", unit_scale=True,
-               disable=None if progress else True)
+    bar = progress_bar(total=sum(t.nbytes for t in tensors.values()), desc="write weights.bin", unit="B", unit_scale=True,
+               enabled=progress)
     with open(folder / WEIGHTS_FILE, "wb") as f, bar:
         for name, t in tensors.items():
             pad = (-f.tell()) % ALIGN

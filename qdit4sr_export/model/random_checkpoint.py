@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from qdit4sr_export.engine.atomic import atomic_path
 from qdit4sr_export.errors import UserError
@@ -29,6 +28,7 @@ from qdit4sr_export.model.positions import POS_EMBED_KEY, table_rows
 from qdit4sr_export.model.safetensors_stream import Entry, shard, write_safetensors
 from qdit4sr_export.model.synthetic import heavy_tailed_weight
 from qdit4sr_export.model.transformer import build_dit4sr
+from qdit4sr_export.report.progress import progress_bar
 
 TEXT_TOKENS = 333  # 77 CLIP-L/G tokens + 256 T5-XXL tokens
 VAES = ("auto", "sd35", "unshuffle", "none")
@@ -135,8 +135,8 @@ def make_random_checkpoint(preset: str | DiT4SRConfig, out: str | Path, *, seed:
         (folder / CONFIG_NAME).write_text(json.dumps({"_class_name": "SD3Transformer2DModel", **config.to_dict()},
                                                      indent=2, sort_keys=True) + "\n")
         produce = lambda e: _draw(model, config, e, seed, heavy_tailed)
-        with tqdm(total=sum(e.nbytes for e in entries), desc="transformer", unit="B", unit_scale=True,
-                  disable=None if progress else True) as bar:
+        with progress_bar(total=sum(e.nbytes for e in entries), desc="transformer", unit="B", unit_scale=True,
+                  enabled=progress) as bar:
             if len(shards) == 1:
                 write_safetensors(folder / WEIGHTS_NAME, entries, produce, metadata={"format": "pt"}, bar=bar)
             else:

@@ -21,12 +21,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.config import DiT4SRConfig
 from qdit4sr_export.model.sampling import flow_schedule, start_index
 from qdit4sr_export.quant.gptq import HessianAccumulator
+from qdit4sr_export.report.progress import progress_bar
 
 #: Text tokens used when a calibration file carries no prompt embeddings (a zero "null" prompt).
 NULL_TEXT_TOKENS = 1
@@ -122,7 +122,7 @@ def run_trajectory(
     generator = torch.Generator().manual_seed(seed)
     finals = []
     batches = range(0, len(inputs), batch_size)
-    bar = tqdm(total=len(batches) * (steps - first), desc="calibration", unit="step", disable=not progress,
+    bar = progress_bar(total=len(batches) * (steps - first), desc="calibration", unit="step", enabled=progress,
                leave=False)
     with torch.inference_mode():
         for start in batches:

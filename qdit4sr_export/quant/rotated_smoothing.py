@@ -83,10 +83,9 @@ def search_model_smoothing(model: nn.Module, plans: dict[str, LayerPlan], weight
     """:func:`search_rotated_smoothing` for every layer of ``plans`` that runs on the calibration trajectory of the
     FP ``model`` (``rows_per_step`` sampled tokens per layer, step and batch); ``weight_of(name)`` reads a layer's
     FP weight. Layers that never ran are left out."""
-    from tqdm import tqdm
-
     from qdit4sr_export.model.weights import lazy_copy, materialize, on_meta
     from qdit4sr_export.quant.calibration import InputSamples, collect
+    from qdit4sr_export.report.progress import progress_bar
 
     fp = materialize(lazy_copy(model)) if on_meta(model) else model  # a lazily opened model runs in float32
     sampled = InputSamples(list(plans), rows_per_step=rows_per_step, seed=trajectory.get("seed", 0))
@@ -94,8 +93,8 @@ def search_model_smoothing(model: nn.Module, plans: dict[str, LayerPlan], weight
     samples = sampled.result()
     del fp
     chosen = {}
-    for name in tqdm([n for n in plans if n in samples], desc="smoothing search", unit="layer",
-                     disable=None if progress else True):
+    for name in progress_bar([n for n in plans if n in samples], desc="smoothing search", unit="layer",
+                     enabled=progress):
         chosen[name] = search_rotated_smoothing(samples[name], weight_of(name), plans[name], abits=abits,
                                                 alphas=alphas)
     return chosen

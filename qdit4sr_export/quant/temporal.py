@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qdit4sr_export.quant.calibration import CalibrationInputs, Statistic, collect, watching
+from qdit4sr_export.report.progress import progress_bar
 
 
 @dataclass
@@ -84,7 +84,7 @@ def fisher_sensitivity(model: nn.Module, traj: FPTrajectory, statistics: Sequenc
     size = sum(f.numel() for f in traj.final)
     sens = np.zeros(traj.steps - traj.first)
     grads = [p.requires_grad for p in model.parameters()]
-    bar = tqdm(total=len(sens) * len(probes), desc="fisher", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=len(sens) * len(probes), desc="fisher", unit="step", enabled=progress, leave=False)
     try:
         for p in model.parameters():
             p.requires_grad_(False)

@@ -38,3 +38,18 @@ def test_missing_parent_is_named(tmp_path):
     with pytest.raises(UserError, match="output folder does not exist"):
         with atomic_path(tmp_path / "no" / "file"):
             pass
+
+
+def test_outputs_get_the_modes_an_ordinary_write_gives(tmp_path):
+    """mkstemp makes 0600 files: the renamed result must be as readable as a plain open() would make it."""
+    import os
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    os.mkdir(tmp_path / "plain_dir")
+    with atomic_path(tmp_path / "report.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_path(tmp_path / "folder", folder=True) as tmp:
+        (tmp / "a").write_text("a")
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777

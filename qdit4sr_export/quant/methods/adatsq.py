@@ -64,7 +64,6 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
     import copy
 
     import numpy as np
-    from tqdm.auto import tqdm
 
     from qdit4sr_export.quant.beam import BeamConfig, beam_search
     from qdit4sr_export.quant.calibration import ActivationVariance, Hessians
@@ -73,6 +72,7 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
     from qdit4sr_export.quant.methods.common import PlanContext, static_bits, trajectory
     from qdit4sr_export.quant.simulate import apply_plan
     from qdit4sr_export.quant.temporal import PathErrors, fisher_sensitivity, fp_trajectory
+    from qdit4sr_export.report.progress import progress_bar
 
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     steps, abits = ctx.steps, int(config.abits)
@@ -91,7 +91,7 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
                               weigh=lambda w: setattr(hessians, "weight", w))
     alpha = sens / sens.sum() if sens.sum() > 0 else np.full(run, 1.0 / run)
     tensors = {}
-    for n, h in tqdm(hessians.result().items(), desc="GPTQ", unit="layer", disable=not progress, leave=False):
+    for n, h in progress_bar(hessians.result().items(), desc="GPTQ", unit="layer", enabled=progress, leave=False):
         q = gptq_quantize(ctx.weight(n), h, config.wbits, clip="minmax", damp=config.damp)
         tensors[f"{n}.weight.{config.wbits}"] = q.weight
         tensors[f"{n}.weight_scale.{config.wbits}"] = q.scales  # codes x scales: stored as INT4 codes
@@ -109,8 +109,8 @@ def build_adatsq(model, config: AdaTSQConfig, *, calibration=None, progress: boo
     sims = [apply_plan(copy.deepcopy(model), ctx.plan("adatsq", config, layers_for([c] * run), tensors=tensors),
                        check=False).model for c in candidates]
     errors = PathErrors(sims, traj.subset(config.search_samples), cached=config.cache_states)
-    bar = tqdm(total=search_extensions(run, config.beam_width), desc="beam search", unit="path",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=search_extensions(run, config.beam_width), desc="beam search", unit="path",
+               enabled=progress, leave=False)
 
     def scored(prefix: tuple[int, ...]) -> float:
         bar.update(1)

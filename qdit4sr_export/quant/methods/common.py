@@ -51,9 +51,9 @@ class PlanContext:
     def each_layer(self, desc: str, progress: bool):
         """``linears.items()`` with a progress bar when ``progress``: at the released size the per-layer search
         after calibration is a large part of a plan, so a long run shows where it is."""
-        from tqdm.auto import tqdm
+        from qdit4sr_export.report.progress import progress_bar
 
-        return tqdm(self.linears.items(), desc=desc, unit="layer", total=len(self.linears), disable=not progress,
+        return progress_bar(self.linears.items(), desc=desc, unit="layer", total=len(self.linears), enabled=progress,
                     leave=False)
 
     def weight(self, name: str) -> torch.Tensor:

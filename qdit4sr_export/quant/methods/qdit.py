@@ -63,7 +63,6 @@ def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = 
     import copy
 
     import torch
-    from tqdm.auto import tqdm
 
     from qdit4sr_export.quant.calibration import Hessians, collect
     from qdit4sr_export.quant.evolution import GROUP_CHOICES, evolve_group_sizes
@@ -71,6 +70,7 @@ def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = 
     from qdit4sr_export.quant.layer_plan import LayerPlan
     from qdit4sr_export.quant.methods.common import PlanContext, static_bits, trajectory
     from qdit4sr_export.quant.simulate import apply_plan
+    from qdit4sr_export.report.progress import progress_bar
 
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     abits = static_bits(config.abits, ctx.steps)
@@ -103,7 +103,7 @@ def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = 
             err = sum(float((sim.model(*s) - r).pow(2).mean()) for s, r in zip(states, references))
         return err / len(states)
 
-    bar = tqdm(total=config.generations + 1, desc="evolution", unit="generation", disable=not progress,
+    bar = progress_bar(total=config.generations + 1, desc="evolution", unit="generation", enabled=progress,
                leave=False)
     result = evolve_group_sizes(len(searched), cost, config.evolution(), allowed=allowed,
                                 progress=lambda generation, best: bar.update(1))
@@ -115,7 +115,7 @@ def build_qdit(model, config: QDiTConfig, *, calibration=None, progress: bool = 
     tensors = {}
     if config.gptq:
         found = hessians.result()
-        for name, hessian in tqdm(found.items(), desc="GPTQ", unit="layer", disable=not progress, leave=False):
+        for name, hessian in progress_bar(found.items(), desc="GPTQ", unit="layer", enabled=progress, leave=False):
             q = gptq_quantize(ctx.weight(name), hessian, config.wbits, group_size=groups[name], clip="minmax",
                               damp=config.damp)
             tensors[f"{name}.weight.{config.wbits}"] = q.weight

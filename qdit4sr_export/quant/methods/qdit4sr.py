@@ -151,7 +151,6 @@ def make_plan(
 ) -> QuantPlan:
     """Build a Q-DiT4SR plan. With an integer ``wbits`` and no calibration, only shapes are used (meta ok)."""
     import numpy as np
-    from tqdm import tqdm
 
     from qdit4sr_export.model.weights import lazy_copy
     from qdit4sr_export.quant.calibration import collect_activation_variance
@@ -162,6 +161,7 @@ def make_plan(
     from qdit4sr_export.quant.simulate import apply_plan
     from qdit4sr_export.quant.vasmp import allocate_weight_bits
     from qdit4sr_export.quant.vatmp import schedule_layers
+    from qdit4sr_export.report.progress import progress_bar
 
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     linears = ctx.linears
@@ -193,7 +193,7 @@ def make_plan(
             raise UserError("--wbits auto (VaSMP) reads the weights: give a checkpoint, or an integer --wbits "
                             "for shape-only accounting")
         variances = [_layer_variance(ctx, n, rotations[n], smooth.get(n)) for n in
-                     tqdm(active, desc="VaSMP layer statistics", unit="layer", disable=None if progress else True)]
+                     progress_bar(active, desc="VaSMP layer statistics", unit="layer", enabled=progress)]
         weight_var = dict(zip(active, variances))
         sizes = [linears[n][0] * linears[n][1] for n in active]
         bits = allocate_weight_bits(variances, sizes, budget=config.wbits_budget, kappa=kappa_table("integer"),
