@@ -7,6 +7,8 @@ A new target registers here (or from its own module listed in :data:`TARGET_MODU
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import click
 from typing import Any, Callable, Mapping
 
 from qdit4sr_export.errors import UserError
@@ -38,17 +40,27 @@ class Target:
     trace: Callable[..., Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], None] | None = None
+    #: Old option names still read for one release (old -> new), with a notice.
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     def pipeline(self) -> dict[str, Any]:
         """The pass pipeline by name (the manifest records it; ``--list-targets`` prints it)."""
         return {"graph": [str(s) for s in self.graph_passes], "per_variant": ["split-variants", str(self.lowering)],
                 "final": [str(s) for s in self.final_passes]}
 
+    def upgrade(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """Options as an older manifest recorded them, under today's names."""
+        return {self.renamed.get(k, k): v for k, v in stored.items()}
+
     def configure(self, given: Mapping[str, str]) -> dict[str, Any]:
         """The target's options with ``given`` (strings from the CLI) converted to each default's type."""
         out = dict(self.options)
         for key, raw in given.items():
             key = key.replace("-", "_")
+            if key in self.renamed:
+                click.echo(f"notice: target option {key} is deprecated and will be removed in the next release; use "
+                           f"{self.renamed[key]}", err=True)
+                key = self.renamed[key]
             if key not in self.options:
                 known = ", ".join(sorted(self.options)) or "none"
                 raise UserError(f"target '{self.name}' has no option '{key}' (its options: {known})")

@@ -1,7 +1,8 @@
 """TensorRT engines of a ``trt`` engine set: one serialized engine per variant, built with polygraphy's loaders.
 
 The plugins (``plugins/trt_plugins.py``) are registered by importing that module before parsing. Each engine has
-one optimization profile (batch 1..``max_batch``, latent side ``min_side``..``max_side``, the engine set's prompt
+one optimization profile (batch 1..``max_batch``, latent side ``min_latent_side``..``max_latent_side``, the engine set's
+prompt
 length), strongly typed (the graph's own fp16/fp32 types), and the builder's timing cache is kept in the engine
 set (``timing.cache``) so rebuilding is faster. The manifest records the TensorRT version and the GPU's compute
 capability: an engine is refused on another version or GPU with a one-line error.
@@ -57,8 +58,8 @@ def prompt_tokens(folder: Path) -> int:
 def profile_shapes(config: Mapping[str, Any], options: Mapping[str, Any], tokens: int) -> dict[str, tuple]:
     """(min, opt, max) shape per graph input for the engines' optimization profile."""
     c = int(config["in_channels"])
-    b, lo, opt, hi = int(options["max_batch"]), int(options["min_side"]), int(options["opt_side"]), \
-        int(options["max_side"])
+    b, lo, opt, hi = int(options["max_batch"]), int(options["min_latent_side"]), int(options["opt_latent_side"]), \
+        int(options["max_latent_side"])
     patch = int(config.get("patch_size", 2))
     limit = int(config["pos_embed_max_size"]) * patch
     for side in (lo, opt, hi):

@@ -18,8 +18,9 @@ from qdit4sr_export.passes.registry import PassStep
 
 PRECISIONS = ("fp16", "fp32")
 ENGINE_MODES = ("auto", "no")
-OPTIONS = {"precision": "fp16", "engines": "auto", "max_batch": 2, "min_side": 32, "opt_side": 64,
-           "max_side": 128}
+OPTIONS = {"precision": "fp16", "engines": "auto", "max_batch": 2, "min_latent_side": 32, "opt_latent_side": 64,
+           "max_latent_side": 128}
+RENAMED = {"min_side": "min_latent_side", "opt_side": "opt_latent_side", "max_side": "max_latent_side"}
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -27,8 +28,10 @@ def check_options(options: dict[str, Any]) -> None:
         raise UserError(f"target trt: precision must be one of {', '.join(PRECISIONS)}, got {options['precision']!r}")
     if options["engines"] not in ENGINE_MODES:
         raise UserError(f"target trt: engines must be one of {', '.join(ENGINE_MODES)}, got {options['engines']!r}")
-    if not 1 <= options["min_side"] <= options["opt_side"] <= options["max_side"] or options["max_batch"] < 1:
-        raise UserError("target trt: the profile needs 1 <= min_side <= opt_side <= max_side and max_batch >= 1")
+    if not 1 <= options["min_latent_side"] <= options["opt_latent_side"] <= options["max_latent_side"] \
+            or options["max_batch"] < 1:
+        raise UserError("target trt: the profile needs 1 <= min_latent_side <= opt_latent_side <= max_latent_side and "
+                        "max_batch >= 1")
 
 
 def _trace(model, plan, options, max_latent=None):
@@ -70,4 +73,4 @@ register_target(Target("trt", "TensorRT plugin graphs (RotateQuantize + LowbitGe
                        graph_passes=(PassStep("fold-hadamard", {"online": False}),
                                      PassStep("insert-hsvd", {"emit": False}), PassStep("annotate-bits")),
                        lowering=PassStep("lower-trt"), make_store=_store, finish=_finish, trace=_trace,
-                       options=OPTIONS, check=check_options))
+                       options=OPTIONS, check=check_options, renamed=RENAMED))

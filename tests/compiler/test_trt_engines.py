@@ -17,4 +17,4 @@ def test_profile_covers_cfg_batch_and_tile_sizes():
     assert shapes["encoder_hidden_states"][2] == (2, 333, 4096)
     assert shapes["timestep"] == ((1,), (2,), (2,))
     with pytest.raises(UserError, match="multiple of 2"):
-        profile_shapes(cfg, {**OPTIONS, "max_side": 127}, tokens=333)
+        profile_shapes(cfg, {**OPTIONS, "max_latent_side": 127}, tokens=333)
