@@ -1,9 +1,8 @@
 """TensorRT engines of a ``trt`` engine set: one serialized engine per variant, built with polygraphy's loaders.
 
 The plugins (``plugins/trt_plugins.py``) are registered by importing that module before parsing. Each engine has
-one optimization profile (batch 1..``max_batch``, latent side ``min_latent_side``..``max_latent_side``, the engine set's
-prompt
-length), strongly typed (the graph's own fp16/fp32 types), and the builder's timing cache is kept in the engine
+one optimization profile (batch 1..``max_batch``, latent side ``min_latent_side``..``max_latent_side``, the engine
+set's prompt length), strongly typed (the graph's own fp16/fp32 types), and the builder's timing cache is kept in the engine
 set (``timing.cache``) so rebuilding is faster. The manifest records the TensorRT version and the GPU's compute
 capability: an engine is refused on another version or GPU with a one-line error.
 
