@@ -184,8 +184,8 @@ def _rotate_quantize_kernel(
         else:
             for pi in range(L_P):
                 vp = tl.load(v_ptr + pi * N + cols, mask=cmask, other=0.0)
-                part = tl.sum(tl.reshape(z * vp[None, :], (BM, L_NB, L_SUB)), axis=2)
-                tq = _segments(part, L_NB, L_C, L_NS, False)
+                lpart = tl.sum(tl.reshape(z * vp[None, :], (BM, L_NB, L_SUB)), axis=2)  # not `part`: a loop
+                tq = _segments(lpart, L_NB, L_C, L_NS, False)  # variable must keep the grouped scale's type
                 tl.store(t_ptr + rows[:, None] * (L_P * L_Q) + pi * L_Q + q[None, :], tq,
                          mask=rmask[:, None] & (q < L_Q)[None, :])
 
