@@ -39,11 +39,16 @@ def _check_rotation_inputs(a: RotateQuantizeAttrs, rot, signs, hk, h1, h2) -> No
         raise ValueError("RotateQuantize: input signs do not match rotation_seed")
 
 
+def _tensor(arr) -> torch.Tensor:
+    """A torch tensor of an input: numpy arrays (ONNX Runtime) wrapped, torch tensors (TensorRT views) as they are."""
+    return arr if isinstance(arr, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(arr))
+
+
 def activation_spec(a: RotateQuantizeAttrs, smooth, svd_g_b, svd_l_v, rot=None):
-    """The kernel's ActivationSpec from the op's attributes and inputs."""
+    """The kernel's ActivationSpec from the op's attributes and inputs (numpy arrays or torch tensors, not copied)."""
     from qdit4sr_export.plugins.activation_spec import ActivationSpec
 
-    t = lambda arr: torch.from_numpy(np.ascontiguousarray(arr))  # noqa: E731
+    t = _tensor
     b = (t(svd_g_b).t() if a.b_transposed else t(svd_g_b)) if a.rank else None
     return ActivationSpec(n=a.n, rotation=rot, clip=a.clip, group_size=a.group_size or None,
                           smooth=t(smooth) if a.smooth else None, svd_g_b=b,
@@ -74,11 +79,12 @@ def rotate_quantize(*inputs, **attrs):
 
 
 def weight_spec(a: LowbitGemmAttrs, w_codes, w_scales, svd_g_a, svd_l_u, bias):
-    """The kernel's WeightSpec from the op's attributes and inputs (stored bytes reinterpreted, not copied)."""
+    """The kernel's WeightSpec from the op's attributes and inputs (numpy arrays or torch tensors; stored bytes
+    reinterpreted, not copied)."""
     from qdit4sr_export.plugins.packing import INT8, weight_storage
     from qdit4sr_export.plugins.weight_spec import WeightSpec
 
-    t = lambda arr: torch.from_numpy(np.ascontiguousarray(arr))  # noqa: E731
+    t = _tensor
     codes = t(w_codes)
     if weight_storage(a.wbits) == INT8:
         codes = codes.view(torch.int8)
@@ -90,24 +96,13 @@ def weight_spec(a: LowbitGemmAttrs, w_codes, w_scales, svd_g_a, svd_l_u, bias):
 def lowbit_gemm(*inputs, **attrs):
     """Reference of LowbitGemm: y (..., n) in float32 (inputs in ``LOWBIT_GEMM_INPUTS`` order)."""
     codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u, bias = inputs
-    from qdit4sr_export.plugins.activation_spec import ActivationCodes
     from qdit4sr_export.plugins.lowbit_gemm_reference import lowbit_gemm_reference
+    from qdit4sr_export.plugins.trt_bind import activation_codes
 
     a = LowbitGemmAttrs.from_attributes(attrs)
     w = weight_spec(a, w_codes, w_scales, svd_g_a, svd_l_u, bias)
-    tt = lambda arr: torch.from_numpy(np.ascontiguousarray(arr))  # noqa: E731
-    if a.abits:
-        lead = codes.shape[:-1]
-        m = int(np.prod(lead))
-        packed = tt(codes).reshape(m, -1)
-        act = ActivationCodes(packed if a.abits <= 4 else packed.view(torch.int8), tt(scales).reshape(m, -1),
-                              a.abits)
-    else:
-        lead = z.shape[:-1]
-        m = int(np.prod(lead))
-        act = ActivationCodes(None, None, None, z=tt(z).reshape(m, a.k))
-    act.h = tt(h).reshape(m, a.rank) if a.rank else None
-    act.t = tt(t).reshape(m, a.svd_l_p, a.svd_l_q) if a.svd_l_p else None
+    lead = (codes if a.abits else z).shape[:-1]
+    act = activation_codes(a, *(_tensor(arr) for arr in (codes, scales, z, h, t)))
     y = lowbit_gemm_reference(act, w, torch.float32)
     return y.numpy().reshape(*lead, a.n)
 

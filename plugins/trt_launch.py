@@ -1,9 +1,9 @@
 """How the TensorRT plugins launch the Triton kernels, as plain Python (tested without TensorRT or a GPU).
 
 From a plugin node's attributes alone (shapes, not data) this gives each kernel's compile-time parameters,
-argument signature, launch grid and, for the ahead-of-time implementation, its PTX: Triton compiles for a named
-GPU target without a GPU, so the PTX a TensorRT build would embed is produced (and checked) here too. The choices
-are the kernels' own GPU choices (``interpreted=False``), made by the same code the triton backend runs.
+argument signature in TensorRT's order (``trt_contract``: inputs, M, outputs), launch grid and the plugin's
+tactics. The choices are the kernels' own GPU choices (``interpreted=False``), made by the same code the triton
+backend runs; ``trt_aot`` compiles them to the PTX a TensorRT build embeds.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs, RotateQuantizeAttrs
+from qdit4sr_export.plugins.trt_contract import CONTRACTS, FIRST_TACTIC
+from qdit4sr_export.plugins.trt_ops import LOWBIT_GEMM, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
 
+from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.gaussian import optimal_clip, qmax
 
 #: The GPU the ahead-of-time PTX targets by default: Hopper (H100/H200), compute capability 9.0.
 DEFAULT_ARCH = 90
 #: Tokens the GEMM tiles are chosen for (M is dynamic; DiT4SR steps run thousands of tokens per call).
 TILE_TOKENS = 4096
+#: Token counts whose GEMM tile choices the plugin offers TensorRT as tactics (a step's M: batch x tokens).
+TACTIC_TOKENS = (256, 4096, 16384)
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,10 @@ def rotation_of(a: RotateQuantizeAttrs):
                                "block": a.rotation_block or None})
 
 
-def prepared_rotate_quantize(a: RotateQuantizeAttrs, device: str = "cpu", *, interpreted: bool = False):
-    """The kernel launcher for a node, built from its attributes with placeholder data of the right shapes."""
+def prepared_rotate_quantize(a: RotateQuantizeAttrs, device: str = "cpu", *, interpreted: bool = False,
+                             h_dot: bool | None = None):
+    """The kernel launcher for a node, built from its attributes with placeholder data of the right shapes
+    (``h_dot`` None: the kernel's own choice of SVD-G layout; a node's ``b_transposed`` fixes it)."""
     from qdit4sr_export.plugins.activation_spec import ActivationSpec
     from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
 
@@ -59,26 +65,35 @@ def prepared_rotate_quantize(a: RotateQuantizeAttrs, device: str = "cpu", *, int
                           smooth=torch.ones(a.n) if a.smooth else None,
                           svd_g_b=torch.zeros(a.n, a.rank) if a.rank else None,
                           svd_l_v=torch.zeros(a.svd_l_p, a.svd_l_q, a.n // a.svd_l_q) if a.svd_l_p else None)
-    return RotateQuantize(spec, device, interpreted=interpreted)
+    return RotateQuantize(spec, device, interpreted=interpreted, h_dot=h_dot)
+
+
+def node_h_dot(a: RotateQuantizeAttrs) -> bool | None:
+    """The SVD-G layout a node's graph stores: B (one dot) unless ``b_transposed`` (B^T rows)."""
+    return (not a.b_transposed) if a.rank else None
+
+
+def step_of(bits: int) -> float:
+    """The float32 step factor of the gaussian grid at ``bits`` (0: float output, no step)."""
+    return float(torch.tensor(optimal_clip(bits, "integer") / qmax(bits), dtype=torch.float32)) if bits else 0.0
 
 
 def rotate_quantize_launch(a: RotateQuantizeAttrs) -> KernelLaunch:
     """The rotate_quantize kernel's launch for a RotateQuantize node (GPU choices)."""
-    rq = prepared_rotate_quantize(a)
+    rq = prepared_rotate_quantize(a, h_dot=node_h_dot(a))
     if rq.local is None and a.svd_l_p:
-        raise ValueError(f"RotateQuantize: SVD-L blocks of width {a.n // a.svd_l_q} need the torch fallback; "
-                         "the plugin has no such path")
+        raise UserError(f"RotateQuantize: SVD-L blocks of width {a.n // a.svd_l_q} need the torch fallback; "
+                        "the plugin has no such path")
     const = rq.constants(a.bits or None, not a.bits, "cuda")
     warps = const.pop("num_warps")
-    const["step"] = float(torch.tensor(optimal_clip(a.bits, "integer") / qmax(a.bits), dtype=torch.float32)) \
-        if a.bits else 0.0
+    const = {"STEP": step_of(a.bits), **const}
     code = "*u8" if 0 < a.bits <= 4 else "*i8"
-    names = ("x_ptr", "smooth_ptr", "signs_ptr", "hk_ptr", "h1_ptr", "h2_ptr", "b_ptr", "v_ptr", "codes_ptr",
-             "scale_ptr", "h_ptr", "t_ptr", "z_ptr")
-    signature = {name: (code if name == "codes_ptr" else "*fp32") for name in names}
+    contract = CONTRACTS[ROTATE_QUANTIZE]
+    signature = {name: "*fp32" for name in contract.inputs}
     signature["M"] = "i32"
+    signature.update({name: (code if name == "codes" else "*fp32") for name in contract.outputs})
     signature.update({k: "constexpr" for k in const})
-    return KernelLaunch("_rotate_quantize_kernel", signature, const, rq.bm, None, warps, 1)
+    return KernelLaunch("rotate_quantize_plugin_kernel", signature, const, rq.bm, None, warps, 1)
 
 
 def prepared_lowbit_gemm(a: LowbitGemmAttrs, device: str = "cpu", *, interpreted: bool = False):
@@ -104,34 +119,30 @@ def lowbit_gemm_launch(a: LowbitGemmAttrs, tokens: int = TILE_TOKENS) -> KernelL
     warps, stages = const.pop("num_warps"), const.pop("num_stages")
     const["A_MODE"] = a_mode
     w_type = "*i8" if 5 <= a.wbits <= 7 else "*u8"
-    signature = {"codes_ptr": "*u8" if a_mode == 0 else "*i8", "scales_ptr": "*fp32", "z_ptr": "*fp32",
-                 "w_ptr": w_type, "ws_ptr": "*fp32", "h_ptr": "*fp32", "ga_ptr": "*fp32", "t_ptr": "*fp32",
-                 "u_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*fp32", "M": "i32"}
+    types = {"codes": "*u8" if a_mode == 0 else "*i8", "w_codes": w_type}
+    contract = CONTRACTS[LOWBIT_GEMM]
+    signature = {name: types.get(name, "*fp32") for name in contract.inputs}
+    signature["M"] = "i32"
+    signature["y"] = "*fp32"
     signature.update({k: "constexpr" for k in const})
     return KernelLaunch("lowbit_gemm_plugin_kernel", signature, const, const["BM"], const["BN"], warps, stages)
 
 
-@dataclass(frozen=True)
-class CompiledKernel:
-    """What an ahead-of-time plugin implementation hands TensorRT: the kernel's name, PTX and launch sizes."""
+def tactics(launches: list[KernelLaunch]) -> dict[int, KernelLaunch]:
+    """Distinct launches numbered as TensorRT tactics (from ``trt_contract.FIRST_TACTIC``), in first-seen order."""
+    out: dict[int, KernelLaunch] = {}
+    for launch in launches:
+        if launch not in out.values():
+            out[FIRST_TACTIC + len(out)] = launch
+    return out
 
-    name: str
-    ptx: str
-    num_warps: int
-    shared_bytes: int
+
+def rotate_quantize_tactics(a: RotateQuantizeAttrs) -> dict[int, KernelLaunch]:
+    """RotateQuantize offers one tactic: its kernel's tiles do not depend on the token count."""
+    return tactics([rotate_quantize_launch(a)])
 
 
-def compile_ptx(launch: KernelLaunch, arch: int = DEFAULT_ARCH) -> CompiledKernel:
-    """Compile ``launch``'s kernel to PTX for compute capability ``arch`` (no GPU needed)."""
-    import triton
-    from qdit4sr_export.plugins import trt_kernels
-    from triton.backends.compiler import GPUTarget
-
-    fn = getattr(trt_kernels, launch.kernel)
-    if not hasattr(fn, "arg_names"):
-        raise RuntimeError("Triton's interpreter is selected (TRITON_INTERPRET=1): unset it to compile PTX")
-    src = triton.compiler.ASTSource(fn=fn, signature=launch.signature, constexprs=launch.constants)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
-    return CompiledKernel(compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.num_warps,
-                          compiled.metadata.shared)
+def lowbit_gemm_tactics(a: LowbitGemmAttrs) -> dict[int, KernelLaunch]:
+    """LowbitGemm offers the kernel's own tile choice for each of ``TACTIC_TOKENS`` (distinct ones only):
+    TensorRT times them at the profile's shapes and keeps the fastest."""
+    return tactics([lowbit_gemm_launch(a, m) for m in TACTIC_TOKENS])

@@ -2,10 +2,13 @@
 TensorRT >= 10.9). Importing this module registers them; it is the only module that imports TensorRT.
 
 Each plugin has ``@trtp.register`` (output shapes and types, from ``trt_ops``), ``@trtp.autotune`` (its one type
-and format combination), ``@trtp.aot_impl`` (the Triton kernel compiled to PTX for the GPU the engine is built on,
-with its launch grid as shape expressions: ``trt_launch``) and ``@trtp.impl`` (the same kernels launched from
-Python, the JIT fallback). Attribute names are the ONNX node's; inputs are positional (``*_in`` where a name is
-also an attribute). Written against TensorRT's documented API; it cannot be run where TensorRT is not installed.
+and format combination, and its tactics: ``trt_launch``), ``@trtp.aot_impl`` (the Triton kernel compiled to PTX
+for the GPU the engine is built on, obeying TensorRT's launch contract: ``trt_aot``, ``trt_contract``) and
+``@trtp.impl`` (the same kernels launched from Python, the JIT fallback, with each node's weights bound once:
+``trt_bind``). The AOT implementation receives every attribute positionally in the node's order, so its signature
+lists them all in the attribute dataclasses' order (``trt_contract`` rule 7). Inputs are positional (``*_in``
+where a name is also an attribute). Written against TensorRT's documented API and NVIDIA's samples; it cannot run
+where TensorRT is not installed, and nothing here has yet run inside TensorRT.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Tuple
 import tensorrt as trt
 import tensorrt.plugin as trtp
 import torch
-from qdit4sr_export.plugins import trt_launch
+from qdit4sr_export.plugins import trt_aot, trt_bind, trt_launch
 from qdit4sr_export.plugins.trt_ops import LOWBIT_GEMM, NAMESPACE, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
 
 RQ_ID = f"{NAMESPACE}::{ROTATE_QUANTIZE}"
@@ -36,9 +39,14 @@ def _tokens(desc, width: int):
     return desc.shape_expr.numel() // width
 
 
+def _combination(types: str, tactics: dict) -> list:
+    return [trtp.AutoTuneCombination(types, "LINEAR", list(tactics))]
+
+
 def _aot(launch: trt_launch.KernelLaunch, m, grid_x):
-    """What an AOT implementation returns: kernel name, PTX, launch parameters, and the token count argument."""
-    kernel = trt_launch.compile_ptx(launch, _arch())
+    """What an AOT implementation returns: kernel name, PTX, launch parameters, and the token count M -- the one
+    SymInt32 extra, passed after the inputs and before the outputs."""
+    kernel = trt_aot.compile_plugin_kernel(launch, _arch())
     params = trtp.KernelLaunchParams()
     params.grid_x = grid_x
     params.block_x = kernel.num_warps * 32
@@ -46,6 +54,14 @@ def _aot(launch: trt_launch.KernelLaunch, m, grid_x):
     extra = trtp.SymIntExprs(1)
     extra[0] = trtp.SymInt32(m)
     return kernel.name.encode(), kernel.ptx.encode(), params, extra
+
+
+def _stream(stream: int):
+    return torch.cuda.stream(torch.cuda.ExternalStream(stream))
+
+
+def _cuda(d) -> torch.Tensor:
+    return torch.as_tensor(d, device="cuda")  # a view of TensorRT's buffer (__cuda_array_interface__), no copy
 
 
 # ---------------------------------------------------------------------------------------------------- RotateQuantize
@@ -64,8 +80,13 @@ def rotate_quantize_desc(x: trtp.TensorDesc, smooth_in: trtp.TensorDesc, signs: 
 
 
 @trtp.autotune(RQ_ID)
-def rotate_quantize_autotune(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, outputs):
-    return [trtp.AutoTuneCombination("FP32, FP32, FP32, FP32, FP32, FP32, FP32, FP32, UINT8, FP32, FP32, FP32, FP32")]
+def rotate_quantize_autotune(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, n: int, bits: int, clip: str,
+                             group_size: int, rotation_n: int, rotation_seed: int, rotation_block: int, smooth: int,
+                             rank: int, svd_l_p: int, svd_l_q: int, b_transposed: int, outputs):
+    a = RotateQuantizeAttrs(n, bits, clip, group_size, rotation_n, rotation_seed, rotation_block, smooth, rank,
+                            svd_l_p, svd_l_q, b_transposed)
+    return _combination("FP32, FP32, FP32, FP32, FP32, FP32, FP32, FP32, UINT8, FP32, FP32, FP32, FP32",
+                        trt_launch.rotate_quantize_tactics(a))
 
 
 @trtp.aot_impl(RQ_ID)
@@ -74,7 +95,7 @@ def rotate_quantize_aot(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, n: in
                         rank: int, svd_l_p: int, svd_l_q: int, b_transposed: int, outputs, tactic: int):
     a = RotateQuantizeAttrs(n, bits, clip, group_size, rotation_n, rotation_seed, rotation_block, smooth, rank,
                             svd_l_p, svd_l_q, b_transposed)
-    launch = trt_launch.rotate_quantize_launch(a)
+    launch = trt_launch.rotate_quantize_tactics(a)[tactic]
     m = _tokens(x, n)
     return _aot(launch, m, trtp.cdiv(m, launch.rows_per_program))
 
@@ -82,21 +103,18 @@ def rotate_quantize_aot(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, n: in
 @trtp.impl(RQ_ID)
 def rotate_quantize_impl(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, n: int, bits: int, clip: str,
                          group_size: int, rotation_n: int, rotation_seed: int, rotation_block: int, smooth: int,
-                         rank: int, svd_l_p: int, svd_l_q: int, b_transposed: int, outputs, stream: int) -> None:
-    from qdit4sr_export.plugins.ort_reference import activation_spec
-    from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
-
+                         rank: int, svd_l_p: int, svd_l_q: int, b_transposed: int, outputs, stream: int,
+                         tactic: int) -> None:
     a = RotateQuantizeAttrs(n, bits, clip, group_size, rotation_n, rotation_seed, rotation_block, smooth, rank,
                             svd_l_p, svd_l_q, b_transposed)
-    with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        t = lambda d: torch.as_tensor(d, device="cuda")  # noqa: E731
-        spec = activation_spec(a, t(smooth_in).cpu().numpy(), t(svd_g_b).cpu().numpy(), t(svd_l_v).cpu().numpy(),
-                               trt_launch.rotation_of(a))
-        out = RotateQuantize(spec, "cuda")(t(x), bits or None, store_z=not bits)
+    with _stream(stream):
+        rq = trt_bind.rotate_quantize_launcher(a, _cuda(smooth_in), _cuda(svd_g_b), _cuda(svd_l_v))
+        out = rq(_cuda(x), bits or None, store_z=not bits)
         results = [out.codes.view(torch.uint8) if bits else None, out.scales, out.h, out.t, out.z]
         for dst, src in zip(outputs, results):
             if src is not None:
-                t(dst).copy_(src.reshape(t(dst).shape))
+                d = _cuda(dst)
+                d.copy_(src.reshape(d.shape))
 
 
 # -------------------------------------------------------------------------------------------------------- LowbitGemm
@@ -113,8 +131,16 @@ def lowbit_gemm_desc(codes: trtp.TensorDesc, scales: trtp.TensorDesc, z: trtp.Te
 
 
 @trtp.autotune(GEMM_ID)
-def lowbit_gemm_autotune(codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u, bias_in, outputs):
-    return [trtp.AutoTuneCombination("UINT8, FP32, FP32, UINT8, FP32, FP32, FP32, FP32, FP32, FP32, FP32")]
+def lowbit_gemm_autotune(codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u, bias_in, k: int, n: int,
+                         abits: int, wbits: int, group_size: int, rank: int, svd_l_p: int, svd_l_q: int,
+                         svd_l_so: int, bias: int, outputs):
+    a = LowbitGemmAttrs(k, n, abits, wbits, group_size, rank, svd_l_p, svd_l_q, svd_l_so, bias)
+    return _combination("UINT8, FP32, FP32, UINT8, FP32, FP32, FP32, FP32, FP32, FP32, FP32",
+                        trt_launch.lowbit_gemm_tactics(a))
+
+
+def _gemm_tokens(codes, z, k: int, abits: int):
+    return _tokens(codes, k // 2 if 0 < abits <= 4 else k) if abits else _tokens(z, k)
 
 
 @trtp.aot_impl(GEMM_ID)
@@ -122,32 +148,18 @@ def lowbit_gemm_aot(codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u,
                     abits: int, wbits: int, group_size: int, rank: int, svd_l_p: int, svd_l_q: int, svd_l_so: int,
                     bias: int, outputs, tactic: int):
     a = LowbitGemmAttrs(k, n, abits, wbits, group_size, rank, svd_l_p, svd_l_q, svd_l_so, bias)
-    launch = trt_launch.lowbit_gemm_launch(a)
-    m = _tokens(codes, k // 2 if 0 < abits <= 4 else k) if abits else _tokens(z, k)
+    launch = trt_launch.lowbit_gemm_tactics(a)[tactic]
+    m = _gemm_tokens(codes, z, k, abits)
     return _aot(launch, m, trtp.cdiv(m, launch.rows_per_program) * -(-n // launch.cols_per_program))
 
 
 @trtp.impl(GEMM_ID)
 def lowbit_gemm_impl(codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u, bias_in, k: int, n: int,
                      abits: int, wbits: int, group_size: int, rank: int, svd_l_p: int, svd_l_q: int, svd_l_so: int,
-                     bias: int, outputs, stream: int) -> None:
-    from qdit4sr_export.plugins.activation_spec import ActivationCodes
-    from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
-    from qdit4sr_export.plugins.ort_reference import weight_spec
-
+                     bias: int, outputs, stream: int, tactic: int) -> None:
     a = LowbitGemmAttrs(k, n, abits, wbits, group_size, rank, svd_l_p, svd_l_q, svd_l_so, bias)
-    with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        tt = lambda d: torch.as_tensor(d, device="cuda")  # noqa: E731
-        w = weight_spec(a, *(tt(d).cpu().numpy() for d in (w_codes, w_scales, svd_g_a, svd_l_u, bias_in)))
-        if abits:
-            c = tt(codes)
-            m = c.numel() // (k // 2 if abits <= 4 else k)
-            act = ActivationCodes(c.reshape(m, -1) if abits <= 4 else c.view(torch.int8).reshape(m, k),
-                                  tt(scales).reshape(m, -1), abits)
-        else:
-            m = tt(z).numel() // k
-            act = ActivationCodes(None, None, None, z=tt(z).reshape(m, k))
-        act.h = tt(h).reshape(m, rank) if rank else None
-        act.t = tt(t).reshape(m, svd_l_p, svd_l_q) if svd_l_p else None
-        y = LowbitGemm(w, "cuda")(act, torch.float32)
-        tt(outputs[0]).copy_(y.reshape(tt(outputs[0]).shape))
+    with _stream(stream):
+        gemm = trt_bind.lowbit_gemm_launcher(a, *(_cuda(d) for d in (w_codes, w_scales, svd_g_a, svd_l_u, bias_in)))
+        act = trt_bind.activation_codes(a, _cuda(codes), _cuda(scales), _cuda(z), _cuda(h), _cuda(t))
+        y = _cuda(outputs[0])
+        y.copy_(gemm(act, torch.float32).reshape(y.shape))
