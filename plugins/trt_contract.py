@@ -101,7 +101,7 @@ def check_entry(contract: LaunchContract, params, shared_bytes: int, isa: tuple[
                             f"TensorRT passes there ({w['name']}, a {w['kind']})")
     if shared_bytes > MAX_DYNAMIC_SHARED_BYTES:
         raise UserError(f"{where}: needs {shared_bytes} bytes of dynamic shared memory; TensorRT's AOT launch allows "
-                        f"at most {MAX_DYNAMIC_SHARED_BYTES} (48 KiB)")
+                        f"at most {MAX_DYNAMIC_SHARED_BYTES} ({MAX_DYNAMIC_SHARED_BYTES / 1024:g} KiB)")
     if isa > PTX_ISA:
         raise UserError(f"{where}: PTX ISA {isa[0]}.{isa[1]} is newer than the supported {PTX_ISA[0]}.{PTX_ISA[1]} "
                         f"(CUDA {MIN_DRIVER_CUDA[0]}.{MIN_DRIVER_CUDA[1]}+ drivers)")

@@ -3,8 +3,10 @@
 The plugins (``plugins/trt_plugins.py``) are registered by importing that module before parsing. Each engine has
 one optimization profile (batch 1..``max_batch``, latent side ``min_latent_side``..``max_latent_side``, the engine
 set's prompt length), strongly typed (the graph's own fp16/fp32 types), and the builder's timing cache is kept in the engine
-set (``timing.cache``) so rebuilding is faster. The manifest records the TensorRT version and the GPU's compute
-capability: an engine is refused on another version or GPU with a one-line error.
+set (``timing.cache``) so rebuilding is faster. Before building, every plugin kernel is compiled and checked against
+TensorRT's launch contract (``plugins/trt_aot.py``). The manifest records the TensorRT version, the GPU's compute
+capability and what the plugins' PTX needs (``plugins``: PTX ISA, target, kernels): an engine is refused on another
+version or GPU, or with a driver older than the PTX ISA, with a one-line error naming both.
 
 Nothing here imports TensorRT at module import: the profile logic is plain Python (tested without TensorRT).
 """
@@ -95,6 +97,39 @@ def check_engines(manifest: Mapping[str, Any], folder: Path) -> None:
     if engines["compute_capability"] != cc:
         raise UserError(f"{folder}: engines were built for compute capability {engines['compute_capability']}, this "
                         f"GPU is {cc}; rebuild them with `qdit4sr-export engines {folder} --force`")
+    if "plugins" not in engines:
+        raise UserError(f"{folder}: the engines predate the plugins' PTX record (ISA and target); rebuild them with "
+                        f"`qdit4sr-export engines {folder} --force`")
+    check_plugin_needs(engines["plugins"], capability_tuple(), driver_cuda_version(), str(folder))
+
+
+def capability_tuple() -> tuple[int, int]:
+    major, minor = (int(x) for x in device_capability().split("."))
+    return major, minor
+
+
+def driver_cuda_version() -> tuple[int, int]:
+    """The CUDA release of the installed NVIDIA driver, e.g. (12, 4) (``cuDriverGetVersion`` of libcuda)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        raise UserError("no NVIDIA driver here (libcuda.so.1 does not load): TensorRT engines need one") from None
+    version = ctypes.c_int(0)
+    if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        raise UserError("the NVIDIA driver did not report its CUDA version (cuDriverGetVersion failed)")
+    return version.value // 1000, version.value % 1000 // 10
+
+
+def check_plugin_needs(needs: Mapping[str, Any], capability: tuple[int, int], driver: tuple[int, int],
+                       where: str) -> None:
+    """Refuse, in one line naming both, a GPU or driver that cannot run the plugins' PTX (``needs``: the manifest's
+    ``engines.plugins``: PTX ISA and target)."""
+    from qdit4sr_export.plugins.trt_contract import check_capability, check_driver, parse_version
+
+    check_capability(needs["ptx_target"], capability, where)
+    check_driver(parse_version(needs["ptx_isa"]), driver, where)
 
 
 def build_engines(folder: Path, manifest: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,6 +139,13 @@ def build_engines(folder: Path, manifest: Mapping[str, Any], options: Mapping[st
 
     import qdit4sr_export.plugins.trt_plugins  # noqa: F401  registers the qdit4sr plugins with TensorRT
 
+    # Every plugin kernel compiled and checked against TensorRT's launch contract before TensorRT builds anything:
+    # a kernel it could not launch, a GPU newer than the PTX ISA, or a driver too old is a one-line refusal here.
+    from qdit4sr_export.plugins.trt_aot import check_graph_kernels
+
+    major, minor = capability_tuple()
+    needs = check_graph_kernels([folder / v["file"] for v in manifest["variants"]], major * 10 + minor)
+    check_plugin_needs(needs, (major, minor), driver_cuda_version(), f"{folder}: engine build")
     shapes = profile_shapes(manifest["model"]["config"], options, prompt_tokens(folder))
     profile = Profile()
     for name, (lo, opt, hi) in shapes.items():
@@ -121,4 +163,4 @@ def build_engines(folder: Path, manifest: Mapping[str, Any], options: Mapping[st
         files[str(v["index"])] = out
     return {"tensorrt_version": trt.__version__, "compute_capability": device_capability(),
             "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, "files": files,
-            "timing_cache": TIMING_CACHE}
+            "timing_cache": TIMING_CACHE, "plugins": needs}
