@@ -13,7 +13,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from qdit4sr_export.runtime import ort_placement as placement
 from qdit4sr_export.runtime.engine_set import EngineSet
+from qdit4sr_export.runtime.ort_placement import CUDA
 from qdit4sr_export.runtime.shared_weights import SharedInt8, session_graph
 
 from qdit4sr_export.errors import UserError
@@ -47,9 +49,10 @@ def ort_providers(device: str) -> list[str]:
 
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise UserError("--device cuda needs onnxruntime-gpu (CUDAExecutionProvider is not available)")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if CUDA not in ort.get_available_providers():
+        raise UserError(f"--device cuda needs onnxruntime-gpu (pip install 'qdit4sr-export[gpu]'; {CUDA} is not "
+                        f"among this onnxruntime's providers: {', '.join(ort.get_available_providers())})")
+    return [CUDA, "CPUExecutionProvider"]
 
 
 def uses_plugin_ops(engine: EngineSet) -> bool:
@@ -89,9 +92,13 @@ def make_session(path, providers: list[str], threads: int | None = None, *, exte
         so.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         so.intra_op_num_threads = threads
+    if CUDA in providers:  # name every node the CUDA EP leaves to the CPU (runtime/ort_placement.py)
+        placement.record(so)
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, so, providers=providers,
-                                disabled_optimizers=[] if prepack else NO_COPY_OPTIMIZERS)
+    session = ort.InferenceSession(model, so, providers=providers,
+                                   disabled_optimizers=[] if prepack else NO_COPY_OPTIMIZERS)
+    placement.report(session, providers, "ONNX Runtime session" if isinstance(path, bytes) else str(path))
+    return session
 
 
 class OrtRunner:
