@@ -116,13 +116,19 @@ def _code_tensor(codes: torch.Tensor, bits: int, name: str) -> ir.Tensor:
 
 def stored_codes(plan: QuantPlan, layer: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes, float32 scales (out, groups)) of a weight a method stored in the plan on its integer grid
-    (GPTQ: ``<layer>.weight.<bits>`` = codes x ``<layer>.weight_scale.<bits>`` per row and group)."""
+    (GPTQ: ``<layer>.weight.<bits>`` = codes x ``<layer>.weight_scale.<bits>`` per row and group; the codes
+    themselves when stored as int8)."""
     lp = plan.layers[layer]
-    w = plan.tensors[f"{layer}.weight.{bits}"].float()
+    stored = plan.tensors[f"{layer}.weight.{bits}"]
     scales = plan.tensors[f"{layer}.weight_scale.{bits}"].float()
     g = lp.group_size or lp.in_features
-    codes = torch.round(w / scales.repeat_interleave(g, dim=1))
     m = 2 ** (bits - 1) - 1
+    if stored.dtype == torch.int8:
+        if stored.numel() and (int(stored.max()) > m or int(stored.min()) < -m):  # no int8 abs(-128)
+            raise ir.passes.PassError(f"layer '{layer}': stored codes exceed the {bits}-bit grid")
+        return stored, scales
+    w = stored.float()
+    codes = torch.round(w / scales.repeat_interleave(g, dim=1))
     if not torch.equal(codes * scales.repeat_interleave(g, dim=1), w) or codes.abs().max() > m:
         raise ir.passes.PassError(f"layer '{layer}': stored weight is not on its {bits}-bit grid")
     return codes.to(torch.int8), scales

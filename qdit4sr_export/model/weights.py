@@ -156,6 +156,20 @@ def materialize(model: nn.Module, *, skip: Iterable[str] = (), dtype: torch.dtyp
     return model
 
 
+def materialize_part(model: nn.Module, prefix: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load the meta tensors of one submodule (``prefix``, e.g. ``transformer_blocks.3``) of a lazily opened model
+    from its source, in place, and return that submodule: a pass that runs one block at a time holds one block's
+    weights. ``submodule.to("meta")`` lets them go again."""
+    source = getattr(model, SOURCE_ATTR, None)
+    part = model.get_submodule(prefix)
+    if source is None:
+        return part
+    for name, t in list(part.state_dict(keep_vars=True).items()):
+        if t.device.type == "meta":
+            _assign(model, f"{prefix}.{name}", source.tensor(f"{prefix}.{name}", dtype).contiguous())
+    return part
+
+
 def crop_positions_(model: nn.Module, grid: int) -> nn.Module:
     """Keep only the central ``grid x grid`` crop of an in-memory model's positional table (latents up to ``grid``
     patches run unchanged; larger ones are a one-line error)."""

@@ -10,7 +10,10 @@ per-channel scale is therefore the RTN scale of the original row. With act-order
 front from the original weights, one per original-index group (the reference's `static_groups`), so codes and
 scales keep the plain layout: column j always belongs to group j // group_size.
 
-Dead inputs (diag(H) == 0) get H_ii = 1 and their weight column zeroed *before* any scale is computed.
+Dead inputs (diag(H) == 0) get H_ii = 1 and their weight column zeroed *before* any scale is computed (the
+reference's choice: the input is always zero). With ``zero_dead=False`` they are instead left to the damping: the
+column is rounded to nearest with no error fed to or from it, so a direction calibration never excited keeps its
+weight; a Hessian that is all zero (a layer whose calibration inputs are all zero) then gives the RTN codes.
 """
 
 from __future__ import annotations
@@ -211,10 +214,12 @@ def gptq_quantize(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
+    zero_dead: bool = True,
 ) -> GPTQResult:
     """GPTQ-quantize w (out x in) against H (in x in): columns left to right, errors fed back via chol(H^-1).
 
-    Damping adds damp * mean(diag(H)) to the diagonal (after the dead-input fix); the result is float32 on w's device.
+    Damping adds damp * mean(diag(H)) to the diagonal (after the dead-input fix; damp itself when that mean is 0,
+    so a singular Hessian is always made positive definite); the result is float32 on w's device.
     """
     bits, clip = check_bits(bits), _check_clip(clip)
     wf = _check_weight(w)
@@ -225,9 +230,10 @@ def gptq_quantize(
         raise UserError(f"damp must be a finite number > 0, got {damp!r}")
     h = _check_hessian(hessian, wf.shape, wf.device)
 
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    wf[:, dead] = 0.0
+    if zero_dead:
+        dead = h.diagonal() == 0
+        h[dead, dead] = 1.0
+        wf[:, dead] = 0.0
     m = qmax(bits)
 
     if act_order:
@@ -242,7 +248,8 @@ def gptq_quantize(
         col_group = [j // g for j in range(in_f)]
         starts = set(range(0, in_f, block_size)) | set(range(0, in_f, g))  # never straddle a group start
 
-    h.diagonal().add_(damp * float(h.diagonal().mean()))
+    mean_diag = float(h.diagonal().mean())
+    h.diagonal().add_(damp * (mean_diag if mean_diag > 0 else 1.0))
     hinv = _inverse_cholesky(h).to(torch.float32)
 
     codes = torch.empty(out_f, in_f, dtype=torch.float32, device=wf.device)

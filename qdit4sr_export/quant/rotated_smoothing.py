@@ -79,17 +79,24 @@ def search_rotated_smoothing(x: torch.Tensor, weight: torch.Tensor, plan: LayerP
 
 def search_model_smoothing(model: nn.Module, plans: dict[str, LayerPlan], weight_of, calibration, *, abits: int,
                            alphas: Sequence[float], rows_per_step: int, trajectory: dict,
-                           progress: bool = False) -> dict[str, SmoothingChoice]:
+                           progress: bool = False, record: list | None = None) -> dict[str, SmoothingChoice]:
     """:func:`search_rotated_smoothing` for every layer of ``plans`` that runs on the calibration trajectory of the
     FP ``model`` (``rows_per_step`` sampled tokens per layer, step and batch); ``weight_of(name)`` reads a layer's
-    FP weight. Layers that never ran are left out."""
+    FP weight. Layers that never ran are left out. ``record``: a list that receives the trajectory's first-block
+    inputs (:mod:`~qdit4sr_export.quant.hessian_pass`), for GPTQ."""
+    from contextlib import nullcontext
+
     from qdit4sr_export.model.weights import lazy_copy, materialize, on_meta
     from qdit4sr_export.quant.calibration import InputSamples, collect
+    from qdit4sr_export.quant.hessian_pass import recording_block_inputs
     from qdit4sr_export.report.progress import progress_bar
 
     fp = materialize(lazy_copy(model)) if on_meta(model) else model  # a lazily opened model runs in float32
     sampled = InputSamples(list(plans), rows_per_step=rows_per_step, seed=trajectory.get("seed", 0))
-    collect(fp, calibration, [sampled], progress=progress, **trajectory)
+    with recording_block_inputs(fp) if record is not None else nullcontext([]) as calls:
+        collect(fp, calibration, [sampled], progress=progress, **trajectory)
+    if record is not None:
+        record += calls
     samples = sampled.result()
     del fp
     chosen = {}

@@ -60,6 +60,46 @@ def quantize_residual(residual: torch.Tensor, plan: LayerPlan, bits: int) -> tor
     return fake_quantize_weight(residual, bits, clip=plan.clip, group_size=plan.group_size)
 
 
+def split_weight(weight: torch.Tensor, plan: LayerPlan, name: str, tensors: Mapping[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor | None, Any, HSVD | None, torch.Tensor]:
+    """A layer's weight as the plan transforms it: (smoothing divisor or None, rotation or None, H-SVD branch or None,
+    the residual to quantize), all from the float32 weight (``W s``, then ``(W s) R``, then the FP branch split off)."""
+    weight = weight.detach().to(torch.float32)
+    smooth = None
+    if plan.smoothing:
+        if f"{name}.smooth" not in tensors:
+            raise UserError(f"plan lacks tensor '{name}.smooth' (layer '{name}' is smoothed)")
+        smooth = tensors[f"{name}.smooth"].to(torch.float32)
+        weight = weight * smooth
+    rotation = make_rotation(plan.rotation, name, tensors)
+    w_h = rotation.apply(weight) if rotation is not None else weight
+    if plan.svd_rank > 0 or plan.local_block is not None:
+        branch = hsvd(w_h, rank=plan.svd_rank, local_rank=1 if plan.local_block else 0, block=plan.local_block)
+        return smooth, rotation, branch, branch.residual
+    return smooth, rotation, None, w_h
+
+
+def stored_weight(tensors: Mapping[str, torch.Tensor], name: str, bits: int,
+                  plan: LayerPlan) -> QuantizedWeight | torch.Tensor:
+    """The quantized residual a method stored in the plan: int8 codes ``<layer>.weight.<bits>`` with their float32
+    scales ``<layer>.weight_scale.<bits>`` (one per row and group; GPTQ) as a QuantizedWeight in the simulation's
+    row layout, or a float weight as stored."""
+    key = f"{name}.weight.{bits}"
+    if key not in tensors:
+        raise UserError(f"plan lacks tensor '{key}' (layer '{name}' stores its quantized weight)")
+    stored = tensors[key]
+    if stored.dtype != torch.int8:
+        return stored
+    scales = tensors.get(f"{name}.weight_scale.{bits}")
+    groups = plan.in_features // (plan.group_size or plan.in_features)
+    if scales is None or tuple(scales.shape) != (plan.out_features, groups) or \
+            tuple(stored.shape) != (plan.out_features, plan.in_features):
+        raise UserError(f"plan tensors of layer '{name}': int8 codes {tuple(stored.shape)} need float32 scales of "
+                        f"shape {(plan.out_features, groups)} under '{name}.weight_scale.{bits}'")
+    return QuantizedWeight(stored.reshape(plan.out_features * groups, -1), scales.to(torch.float32).reshape(-1, 1),
+                           bits)
+
+
 class FakeQuantLinear(nn.Module):
     """Eq. 11 for one layer (plus the smoothing, groups and weight formats other methods need); weights are
     transformed and quantized once, at construction, for every weight bit-width the plan schedules.
@@ -75,38 +115,25 @@ class FakeQuantLinear(nn.Module):
         self.plan = plan
         self.state = state
         self.dtype = dtype = linear.weight.dtype
-        weight = linear.weight.detach().to(torch.float32)
-        smooth = None
-        if plan.smoothing:
-            if f"{name}.smooth" not in tensors:
-                raise UserError(f"plan lacks tensor '{name}.smooth' (layer '{name}' is smoothed)")
-            smooth = tensors[f"{name}.smooth"].to(torch.float32)
-            weight = weight * smooth
+        smooth, self.rotation, self.branch, residual = split_weight(linear.weight, plan, name, tensors)
         self.register_buffer("smooth", smooth.to(dtype) if smooth is not None else None)
-        self.rotation = make_rotation(plan.rotation, name, tensors)
-        w_h = self.rotation.apply(weight) if self.rotation is not None else weight
-        self.shape = tuple(w_h.shape)
-        self.branch: HSVD | None = None
-        if plan.svd_rank > 0 or plan.local_block is not None:
-            self.branch = hsvd(w_h, rank=plan.svd_rank, local_rank=1 if plan.local_block else 0,
-                               block=plan.local_block)
-            residual = self.branch.residual
+        self.shape = tuple(residual.shape)
+        if self.branch is not None:
             self.branch.residual = None  # only the factors are kept
-        else:
-            residual = w_h
-        del weight, w_h
         self.codes: dict[int, QuantizedWeight] = {}
         for bits in plan.distinct_weight_bits():
             if plan.stored_weight:
-                key = f"{name}.weight.{bits}"
-                if key not in tensors:
-                    raise UserError(f"plan lacks tensor '{key}' (layer '{name}' stores its quantized weight)")
-                self.register_buffer(f"w_quant_{bits}", tensors[key].to(dtype))
+                stored = stored_weight(tensors, name, bits, plan)
+                if isinstance(stored, QuantizedWeight):
+                    self.codes[bits] = stored
+                else:
+                    self.register_buffer(f"w_quant_{bits}", stored.to(dtype))
             elif plan.weight_format == "int":
                 rows = residual if plan.group_size is None else residual.reshape(-1, plan.group_size)
                 self.codes[bits] = quantize_weight(rows, bits, clip=plan.clip)
             else:
                 self.register_buffer(f"w_quant_{bits}", quantize_residual(residual, plan, bits).to(dtype))
+        del residual
         self.register_buffer("bias", linear.bias.detach().clone() if linear.bias is not None else None)
         self.cache: dict | None = None  # rebuilt float weights, kept when the caller opts in (small models)
 

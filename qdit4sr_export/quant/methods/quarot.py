@@ -6,21 +6,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qdit4sr_export.quant.methods.base import MethodConfig
+from qdit4sr_export.quant.methods.base import CalibratedConfig
 from qdit4sr_export.quant.methods.registry import register
+from qdit4sr_export.quant.rotated_gptq import check_options
 
 
 @dataclass(frozen=True)
-class QuaRotConfig(MethodConfig):
+class QuaRotConfig(CalibratedConfig):
     rotation_seed: int = 0
     clip: str = "minmax"  # QuaRot's RTN uses min-max scales; "gaussian" is this project's optimal clip
+    # gptq: QuaRot's GPTQ variant (its paper's W4A4 results): rotated weights rounded by GPTQ against the Hessian of
+    # the rotated inputs on the calibration trajectory (issue 33; needs calibration); damp; act_order.
+    gptq: bool = False
+    damp: float = 0.01
+    act_order: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_options("quarot", self.gptq, self.damp, self.act_order)
+
+    def wants_calibration(self) -> bool:
+        """Only the GPTQ variant uses calibration data."""
+        return self.gptq
 
 
-@register("quarot", summary="random Hadamard rotation of every linear's input, then RTN weights and activations",
-          config=QuaRotConfig)
+@register("quarot", summary="random Hadamard rotation of every linear's input, then RTN (or gptq=true: GPTQ) "
+          "weights and RTN activations", config=QuaRotConfig, uses_calibration=True)
 def build_quarot(model, config: QuaRotConfig, *, calibration=None, progress: bool = False):
+    from qdit4sr_export.quant.hessian_pass import trajectory_block_inputs
     from qdit4sr_export.quant.layer_plan import LayerPlan
-    from qdit4sr_export.quant.methods.common import PlanContext, hadamard_rotations, static_bits
+    from qdit4sr_export.quant.methods.common import PlanContext, hadamard_rotations, static_bits, trajectory
+    from qdit4sr_export.quant.rotated_gptq import require_calibration, run_gptq, stored
 
     ctx = PlanContext.build(model, steps=config.steps, shift=config.shift)
     abits = static_bits(config.abits, ctx.steps)
@@ -28,4 +44,12 @@ def build_quarot(model, config: QuaRotConfig, *, calibration=None, progress: boo
     layers = {n: LayerPlan(in_features=i, out_features=o, wbits=config.wbits, abits=abits, clip=config.clip,
                            rotation=rotations[n].to_dict())
               for n, (o, i) in ctx.linears.items()}
-    return ctx.plan("quarot", config, layers)
+    if not config.gptq:
+        return ctx.plan("quarot", config, layers)
+    require_calibration("quarot", calibration)
+    ctx.require_weights("GPTQ")
+    calibration.check(model.config, "calibration inputs")
+    calls = trajectory_block_inputs(model, calibration, progress=progress, **trajectory(config))
+    found, note = run_gptq(model, calls, layers, ctx.weight, {}, damp=config.damp, act_order=config.act_order,
+                           source="an FP pass of its own", progress=progress)
+    return ctx.plan("quarot", config, stored(layers, found), notes=[note], tensors=found)
