@@ -74,7 +74,7 @@ class EngineSet:
         m = self.max_latent
         if m is not None and max(height, width) > m:
             raise UserError(f"{self.folder}: latent {height}x{width} is larger than this engine set accepts "
-                            f"({m}x{m}, built with --max-latent {m}); use latent tiles of at most {m} (run --tile)")
+                            f"({m}x{m}, built with --max-latent-side {m}); use latent tiles of at most {m} (run --tile)")
 
     @property
     def plan_path(self) -> Path | None:

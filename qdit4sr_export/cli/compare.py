@@ -6,6 +6,7 @@ import json
 
 import click
 
+from qdit4sr_export.cli.options import Command, backend_lines, list_flag, option, renamed
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.report.progress import progress_bar
 
@@ -44,7 +45,7 @@ def _table(result: dict) -> str:
     for v in result["variants"]:
         in_run = {True: "yes", False: "no", None: "-"}[v.get("in_run")]
         for k, row in enumerate(v["per_input"]):
-            verdict = ("pass" if v["passed"] else "FAIL") if k == 0 else ""
+            verdict = "pass" if v["passed"] else "FAIL"
             lines.append(f"{v['file'] if k == 0 else '':<17}{row['timestep']:>9.1f}{in_run:>8}{row['max_abs']:>11.4g}"
                          f"{row['cosine']:>10.5f}{row['sqnr_db']:>9.2f}  {verdict}")
     if any(v.get("in_run") is False for v in result["variants"]):
@@ -61,31 +62,44 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("fp_model", metavar="FP_MODEL", type=click.Path(exists=True))
 @click.argument("engine_dir", metavar="ENGINE_DIR", type=click.Path(exists=True, file_okay=False))
-@click.option("--inputs", "inputs_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Inputs (.safetensors/.npz with the five model inputs); default: generated per variant.")
-@click.option("--per-variant", type=click.IntRange(min=1), default=2, show_default=True,
+@option("--inputs", "inputs_file", section="Input", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Model inputs to compare on (.safetensors/.npz with the five model inputs; default: "
+                                 "generated per variant at its own timesteps).")
+@option("--per-variant", section="Input", type=click.IntRange(min=1), default=2,
               help="Generated input sets per variant, at that variant's timesteps.")
-@click.option("--side", type=click.IntRange(min=2), default=16, show_default=True, help="Generated latent side.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--min-sqnr", type=float, default=20.0, show_default=True, help="Tolerance: output SQNR (dB) per variant.")
-@click.option("--min-cosine", type=float, default=0.99, show_default=True, help="Tolerance: output cosine per variant.")
-@click.option("--atol", type=float, default=None, help="Tolerance: polygraphy's elementwise absolute check.")
-@click.option("--layers", is_flag=True, help="Localise error: per-layer SQNR against the FP model's layers.")
-@click.option("--layer-threshold", type=float, default=None,
-              help="--layers: SQNR (dB) below which a layer counts as where the error starts (default --min-sqnr).")
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None, help="Also run both SR pipelines on these images (PSNR/SSIM).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="--images: denoising steps.")
-@click.option("--backend", default="ort", show_default=True, metavar="NAME",
-              help="Backend that runs the engine set (`run --list-backends`); ort runs the variant graphs in "
-                   "polygraphy's OnnxrtRunner.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+@option("--latent-side", section="Input", type=click.IntRange(min=2), default=16,
+              help="Latent side of the generated inputs.")
+@option("--seed", section="Input", type=int, default=0,
+              help="Seed of the generated inputs (photo crops and noise) and of the --images runs' noise.")
+@option("--images", "images_dir", section="Input", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Also super-resolve these images with both pipelines and report PSNR/SSIM of the "
+                                 "engine's output against FP's (default: none).")
+@option("--grid-steps", section="Input", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--images: sampling grid of the runs (default: the engine set's pipeline.json).")
+@option("--min-sqnr", section="Tolerances", type=float, default=20.0,
+              help="Pass when every variant's output SQNR (dB) is at least this.")
+@option("--min-cosine", section="Tolerances", type=float, default=0.99,
+              help="Pass when every variant's output cosine similarity is at least this.")
+@option("--atol", section="Tolerances", type=float, default=None,
+              help="Also apply polygraphy's elementwise absolute check with this tolerance (default: off).")
+@option("--layers", section="Tolerances", is_flag=True,
+              help="Localise error: per-layer SQNR against the FP model's layers.")
+@option("--layer-threshold", section="Tolerances", type=float, default=None,
+              help="--layers: SQNR (dB) below which a layer counts as where the error starts (default: --min-sqnr).")
+@option("--backend", section="Runtime", default="ort", metavar="NAME",
+              help="Backend that runs the engine set (--list-backends); ort runs the variant graphs in polygraphy's "
+                   "OnnxrtRunner.")
+@list_flag("--list-backends", "backends", backend_lines)
+@option("--device", section="Runtime", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Where the backend runs (default: its first device: cpu, cuda for trt).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr, min_cosine, atol, layers,
-            layer_threshold, images_dir, steps, backend, device, as_json) -> None:
+@option("--json", "as_json", section="Output", is_flag=True, help="Print the result as JSON.")
+@renamed("--side", "--latent-side", "latent_side", type=click.IntRange(min=2))
+@renamed("--steps", "--grid-steps", "grid_steps", type=click.IntRange(min=1))
+def compare(fp_model, engine_dir, inputs_file, per_variant, latent_side, seed, images_dir, grid_steps, min_sqnr,
+            min_cosine, atol, layers, layer_threshold, backend, device, as_json) -> None:
     """Compare every variant of ENGINE_DIR with the FP model FP_MODEL (polygraphy; exit 1 if a tolerance fails).
 
     Default inputs sit at the timesteps the engine set's pipeline.json runs, built from real LR photos where the
@@ -123,7 +137,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
         feeds = {v.index: given for v in engine.variants}
         source = str(inputs_file)
     else:
-        generated = generated_inputs(engine, model, per_variant=per_variant, side=side, seed=seed)
+        generated = generated_inputs(engine, model, per_variant=per_variant, side=latent_side, seed=seed)
         feeds, in_run, source = generated.feeds, generated.in_run, generated.source
     runner, providers = None, None
     if chosen.runs_graphs:  # the variant graphs themselves, in polygraphy's OnnxrtRunner
@@ -153,7 +167,7 @@ def compare(fp_model, engine_dir, inputs_file, per_variant, side, seed, min_sqnr
             result["layers"][str(v.index)] = {**error_onset(errors, threshold),
                                               "all": [e.to_dict() for e in errors]}
     if images_dir:
-        result["images"] = _images(model, engine, images_dir, steps, seed, as_json, chosen, device)
+        result["images"] = _images(model, engine, images_dir, grid_steps, seed, as_json, chosen, device)
     result["passed"] = all(v["passed"] for v in result["variants"])
     if as_json:
         click.echo(json.dumps(result, indent=1))

@@ -6,17 +6,21 @@ from pathlib import Path
 
 import click
 
+from qdit4sr_export.cli.options import Command, list_flag, option, target_lines
 from qdit4sr_export.errors import UserError
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("engine_dir", metavar="ENGINE_SET", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-T", "--target-option", "target_option", multiple=True, metavar="KEY=VALUE",
-              help="Override a profile option of the build (max_batch, min_side, opt_side, max_side).")
-@click.option("--force", is_flag=True, help="Rebuild engines the set already has (another TensorRT or GPU).")
+@option("-T", "--target-option", "target_option", section="Target", multiple=True, metavar="KEY=VALUE",
+              help="Override a profile option of the build (repeatable): max_batch, min_latent_side, opt_latent_side, "
+                   "max_latent_side (default: the build's).")
+@option("--force", section="Output", is_flag=True,
+        help="Rebuild engines the set already has (another TensorRT or GPU).")
+@list_flag("--list-targets", "lowering targets, their passes and options", target_lines)
 def engines(engine_dir: Path, target_option, force: bool) -> None:
     """Build one TensorRT engine per variant of ENGINE_SET (made with `build --target trt`), where TensorRT runs."""
-    from qdit4sr_export.cli.build import _key_values
+    from qdit4sr_export.cli.options import key_values
     from qdit4sr_export.compiler.targets import get_target
     from qdit4sr_export.compiler.trt_engines import build_engines, require_tensorrt
     from qdit4sr_export.engine.format import check_files, read_manifest, write_manifest
@@ -31,9 +35,11 @@ def engines(engine_dir: Path, target_option, force: bool) -> None:
         raise UserError(f"{engine_dir}: the set already has engines (TensorRT {manifest['engines']['tensorrt_version']}); "
                         "pass --force to rebuild them")
     require_tensorrt()
-    given = {k.replace("-", "_"): v for k, v in _key_values(target_option, "--target-option").items()}
-    configured = get_target("trt").configure(given)
-    options = {**target["options"], **{k: configured[k] for k in given}}
+    given = key_values(target_option, "-T/--target-option")
+    trt = get_target("trt")
+    configured = trt.configure(given)
+    options = {**trt.upgrade(target["options"]), **{trt.renamed.get(k, k): configured[trt.renamed.get(k, k)]
+                                                   for k in given}}
     manifest["engines"] = build_engines(engine_dir, manifest, options)
     for key in ("schema", "version", "tool_version", "files"):
         manifest.pop(key, None)

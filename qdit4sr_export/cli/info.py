@@ -6,13 +6,16 @@ import json
 
 import click
 
+from qdit4sr_export.cli.options import Command, option
 
-@click.command()
+
+@click.command(cls=Command)
 @click.argument("model")
-@click.option("--config", "config", default=None,
-              help="Preset name or config.json, for a .safetensors/.pt file that carries none.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--no-layers", is_flag=True, help="Leave out the per-layer list (text output).")
+@option("--config", "config", section="Input", default=None, metavar="NAME|FILE",
+        help="Model config (a preset name or config.json) for a .safetensors/.pt file that carries none (default: "
+             "the checkpoint's own).")
+@option("--json", "as_json", section="Output", is_flag=True, help="Print the summary as JSON.")
+@option("--no-layers", section="Output", is_flag=True, help="Leave out the per-layer list (text output).")
 def info(model: str, config: str | None, as_json: bool, no_layers: bool) -> None:
     """Describe MODEL (a preset name or a checkpoint) without loading its weights."""
     from qdit4sr_export.cli.plan import is_preset

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qdit4sr_export.cli.options import Command, option
 from qdit4sr_export.errors import UserError
 
 
@@ -21,14 +22,16 @@ def _variance_layer(plan) -> str:
     return max(spread, key=spread.get)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("target", metavar="ENGINE_DIR|PLAN", type=click.Path(exists=True))
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None, help="Write PNG plots to this folder.")
-@click.option("--layer", default=None, help="Layer of the activation-variance plot (default: the most varying).")
-@click.option("--latent-side", type=click.IntRange(min=2), default=64, show_default=True,
-              help="Latent side for the bit-operation count (64: a 512x512 output).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--no-layers", is_flag=True, help="Leave out the per-layer table (text output).")
+@option("--latent-side", section="Input", type=click.IntRange(min=2), default=64,
+        help="Latent side for the bit-operation count (64: a 512x512 output).")
+@option("--plots", "plots_dir", section="Output", type=click.Path(file_okay=False), default=None,
+        help="Write PNG plots to this folder (default: none; needs the plots extra).")
+@option("--layer", section="Output", default=None,
+        help="Layer of the activation-variance plot (default: the most varying).")
+@option("--json", "as_json", section="Output", is_flag=True, help="Print the report as JSON.")
+@option("--no-layers", section="Output", is_flag=True, help="Leave out the per-layer table (text output).")
 def inspect(target, plots_dir, layer, latent_side, as_json, no_layers) -> None:
     """Describe an engine set or a QuantPlan file."""
     from qdit4sr_export.report.inspect import format_report, load_target, report

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from qdit4sr_export.cli.options import Command, backend_lines, list_flag, option, renamed
 from qdit4sr_export.errors import UserError
 
 REPORT_SCHEMA = "qdit4sr-export/run-report"
@@ -72,37 +73,41 @@ def _resolve_backend(name: str | None, is_engine: bool, device: str):
     return backend, backend.check_device(device)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("model", metavar="MODEL_OR_ENGINE_DIR", type=click.Path(exists=True, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Output image (one input) or folder (a folder or several inputs).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (default: the model's pipeline.json).")
-@click.option("--cfg", "guidance", type=float, default=None, help="Classifier-free guidance scale (1 = off; default: pipeline.json).")
-@click.option("--start-sigma", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Start from (1-s) LR latent + s noise (1 = pure noise; default: pipeline.json).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
-@click.option("--tile", type=click.IntRange(min=8), default=64, show_default=True, help="Latent tile size.")
-@click.option("--overlap", type=click.IntRange(min=0), default=24, show_default=True, help="Latent tile overlap.")
-@click.option("--color-fix", type=click.Choice(["adain", "wavelet", "none"]), default=None,
-              help="Colour correction against the bicubic image (default: the model's pipeline.json, else adain).")
-@click.option("--backend", default=None, metavar="NAME",
-              help="Backend (see `--list-backends`); default: ort for an engine set, torch for a checkpoint.")
-@click.option("--list-backends", is_flag=True, is_eager=True, expose_value=False, callback=lambda c, p, v: _list(c, v),
-              help="List the backends, then exit.")
-@click.option("--plan", "plan_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="torch backend: simulate this QuantPlan.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-              help="Where the backend runs (default: its first device: cpu, cuda for trt).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: all cores).")
-@click.option("--verify", is_flag=True,
-              help="Hash every engine-set file in full before running (by default large files get a sampled check).")
-@click.option("--alpha", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
-              help="Images with transparency: upscale the alpha channel bicubically and keep it, or drop it.")
-@click.option("--report", "report_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a JSON report (per image and step: variant, time).")
-def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap, color_fix, backend, plan_file,
-        device, threads, verify, alpha, report_file) -> None:
+@option("-o", "--output", section="Output", required=True, type=click.Path(path_type=Path),
+        help="Output image (one input) or folder (a folder or several inputs).")
+@option("--alpha", section="Output", type=click.Choice(["keep", "drop"]), default="keep",
+        help="Images with transparency: upscale the alpha channel bicubically and keep it, or drop it.")
+@option("--report", "report_file", section="Output", default=None, type=click.Path(dir_okay=False, path_type=Path),
+        help="Write a JSON report (per image and step: variant, time; default: none).")
+@option("--grid-steps", section="Sampling", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Sampling grid: steps from sigma 1 to 0 (default: the model's pipeline.json); the run executes those at "
+             "or below --start-sigma.")
+@option("--start-sigma", section="Sampling", type=click.FloatRange(0, 1, min_open=True), default=None,
+        help="Start from (1 - s) LR latent + s noise (1 = pure noise; default: the model's pipeline.json).")
+@option("--cfg", "guidance", section="Sampling", type=float, default=None,
+        help="Classifier-free guidance scale (1 = off; default: the model's pipeline.json).")
+@option("--seed", section="Sampling", type=int, default=0, help="Noise seed.")
+@option("--color-fix", section="Sampling", type=click.Choice(["adain", "wavelet", "none"]), default=None,
+        help="Colour correction against the bicubic image (default: the model's pipeline.json, else adain).")
+@option("--tile", section="Sampling", type=click.IntRange(min=8), default=64, help="Latent tile size.")
+@option("--overlap", section="Sampling", type=click.IntRange(min=0), default=24, help="Latent tile overlap.")
+@option("--backend", section="Runtime", default=None, metavar="NAME",
+        help="Backend (--list-backends; default: ort for an engine set, torch for a checkpoint).")
+@list_flag("--list-backends", "backends", backend_lines)
+@option("--device", section="Runtime", type=click.Choice(["cpu", "cuda"]), default=None,
+        help="Where the backend runs (default: its first device: cpu, cuda for trt).")
+@option("--threads", section="Runtime", type=click.IntRange(min=1), default=None,
+        help="Intra-op threads (default: all cores).")
+@option("--plan", "plan_file", section="Runtime", default=None, type=click.Path(exists=True, dir_okay=False),
+        help="torch backend: simulate this QuantPlan on the checkpoint (default: FP).")
+@option("--verify", section="Runtime", is_flag=True,
+        help="Hash every engine-set file in full before running (by default large files get a sampled check).")
+@renamed("--steps", "--grid-steps", "grid_steps", type=click.IntRange(min=1))
+def run(model, inputs, output, alpha, report_file, grid_steps, start_sigma, guidance, seed, color_fix, tile, overlap,
+        backend, device, threads, plan_file, verify) -> None:
     """Super-resolve INPUT images (files or folders) x4 with an engine set or an FP checkpoint folder.
 
     Outputs keep the input names (in the -o folder) and formats; greyscale stays greyscale, 16-bit PNG stays
@@ -130,13 +135,13 @@ def run(model, inputs, output, steps, guidance, start_sigma, seed, tile, overlap
         pipe, info = _engine_pipeline(model, chosen, device, threads, verify)
     else:
         pipe, info = _model_pipeline(str(model), chosen, plan_file, device, threads)
-    records, failed = _run_images(pipe, files, targets, alpha, (steps, guidance, start_sigma, color_fix, seed,
+    records, failed = _run_images(pipe, files, targets, alpha, (grid_steps, guidance, start_sigma, color_fix, seed,
                                                                  tile, overlap))
     if report_file:
         from qdit4sr_export.engine.atomic import atomic_path
 
         report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "tool_version": __version__, **info,
-                  "options": {"steps": steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed,
+                  "options": {"steps": grid_steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed,
                               "tile": tile, "overlap": overlap, "color_fix": color_fix}, "images": records}
         with atomic_path(report_file, overwrite=True) as tmp:
             tmp.write_text(json.dumps(report, indent=1) + "\n")
@@ -182,14 +187,3 @@ def _run_images(pipe, files: list[Path], targets: list[Path], alpha: str, option
         bar.update()
     bar.close()
     return records, failed
-
-
-def _list(ctx: click.Context, value: bool) -> None:
-    if not value or ctx.resilient_parsing:
-        return
-    from qdit4sr_export.runtime.registry import backend_names, get_backend
-
-    for name in backend_names():
-        b = get_backend(name)
-        click.echo(f"{name:<8} reads {b.reads}; devices {', '.join(b.devices)}: {b.summary}")
-    ctx.exit()

@@ -19,11 +19,12 @@ from safetensors import SafetensorError, safe_open
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.config import DiT4SRConfig
+from qdit4sr_export.model.folder import CHECKPOINT_SUFFIXES
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 CONFIG_NAME = "config.json"
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+TORCH_SUFFIXES = CHECKPOINT_SUFFIXES[1:]
 #: safetensors metadata key under which single-file checkpoints written by this tool carry their config.
 CONFIG_METADATA_KEY = "dit4sr_config"
 

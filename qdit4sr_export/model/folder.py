@@ -1,5 +1,6 @@
-"""The pipeline folder a model comes in (``transformer/`` beside ``vae/``, ``pipeline.json``, ``scheduler/``) and
-the sampling trajectory it states; no torch, so the CLI reads it before loading anything."""
+"""The pipeline folder a model comes in (``transformer/`` beside ``vae/``, ``pipeline.json``, ``scheduler/``), the
+sampling trajectory it states, and the checkpoint file suffixes accepted; no torch, so the CLI checks them before
+loading anything."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ from typing import Any
 
 from qdit4sr_export.engine.jsonfile import read_json_object
 from qdit4sr_export.errors import UserError
+
+
+#: Single-file checkpoints by suffix (a folder is a diffusers checkpoint or a pipeline folder).
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def check_checkpoint_path(path: Path) -> None:
+    """A one-line error for a file that cannot be a checkpoint (by its suffix), before torch loads."""
+    if path.is_file() and path.suffix not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"{path}: unsupported checkpoint format '{path.suffix or '(no suffix)'}'; expected a "
+                        f"diffusers folder, a .safetensors file or a {'/'.join(CHECKPOINT_SUFFIXES[1:])} state dict")
 
 
 def model_root(model_path: Path) -> Path | None:

@@ -103,11 +103,11 @@ def max_grid(config: DiT4SRConfig, max_latent: int | None) -> int:
         return full
     p = config.patch_size
     if max_latent < p or max_latent % p:
-        raise UserError(f"--max-latent {max_latent} must be a positive multiple of the patch size {p}")
+        raise UserError(f"--max-latent-side {max_latent} must be a positive multiple of the patch size {p}")
     grid = max_latent // p
     if grid > full:
-        raise UserError(f"--max-latent {max_latent} is larger than the model's positional table allows "
+        raise UserError(f"--max-latent-side {max_latent} is larger than the model's positional table allows "
                         f"({full * p})")
     if (full - grid) % 2:
-        raise UserError(f"--max-latent {max_latent} must be a multiple of {2 * p} (the crop keeps the table's parity)")
+        raise UserError(f"--max-latent-side {max_latent} must be a multiple of {2 * p} (the crop keeps the table's parity)")
     return grid

@@ -22,7 +22,7 @@ def flow_schedule(steps: int, *, shift: float = DEFAULT_SHIFT) -> tuple[torch.Te
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if not isinstance(steps, int) or steps < 1:
-        raise UserError(f"--steps must be a positive integer, got {steps!r}")
+        raise UserError(f"--grid-steps must be a positive integer, got {steps!r}")
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)
     scheduler.set_timesteps(steps)
     return scheduler.timesteps.to(torch.float32).clone(), scheduler.sigmas.to(torch.float32).clone()

@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+def packaged_calibration_folder() -> Path | None:
+    """The LR photo crops shipped with the package (the default calibration set), if installed."""
+    folder = Path(__file__).resolve().parent.parent / "data" / "calib"
+    return folder if folder.is_dir() and any(folder.glob("*.png")) else None
+
+
 def find_autoencoder_folder(model_path: str | Path) -> Path | None:
     """The ``vae/`` folder of a pipeline folder (given the pipeline root or its ``transformer/``), if any."""
     path = Path(model_path)
@@ -102,6 +108,8 @@ def latents_from_folder(folder: str | Path, model_path: str | Path, *, count: in
     limit = latent_side if max_latent_side is None else min(latent_side, max_latent_side)
     crop = min(crop, limit * vae.downscale // upscale // 8 * 8)
     if crop < 8:
-        raise UserError(f"{model_path}: a {limit}-px latent is too small for calibration crops (at least 8 px)")
+        least = -(-8 * upscale // vae.downscale)
+        raise UserError(f"{model_path}: a latent side of {limit} gives LR calibration crops under 8 px; calibration "
+                        f"needs a latent side of at least {least}")
     images = read_images(folder)
     return encode_images(vae, random_crops(images, count=count, size=crop, seed=seed), upscale=upscale)

@@ -79,7 +79,7 @@ def run_timesteps(engine: EngineSet) -> list[tuple[float, float]]:
 def _lr_latents(engine: EngineSet, cfg, count: int, side: int, seed: int) -> tuple[torch.Tensor, str]:
     """LR latents of the packaged calibration photos through the engine set's autoencoder, else seeded noise."""
     if (engine.folder / "vae" / "config.json").is_file():
-        from qdit4sr_export.cli.build import packaged_calibration_folder
+        from qdit4sr_export.quant.calib_images import packaged_calibration_folder
         from qdit4sr_export.quant.calib_images import latents_from_folder
 
         photos = packaged_calibration_folder()

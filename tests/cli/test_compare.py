@@ -21,7 +21,7 @@ def test_w8a8_passes_with_layers(pipeline_folder, engine_sets):
     _, w8, _ = engine_sets
     result = invoke(folder / "transformer", w8, "--json", "--layers")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["schema"] == "qdit4sr-export/compare" and report["passed"]
     manifest = json.loads((w8 / "manifest.json").read_text())
     assert len(report["variants"]) == len(manifest["variants"])
@@ -58,7 +58,7 @@ def test_default_inputs_follow_the_pipeline(pipeline_folder, engine_sets, tmp_pa
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[1].split() == ["variant", "timestep", "in", "run", "max", "abs", "cosine", "SQNR", "dB", "result"]
-    report = json.loads(invoke(folder / "transformer", late, "--json", "--min-sqnr", 50).output)
+    report = json.loads(invoke(folder / "transformer", late, "--json", "--min-sqnr", 50).stdout)
     reached = [v for v in report["variants"] if v["in_run"]]
     assert reached and all(set(v["timesteps"]) <= set(run) for v in reached)
     assert any(not v["in_run"] for v in report["variants"])
@@ -85,7 +85,7 @@ def test_damaged_engine_fails_and_names_the_layer(pipeline_folder, engine_sets, 
     broken = damage(w8, tmp_path, layer)
     result = invoke(folder / "transformer", broken, "--json", "--layers", "--per-variant", 1)
     assert result.exit_code == 1, (result.output, result.exception)
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert not report["passed"]
     onset = report["layers"]["0"]
     assert onset["first_below_threshold"]["layer"] == layer
@@ -107,7 +107,7 @@ def test_inputs_file_and_bad_input(pipeline_folder, engine_sets, tmp_path):
     save_file(good, str(tmp_path / "in.safetensors"))
     result = invoke(folder / "transformer", fp, "--inputs", tmp_path / "in.safetensors", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["variants"][0]["max_abs"] <= 1e-4  # the FP engine is the FP model
+    assert json.loads(result.stdout)["variants"][0]["max_abs"] <= 1e-4  # the FP engine is the FP model
     save_file({**good, "hidden_states": good["hidden_states"][:, :4]}, str(tmp_path / "bad.safetensors"))
     save_file({k: v for k, v in good.items() if k != "timestep"}, str(tmp_path / "missing.safetensors"))
     other = tmp_path / "other"
@@ -140,7 +140,7 @@ def test_images_end_to_end(pipeline_folder, engine_sets, tmp_path):
     fp, _, _ = engine_sets
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "a.png")
-    result = invoke(folder / "transformer", fp, "--images", tmp_path / "imgs", "--steps", 2, "--json")
+    result = invoke(folder / "transformer", fp, "--images", tmp_path / "imgs", "--grid-steps", 2, "--json")
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)["images"]
+    rows = json.loads(result.stdout)["images"]
     assert [r["image"] for r in rows] == ["a.png"] and rows[0]["psnr_db"] >= 40 and rows[0]["ssim"] >= 0.99

@@ -22,7 +22,7 @@ def invoke(*args):
 def trt_set(pipeline_folder, tmp_path_factory):
     _, folder = pipeline_folder
     out = tmp_path_factory.mktemp("trtcli") / "w4"
-    result = invoke("build", folder, "--wbits", 4, "--abits", 4, "--no-vatmp", "--steps", 6, "--target", "trt",
+    result = invoke("build", folder, "--wbits", 4, "--abits", 4, "--grid-steps", 6, "--target", "trt",
                     "-o", out)
     assert result.exit_code == 0, result.output
     assert "TensorRT is not installed here" in result.output and "qdit4sr-export engines" in result.output
@@ -43,20 +43,20 @@ def test_trt_set_runs_and_compares_on_the_reference_ops(pipeline_folder, trt_set
     _, folder = pipeline_folder
     manifest = json.loads((trt_set / "manifest.json").read_text())
     assert manifest["target"] == {"name": "trt", "options": {"precision": "fp16", "engines": "auto", "max_batch": 2,
-                                                             "min_side": 32, "opt_side": 64, "max_side": 128},
+                                                             "min_latent_side": 32, "opt_latent_side": 64, "max_latent_side": 128},
                                   "passes": {"graph": ["fold-hadamard(online=False)", "insert-hsvd(emit=False)",
                                                        "annotate-bits"],
                                              "per_variant": ["split-variants", "lower-trt"], "final": []}}
     assert "engines" not in manifest
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
-    result = invoke("run", trt_set, src, "-o", tmp_path / "out.png", "--steps", 2)
+    result = invoke("run", trt_set, src, "-o", tmp_path / "out.png", "--grid-steps", 2)
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out.png").size == (64, 64)
     result = invoke("compare", folder / "transformer", trt_set, "--json", "--per-variant", 1, "--min-sqnr", 10,
                     "--min-cosine", 0.95)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["passed"] and all(v["sqnr_db"] > 10 for v in report["variants"])
 
 
@@ -88,12 +88,12 @@ def test_example_model_trt_graph_compares_like_its_ort_build(tmp_path):
     per_input = {}
     for target in ("ort", "trt"):
         out = tmp_path / target
-        result = invoke("build", example, "--wbits", "auto", "--abits", 4, "--calib-count", 8, "--target", target,
+        result = invoke("build", example, "--wbits", "auto", "--abits", "auto", "--abits-budget", 4, "--calib-count", 8, "--target", target,
                         "-o", out)
         assert result.exit_code == 0, result.output
         result = invoke("compare", example / "transformer", out, "--min-sqnr", 1, "--min-cosine", 0.6, "--json")
         assert result.exit_code == 0, result.output
-        per_input[target] = [p for v in json.loads(result.output)["variants"] for p in v["per_input"]]
+        per_input[target] = [p for v in json.loads(result.stdout)["variants"] for p in v["per_input"]]
     for ort, trt in zip(per_input["ort"], per_input["trt"], strict=True):
         assert ort["timestep"] == trt["timestep"]
         assert abs(ort["sqnr_db"] - trt["sqnr_db"]) < 0.35 and abs(ort["cosine"] - trt["cosine"]) < 0.003

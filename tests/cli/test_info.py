@@ -32,7 +32,7 @@ def test_console_script_is_installed():
 def test_info_medium_preset_json():
     result = run("info", "dit4sr-medium", "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["parameters"]["total"] == 2_716_814_144
     assert summary["parameters"]["unused_attn2_added_kv"] == 122_764_928
     assert summary["parameters"]["base"] + summary["parameters"]["control"] + 122_764_928 == 2_716_814_144
@@ -57,7 +57,7 @@ def test_info_checkpoint_reports_stored_dtypes(tmp_path, tiny_model):
         if parameter_part(name) == CONTROL:
             p.data = p.data.float()
     folder = save_dit4sr(half_base, tmp_path / "ckpt")
-    summary = json.loads(run("info", str(folder), "--json").output)
+    summary = json.loads(run("info", str(folder), "--json").stdout)
     control = summary["parameters"]["control"]
     assert summary["parameter_dtypes"] == {"F16": summary["parameters"]["total"] - control, "F32": control}
     assert summary["format"] == "diffusers"

@@ -18,7 +18,7 @@ def test_engine_set_report_and_plots(engine_sets, tmp_path):
     _, w8, plan = engine_sets
     result = invoke(w8, "--json", "--plots", tmp_path / "plots")
     assert result.exit_code == 0, result.output
-    rep = json.loads(result.output)
+    rep = json.loads(result.stdout)
     assert rep["schema"] == "qdit4sr-export/inspect" and rep["plan"]["method"] == "qdit4sr"
     by_name = {r["layer"]: r for r in rep["layers"]}
     assert set(by_name) == set(plan.layers)
@@ -45,7 +45,7 @@ def test_steps_that_run_follow_the_engine_sets_pipeline(engine_sets, tmp_path):
     copy = shutil.copytree(w8, tmp_path / "w8")
     settings = json.loads((copy / "pipeline.json").read_text())
     (copy / "pipeline.json").write_text(json.dumps({**settings, "start_sigma": 0.5}))
-    runs = json.loads(invoke(copy, "--json").output)["plan"]["runs"]
+    runs = json.loads(invoke(copy, "--json").stdout)["plan"]["runs"]
     first = next(i for i, t in enumerate(plan.timesteps) if t / 1000 <= 0.5 + 1e-6)
     assert 0 < first and runs["first_step"] == first and runs["runs"] == [i >= first for i in range(len(plan.timesteps))]
     n = len(plan.timesteps)

@@ -28,7 +28,7 @@ def photos(folder):
 
 def test_folder_of_mixed_images_with_report(engine_sets, tmp_path):
     _, w8, _ = engine_sets
-    result = invoke(w8, photos(tmp_path / "in"), "-o", tmp_path / "out", "--report", tmp_path / "r.json", "--steps", 3)
+    result = invoke(w8, photos(tmp_path / "in"), "-o", tmp_path / "out", "--report", tmp_path / "r.json", "--grid-steps", 3)
     assert result.exit_code == 1  # the broken file fails, the others run
     assert "broken.png" in result.output
     out = tmp_path / "out"
@@ -49,8 +49,8 @@ def test_checkpoint_runs_the_fp_model_and_matches_the_fp_engine(pipeline_folder,
     fp, _, _ = engine_sets
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
-    assert invoke(folder, src, "-o", tmp_path / "torch.png", "--steps", 2).exit_code == 0
-    assert invoke(fp, src, "-o", tmp_path / "ort.png", "--steps", 2).exit_code == 0
+    assert invoke(folder, src, "-o", tmp_path / "torch.png", "--grid-steps", 2).exit_code == 0
+    assert invoke(fp, src, "-o", tmp_path / "ort.png", "--grid-steps", 2).exit_code == 0
     a = np.asarray(Image.open(tmp_path / "torch.png"), dtype=np.int32)
     b = np.asarray(Image.open(tmp_path / "ort.png"), dtype=np.int32)
     assert np.abs(a - b).max() <= 1
@@ -61,7 +61,7 @@ def test_prepacked_backend_writes_what_the_default_writes(engine_sets, tmp_path)
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(src)
     for backend in ("ort", "ort-prepacked"):
-        result = invoke(w8, src, "-o", tmp_path / f"{backend}.png", "--steps", 2, "--backend", backend,
+        result = invoke(w8, src, "-o", tmp_path / f"{backend}.png", "--grid-steps", 2, "--backend", backend,
                         "--report", tmp_path / f"{backend}.json")
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / f"{backend}.json").read_text())["backend"] == backend
@@ -93,7 +93,7 @@ def test_outputs_are_named_and_reported(engine_sets, tmp_path):
     result = invoke(w8, src / "rgb.png", src / "grey.png", "-o", tmp_path / "out.png")
     assert result.exit_code == 2 and "need an output folder" in result.output
     assert not (tmp_path / "out.png").exists()
-    result = invoke(w8, src / "rgb.png", src / "broken.png", "-o", tmp_path / "o", "--steps", 2,
+    result = invoke(w8, src / "rgb.png", src / "broken.png", "-o", tmp_path / "o", "--grid-steps", 2,
                     "--report", tmp_path / "r.json")
     assert result.exit_code == 1
     assert f"wrote {tmp_path / 'o' / 'rgb.png'}" in result.output
@@ -130,7 +130,7 @@ def test_damaged_weights_never_become_an_image(engine_sets, tmp_path):
     engine = EngineSet.load(bad)
     name = next(n for n in engine.weights.names() if ".wscale" in n)
     overwrite_tensor(bad, name, np.nan)
-    result = invoke(bad, src, "-o", tmp_path / "b.png", "--steps", 2)
+    result = invoke(bad, src, "-o", tmp_path / "b.png", "--grid-steps", 2)
     assert result.exit_code == 1
     assert "produced non-finite values at step" in result.output and "variant" in result.output
     assert not (tmp_path / "b.png").exists()
@@ -140,7 +140,7 @@ def test_w4a4_engine_set_runs(w4_engine_set, tmp_path):
     w4, _ = w4_engine_set
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (16, 24, 3), dtype=np.uint8)).save(src)
-    result = invoke(w4, src, "-o", tmp_path / "out.png", "--steps", 3, "--report", tmp_path / "r.json")
+    result = invoke(w4, src, "-o", tmp_path / "out.png", "--grid-steps", 3, "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out.png").size == (96, 64)
     report = json.loads((tmp_path / "r.json").read_text())

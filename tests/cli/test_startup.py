@@ -11,8 +11,10 @@ HEAVY = ("torch", "onnx", "onnx_ir", "onnxruntime", "diffusers", "numpy")
 MISTAKES = [
     (["plan", "nonexistent"], "neither a file or folder nor a preset"),
     (["plan", "dit4sr-tiny", "--method", "typo"], "unknown method 'typo'; valid: qdit4sr, rtn"),
-    (["plan", "dit4sr-tiny", "--method", "rtn", "--svd-rank", "8"], "--svd-rank does not apply to method 'rtn'"),
-    (["plan", "dit4sr-tiny", "--wbits", "9"], "--wbits must be in 2..8"),
+    (["plan", "dit4sr-tiny", "--method", "rtn", "-O", "svd_rank=8"], "option svd_rank does not apply to method 'rtn'"),
+    (["plan", "dit4sr-tiny", "--wbits", "9"], "--wbits must be 'auto' or an integer 2..8"),
+    (["plan", "pyproject.toml"], "unsupported checkpoint format '.toml'"),
+    (["build", "pyproject.toml", "-o", "out"], "unsupported checkpoint format '.toml'"),
     (["plan", "dit4sr-tiny", "--calib", "nope/"], "Path 'nope/' does not exist"),
     (["plan"], "Missing argument 'MODEL'"),
     (["plan", "dit4sr-tiny", "--method", "fp"], "method 'fp' makes no plan"),

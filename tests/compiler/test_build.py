@@ -34,7 +34,7 @@ def build(args, expect_ok=True):
     result = CliRunner().invoke(main, ["build", *map(str, args), "--json"])
     if expect_ok:
         assert result.exit_code == 0, result.output
-        return json.loads(result.output)
+        return json.loads(result.stdout)
     assert result.exit_code == 2, result.output
     return result.output
 
@@ -108,7 +108,8 @@ def test_vatmp_variants_and_cap(checkpoints, tmp_path):
     model, ckpt = checkpoints["dit4sr-tiny"]
     latents = torch.randn(4, model.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     save_file({"lr_latent": latents}, str(tmp_path / "calib.safetensors"))
-    common = [ckpt, "--wbits", 4, "--abits", 4.5, "--calib", tmp_path / "calib.safetensors", "--steps", 8]
+    common = [ckpt, "--wbits", 4, "--abits", "auto", "--abits-budget", 4.5, "--calib", tmp_path / "calib.safetensors",
+              "--grid-steps", 8]
     full = build([*common, "-o", tmp_path / "full"])
     capped = build([*common, "--max-variants", 2, "-o", tmp_path / "capped"])
     assert capped["variants"] <= 2 <= full["variants"]
@@ -162,12 +163,12 @@ def test_bad_input_leaves_nothing(checkpoints, tmp_path, monkeypatch):
 def test_default_calibration_is_the_packaged_photos(checkpoints, tmp_path):
     """A model with vae/ calibrates VaTMP on the shipped LR photos; one without falls back to static bits, saying so."""
     make_pipeline_folder(tmp_path / "pipe")
-    common = ["--wbits", 4, "--steps", 4, "--calib-count", 2]
-    with_vae = build([tmp_path / "pipe", *common, "--abits", 4.5, "-o", tmp_path / "a"])
+    common = ["--wbits", 4, "--grid-steps", 4, "--calib-count", 2, "--abits", "auto"]
+    with_vae = build([tmp_path / "pipe", *common, "--abits-budget", 4.5, "-o", tmp_path / "a"])
     assert with_vae["calibration"] == "packaged LR photo crops"
     plan = QuantPlan.load(tmp_path / "a" / "plan.json")
     assert any(len(set(lp.abits)) > 1 for lp in plan.layers.values())  # VaTMP varies bits over the steps
-    without = build([checkpoints["dit4sr-tiny"][1], *common, "--abits", 4, "-o", tmp_path / "b"])
+    without = build([checkpoints["dit4sr-tiny"][1], *common, "--abits-budget", 4, "-o", tmp_path / "b"])
     assert without["calibration"] is None and without["variants"] == 1
     assert any("no calibration data" in n for n in without["notices"])
 
@@ -175,13 +176,13 @@ def test_default_calibration_is_the_packaged_photos(checkpoints, tmp_path):
 def test_vatmp_follows_the_pipelines_start_sigma(tmp_path):
     """A folder whose pipeline.json starts runs at sigma 0.5: VaTMP budgets only the steps that run; the skipped
     steps keep static bits; --start-sigma overrides; the plan's None variances go through variants and plots."""
-    from qdit4sr_export.cli.build import packaged_calibration_folder
+    from qdit4sr_export.quant.calib_images import packaged_calibration_folder
     from qdit4sr_export.model.sampling import flow_schedule, start_index
 
     make_pipeline_folder(tmp_path / "pipe")
     settings = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
     (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({**settings, "start_sigma": 0.5}))
-    common = ["--wbits", 4, "--steps", 6, "--calib-count", 2, "--abits", 4.5]
+    common = ["--wbits", 4, "--grid-steps", 6, "--calib-count", 2, "--abits", "auto", "--abits-budget", 4.5]
     build([tmp_path / "pipe", *common, "-o", tmp_path / "a"])
     plan = QuantPlan.load(tmp_path / "a" / "plan.json")
     first = start_index(flow_schedule(6)[1], 0.5)

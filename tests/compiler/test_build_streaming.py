@@ -109,7 +109,7 @@ def test_a_missing_or_truncated_shard_is_a_one_line_error_and_writes_nothing(rel
     else:
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     out = tmp_path / "engine"
-    result = CliRunner().invoke(main, ["build", str(ckpt), "--wbits", "4", "--abits", "4", "--no-vatmp", "-o", str(out)])
+    result = CliRunner().invoke(main, ["build", str(ckpt), "--wbits", "4", "--abits", "4", "-o", str(out)])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and shard.name in lines[0], result.output

@@ -24,7 +24,7 @@ def test_engines_agree_with_the_reference_graph(pipeline_folder, tmp_path):
 
     model, folder = pipeline_folder
     out = tmp_path / "trt"
-    result = CliRunner().invoke(main, ["build", str(folder), "--wbits", "4", "--abits", "4", "--no-vatmp", "--steps",
+    result = CliRunner().invoke(main, ["build", str(folder), "--wbits", "4", "--abits", "4", "--grid-steps",
                                        "6", "--target", "trt", "-T", "precision=fp32", "-o", str(out)])
     assert result.exit_code == 0, result.output
     engine = EngineSet.load(out)

@@ -19,6 +19,7 @@ Choices this implementation makes (AdaTSQ leaves them to the model):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from qdit4sr_export.errors import UserError
 from qdit4sr_export.quant.methods.base import CalibratedConfig
@@ -30,6 +31,7 @@ CANDIDATES = ("low", "mid", "high")
 
 @dataclass(frozen=True)
 class AdaTSQConfig(CalibratedConfig):
+    ABITS_SCHEDULE: ClassVar[str] = "always"  # the search picks per-timestep bits around abits
     beam_width: int = 4  # AdaTSQ's beam; a width of 3^(steps-1) makes the search exhaustive
     search_samples: int = 8  # calibration samples the search's end-to-end error is measured on (the first)
     damp: float = 0.01

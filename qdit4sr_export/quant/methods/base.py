@@ -46,7 +46,7 @@ class CalibratedConfig(MethodConfig):
 
 def check_grid(steps: int, shift: float) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
+        raise UserError(f"--grid-steps must be >= 1, got {steps}")
     if not shift > 0:
         raise UserError(f"shift must be > 0, got {shift}")
 

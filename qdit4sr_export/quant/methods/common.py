@@ -92,10 +92,10 @@ def hadamard_rotations(linears: Mapping[str, tuple[int, int]], *, seed: int | No
     return rotations
 
 
-def check_rank(linears: Mapping[str, tuple[int, int]], rank: int, option: str = "--svd-rank") -> None:
+def check_rank(linears: Mapping[str, tuple[int, int]], rank: int, option: str = "svd_rank") -> None:
     for name, (out, inp) in linears.items():
         if rank > min(out, inp):
-            raise UserError(f"{option} {rank} is larger than min(out, in) = {min(out, inp)} of layer '{name}'")
+            raise UserError(f"{option}={rank} is larger than min(out, in) = {min(out, inp)} of layer '{name}'")
 
 
 def static_bits(bits: float, steps: int, option: str = "--abits") -> tuple[int, ...]:

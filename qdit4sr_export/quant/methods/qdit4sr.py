@@ -75,11 +75,11 @@ class QDiT4SRConfig:
         if not 2 <= self.abits <= 8:
             raise UserError(f"--abits must be in 2..8, got {self.abits}")
         if self.svd_rank < 0 or self.local_rank < 0:
-            raise UserError(f"--svd-rank and --local-rank must be >= 0, got {self.svd_rank} and {self.local_rank}")
+            raise UserError(f"svd_rank and local_rank must be >= 0, got {self.svd_rank} and {self.local_rank}")
         if self.max_segments is not None and self.max_segments < 1:
-            raise UserError(f"--max-segments must be >= 1, got {self.max_segments}")
+            raise UserError(f"max_segments must be >= 1, got {self.max_segments}")
         if self.steps < 1:
-            raise UserError(f"--steps must be >= 1, got {self.steps}")
+            raise UserError(f"--grid-steps must be >= 1, got {self.steps}")
         if not 0 < self.start_sigma <= 1:
             raise UserError(f"--start-sigma must be in (0, 1], got {self.start_sigma}")
         if self.vatmp_samples < 0:

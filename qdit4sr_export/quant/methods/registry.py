@@ -40,6 +40,20 @@ class Method:
         wants = getattr(config, "wants_calibration", None)
         return self.needs_calibration or wants is None or bool(wants())
 
+    @property
+    def vasmp(self) -> bool:
+        """Whether ``wbits=None`` (``--wbits auto``) allocates per-layer weight bits at ``wbits_budget``."""
+        return "wbits_budget" in self.options()
+
+    @property
+    def abits_schedule(self) -> str | None:
+        """How the method sets activation bits per timestep: ``"switch"`` (its config's ``vatmp`` turns a schedule
+        averaging ``abits`` on or off), ``"always"`` (it always searches one; ``abits`` is its average), or None
+        (static ``abits``). A config says ``"always"`` with a class attribute ``ABITS_SCHEDULE``."""
+        if "vatmp" in self.options():
+            return "switch"
+        return getattr(self.config_cls, "ABITS_SCHEDULE", None)
+
     def options(self) -> dict[str, Any]:
         """Config fields and their defaults (what ``--method-option KEY=VALUE`` may set)."""
         return {f.name: f.default for f in dataclasses.fields(self.config_cls) if f.name != "version"}
@@ -116,9 +130,7 @@ def make_config(method: Method, options: Mapping[str, Any]) -> Any:
     for key, value in options.items():
         field = key.replace("-", "_")
         if field not in fields:
-            raise UserError(
-                f"--{key.replace('_', '-')} does not apply to method '{method.name}' (its options: "
-                f"{', '.join(sorted(fields))})"
-            )
+            raise UserError(f"option {field} does not apply to method '{method.name}' (its options: "
+                            f"{', '.join(sorted(fields))})")
         kwargs[field] = _convert(value, hints[field], key, method.name)
     return method.config_cls(**kwargs)

@@ -125,8 +125,8 @@ def test_planning_does_not_touch_the_model(tiny_model):
         ({"wbits": 1}, "--wbits"),
         ({"abits": 1}, "--abits must be in 2..8"),
         ({"wbits_budget": 9.0}, "--wbits-budget"),
-        ({"svd_rank": -1}, "--svd-rank"),
-        ({"max_segments": 0}, "--max-segments"),
+        ({"svd_rank": -1}, "svd_rank and local_rank must be >= 0"),
+        ({"max_segments": 0}, "max_segments must be >= 1"),
         ({"start_sigma": 0.0}, "--start-sigma"),
         ({"start_sigma": 1.5}, "--start-sigma"),
         ({"group_size": -1}, "group_size >= 0"),
@@ -140,7 +140,7 @@ def test_bad_options(kwargs, message):
 
 
 def test_rank_larger_than_layer(tiny_model):
-    with pytest.raises(UserError, match="--svd-rank 65 is larger than min"):
+    with pytest.raises(UserError, match=r"svd_rank=65 is larger than min"):
         make_plan(tiny_model, QDiT4SRConfig(wbits=4, svd_rank=65, steps=2))
 
 

@@ -40,7 +40,7 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_options_that_do_not_apply():
-    with pytest.raises(UserError, match="--svd-rank does not apply to method 'rtn'"):
+    with pytest.raises(UserError, match="option svd_rank does not apply to method 'rtn'"):
         make_config(get_method("rtn"), {"svd_rank": 8})
 
 
@@ -159,8 +159,9 @@ def test_the_registry_says_which_methods_calibrate():
     assert get_method("qdit4sr").uses_calibration and not get_method("qdit4sr").needs_calibration
     for name in ("svdquant", "ptq4dit", "qdit", "adatsq", "lrq-dit"):
         assert get_method(name).needs_calibration and get_method(name).uses_calibration
-    for name in ("rtn", "quarot", "fp"):
+    for name in ("rtn", "fp"):
         assert not get_method(name).uses_calibration
+    assert get_method("quarot").uses_calibration and not get_method("quarot").needs_calibration  # gptq=true
     assert method_names()[-1] == "fp" and "fp" not in method_names(quantizing_only=True)
     assert not get_method("fp").quantizes and "start_sigma" not in get_method("rtn").options()
     assert "start_sigma" in get_method("svdquant").options()  # every calibrated method follows the trajectory
@@ -190,7 +191,7 @@ def test_a_new_method_needs_no_cli_edit(tmp_path, tiny_model):
         ckpt = save_dit4sr(tiny_model, tmp_path / "tiny")
         save_file({"lr_latent": torch.randn(2, 16, 8, 8)}, str(tmp_path / "calib.safetensors"))
         for name in ("test-calibrating", "test-plain"):
-            result = CliRunner().invoke(main, ["plan", str(ckpt), "--method", name, "--wbits", "4", "--steps", "2",
+            result = CliRunner().invoke(main, ["plan", str(ckpt), "--method", name, "--wbits", "4", "--grid-steps", "2",
                                                "--calib", str(tmp_path / "calib.safetensors"), "--json"])
             assert result.exit_code == 0, result.output
         assert len(received["test-calibrating"]) == 2 and received["test-plain"] is None
