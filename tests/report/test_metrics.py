@@ -36,3 +36,21 @@ def test_gms_known_values():
     flat = torch.full_like(x, 128.0)  # no edges where the reference has many: far from 1 (measured 0.28-0.32)
     assert float(gms(flat, x).max()) < 0.4
     assert image_metrics(x / 255, x / 255)["gms"] == 1.0
+
+
+def test_psnr_and_ssim_are_scikit_images():
+    """The reference implementations (scikit-image: Wang et al.'s Gaussian SSIM, sigma 1.5, population covariance)
+    on the same 8-bit images agree with the project's torch versions to float32 precision."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(2, 3, 64, 48, generator=g) * 255).round()
+    b = (a + 12 * torch.randn(a.shape, generator=g)).clamp(0, 255).round()
+    ours_psnr, ours_ssim = psnr(b, a), ssim(b, a)
+    for i in range(2):
+        x, y = (t[i].permute(1, 2, 0).double().numpy() for t in (a, b))
+        assert abs(peak_signal_noise_ratio(x, y, data_range=255) - float(ours_psnr[i])) < 1e-4
+        ref = structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                    data_range=255, channel_axis=2)
+        assert abs(ref - float(ours_ssim[i])) < 1e-6 and np.isfinite(ref)
