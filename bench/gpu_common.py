@@ -19,21 +19,20 @@ def choose_device(interpret: bool) -> torch.device:
     return torch.device(device)
 
 
-def parse_args(doc: str, what: str, tiny_help: str) -> tuple[argparse.Namespace, torch.device]:
-    """--tiny / --interpret / --reps, and the device (full-size runs need CUDA: ``what`` names them)."""
+def parse_args(doc: str, what: str, tiny_help: str, extra=None) -> tuple[argparse.Namespace, torch.device]:
+    """--tiny / --interpret / --reps (and what ``extra(parser)`` adds), and the device (full-size runs need CUDA:
+    ``what`` names them)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help=tiny_help)
     ap.add_argument("--interpret", action="store_true", help="Run the kernels in Triton's CPU interpreter.")
     ap.add_argument("--reps", type=int, default=None)
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args()
     device = choose_device(args.interpret)
     if not args.tiny and device.type != "cuda":
         raise SystemExit(f"{what} needs a CUDA GPU; use --tiny to check the script on the CPU")
     return args, device
-
-
-def command(script: str, args: argparse.Namespace) -> str:
-    return script + (" --tiny" if args.tiny else "") + (" --interpret" if args.interpret else "")
 
 
 def device_name(device: torch.device) -> str:

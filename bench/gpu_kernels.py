@@ -6,7 +6,7 @@ the same run (median of --reps after warm-up, CUDA events): torch bf16 ``x @ W``
 (``rotate_quantize`` + ``lowbit_gemm``) bare and with the fused SVD-G (rank 32) and SVD-L (Q-DiT4SR's
 block) branches. Ratios: bf16 / GEMM (the target is >= 1.6x on H100/H200; INT8 tensor cores cap it at 2x) and
 low-rank overhead = fused / bare - 1 (target <= 15%). Every kernel output is first checked against its torch
-reference. Writes bench/results/gpu_kernels.json and the "GPU kernels" section of BENCHMARKS.md.
+reference. Writes bench/results/gpu_kernels.json (``render`` gives its Markdown section).
 
 --tiny runs small shapes end to end (on the CPU through Triton's interpreter when there is no GPU, or with
 --interpret) to prove the script works: it writes bench/results/gpu_kernels_tiny.json only, and its
@@ -20,10 +20,8 @@ import dataclasses
 import json
 
 import torch
-from common import ROOT, machine, sqnr_db, update_benchmarks_md
-from gpu_common import command, device_name, parse_args, random_specs, time_ms
-
-COMMAND = "python bench/gpu_kernels.py"
+from common import sqnr_db, write_result
+from gpu_common import device_name, parse_args, random_specs, time_ms
 MEDIUM = dict(tokens=8192, dims=(1536, 6144), rank=32, local_rank=8)
 TINY = dict(tokens=160, dims=(96, 192), rank=8, local_rank=2)
 
@@ -90,8 +88,10 @@ def moved(obj, device):
                                        if isinstance(getattr(obj, f.name), torch.Tensor)})
 
 
-def table(result: dict) -> str:
-    lines = [f"Command: `{result['command']}`. Device: {result['device']}. Machine: {result['machine']}.",
+def render(result: dict) -> str:
+    lines = ["## GPU kernels (issues 14, 30)", "",
+             f"Command: `{result['command']}`. Device: {result['device']}. Machine: {result['machine']}. "
+             f"Date: {result['date']}.",
              f"Median of {result['reps']} after warm-up; every ratio is against the torch matmul timed in the same "
              "run. Kernel outputs checked against their torch references first (columns: SQNR, codes equal).", "",
              f"| M x K x N | torch {result['torch_matmul_dtype']} matmul ms | W4A4 GEMM | W8A8 GEMM "
@@ -112,17 +112,12 @@ def main() -> None:
     cfg = TINY if args.tiny else MEDIUM
     reps = args.reps or (2 if device.type == "cpu" else 20)
     rows = [bench_shape(k, n, cfg["tokens"], cfg, device, reps) for k in cfg["dims"] for n in cfg["dims"]]
-    result = {"command": command(COMMAND, args),
-              "machine": machine(), "device": device_name(device), "interpreted": device.type == "cpu",
+    result = {"device": device_name(device), "interpreted": device.type == "cpu",
               "torch_matmul_dtype": "bfloat16" if device.type == "cuda" else "float32",
               "tiny": args.tiny, "reps": reps, "rows": rows}
-    name = "gpu_kernels_tiny.json" if args.tiny else "gpu_kernels.json"
-    out = ROOT / "bench" / "results" / name
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result))
-    print(f"wrote {out}")
-    if not args.tiny:
-        update_benchmarks_md("gpu_kernels", "## GPU kernels (issue 14)\n\n" + table(result))
+    path = write_result("gpu_kernels_tiny" if args.tiny else "gpu_kernels", result)
+    print(render(json.loads(path.read_text())))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """One dit4sr-medium denoising step at a 1024x1024 output: W4A4 on the Triton kernels against bf16 torch.
 
-Model: dit4sr-medium (24 blocks, hidden 1536), seeded default-init weights; latent 128x128 (a 1024x1024 output
+Model: dit4sr-medium (hidden 1536; its 24 blocks, or the first ``--blocks``), seeded default-init weights; latent
+128x128 (a 1024x1024 output
 through the 8x autoencoder) -> 4096 image + 4096 LR tokens, 333 text tokens, batch 1. The W4A4 model is the
 same module with every active block linear replaced by the triton backend's ``KernelLinear`` (signed
 Hadamard, SVD-G rank 32, SVD-L at Q-DiT4SR's block, 4-bit weights and activations) holding random codes and
 factors of the engine-set layout: latency does not depend on their values. Linears whose outputs never reach
 the model output (``to_k_control``, attn2's text projections: pruned from engine sets) are skipped in both
 models. Timed in the same run, eager and replayed as CUDA graphs, median of --reps after warm-up.
-Writes bench/results/gpu_step.json and the "GPU step" section of BENCHMARKS.md (target: >= 1.4x bf16).
+Writes bench/results/gpu_step.json (``render`` gives its Markdown section; target: >= 1.4x bf16).
 
 --tiny runs dit4sr-tiny at an 8x8 latent end to end (on the CPU through Triton's interpreter when there is
 no GPU, or with --interpret) to prove the script works: bench/results/gpu_step_tiny.json only; its timings
@@ -20,20 +21,8 @@ from __future__ import annotations
 import json
 
 import torch
-from common import ROOT, machine, update_benchmarks_md
-from gpu_common import command, device_name, parse_args, random_specs, time_ms
-
-COMMAND = "python bench/gpu_step.py"
-
-
-def kernel_plan(preset: str):
-    """Shapes-only Q-DiT4SR plan (W4A4 static, r_G 32, r_L 8) of the preset."""
-    from qdit4sr_export.model import build_dit4sr
-    from qdit4sr_export.quant.methods import get_method, make_config
-
-    method = get_method("qdit4sr")
-    meta = build_dit4sr(preset, device="meta")
-    return method.build(meta, make_config(method, {"wbits": 4, "abits": 4, "steps": 1, "vatmp": False}))
+from common import write_result
+from gpu_common import device_name, parse_args, random_specs, time_ms
 
 
 def swap(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
@@ -59,18 +48,23 @@ def timed(model, args, device, reps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    args, device = parse_args(__doc__, "a dit4sr-medium step", "dit4sr-tiny, 8x8 latent: prove the script runs.")
+    args, device = parse_args(__doc__, "a dit4sr-medium step", "dit4sr-tiny, 8x8 latent: prove the script runs.",
+                              extra=lambda ap: ap.add_argument("--blocks", type=int, default=None,
+                                                               help="The model's first N blocks (default: all)."))
     from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
+    from qdit4sr_export.plugins.trt_configs import shapes_plan
     from qdit4sr_export.runtime.kernel_linear import DeadLinear, KernelLinear
 
     from qdit4sr_export.model import build_dit4sr
+    from qdit4sr_export.model.config import PRESETS
 
     preset, side, text = ("dit4sr-tiny", 8, 4) if args.tiny else ("dit4sr-medium", 128, 333)
+    config = PRESETS[preset] if args.blocks is None else PRESETS[preset].with_blocks(args.blocks)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     reps = args.reps or (1 if device.type == "cpu" else 10)
     torch.manual_seed(0)
-    model = build_dit4sr(preset, device=device, dtype=dtype)
-    plan = kernel_plan(preset)
+    model = build_dit4sr(config, device=device, dtype=dtype)
+    plan = shapes_plan(config)
     for name, lp in plan.layers.items():
         if not lp.active:
             swap(model, name, DeadLinear(lp.in_features, lp.out_features))
@@ -93,26 +87,26 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     quant = timed(model, inputs, device, reps)
-    result = {"command": command(COMMAND, args),
-              "machine": machine(), "device": device_name(device), "interpreted": device.type == "cpu",
-              "tiny": args.tiny, "preset": preset, "latent": side, "tokens": {"image": (side // 2) ** 2,
-              "lr": (side // 2) ** 2, "text": text}, "torch_dtype": str(dtype).removeprefix("torch."),
-              "quantized_linears": len(active), "reps": reps,
+    result = {"device": device_name(device), "interpreted": device.type == "cpu",
+              "tiny": args.tiny, "preset": preset, "blocks": config.num_layers, "latent": side,
+              "tokens": {"image": (side // 2) ** 2, "lr": (side // 2) ** 2, "text": text},
+              "torch_dtype": str(dtype).removeprefix("torch."), "quantized_linears": len(active), "reps": reps,
               "ms": {"torch": base, "w4a4_triton": quant},
               "speedup": {k: round(base[k] / quant[k], 3) for k in base}}
-    out = ROOT / "bench" / "results" / ("gpu_step_tiny.json" if args.tiny else "gpu_step.json")
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    if not args.tiny:
-        rows = "\n".join(f"| {mode} | {base[mode]:.1f} | {quant[mode]:.1f} | {result['speedup'][mode]:.2f}x |"
-                         for mode in base)
-        update_benchmarks_md("gpu_step", f"## GPU step (issue 14)\n\nCommand: `{result['command']}`. Device: "
-                             f"{result['device']}. Machine: {result['machine']}.\nOne dit4sr-medium step at a "
-                             f"1024x1024 output ({result['tokens']}), batch 1, median of {reps}; both timed in the "
-                             "same run.\n\n| mode | bf16 torch ms | W4A4 triton ms | speedup |\n|---|---|---|---|\n"
-                             f"{rows}\n")
+    path = write_result("gpu_step_tiny" if args.tiny else "gpu_step", result)
+    print(render(json.loads(path.read_text())))
+    print(f"wrote {path}")
 
+
+def render(result: dict) -> str:
+    base, quant = result["ms"]["torch"], result["ms"]["w4a4_triton"]
+    rows = "\n".join(f"| {mode} | {base[mode]:.1f} | {quant[mode]:.1f} | {result['speedup'][mode]:.2f}x |"
+                     for mode in base)
+    return (f"## GPU step (issues 14, 30)\n\nCommand: `{result['command']}`. Device: {result['device']}. Machine: "
+            f"{result['machine']}. Date: {result['date']}.\nOne {result['preset']} step ({result['blocks']} blocks) "
+            f"at a {result['latent'] * 8}x{result['latent'] * 8} output ({result['tokens']}), batch 1, median of "
+            f"{result['reps']}; both timed in the same run.\n\n| mode | {result['torch_dtype']} torch ms "
+            f"| W4A4 triton ms | speedup |\n|---|---|---|---|\n{rows}\n")
 
 if __name__ == "__main__":
     main()

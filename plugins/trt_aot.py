@@ -30,7 +30,13 @@ from qdit4sr_export.plugins.trt_launch import (
     lowbit_gemm_tactics,
     rotate_quantize_tactics,
 )
-from qdit4sr_export.plugins.trt_ops import DOMAIN, LOWBIT_GEMM, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
+from qdit4sr_export.plugins.trt_ops import (
+    DOMAIN,
+    LOWBIT_GEMM,
+    ROTATE_QUANTIZE,
+    LowbitGemmAttrs,
+    RotateQuantizeAttrs,
+)
 
 from qdit4sr_export.errors import UserError
 

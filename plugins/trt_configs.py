@@ -65,9 +65,9 @@ def plan_configs(plan, settings=SETTINGS) -> list[LayerConfig]:
     return out
 
 
-def shapes_plan(preset: str = "dit4sr-medium"):
+def shapes_plan(preset="dit4sr-medium"):
     """The shapes-only Q-DiT4SR W4A4 static plan of a preset (SVD-G rank 32, SVD-L at Q-DiT4SR's block), built on
-    the meta device: layer shapes and branches, no weights."""
+    the meta device: layer shapes and branches, no weights (``preset``: a preset name or a DiT4SRConfig)."""
     from qdit4sr_export.model import build_dit4sr
     from qdit4sr_export.quant.methods import get_method, make_config
 

@@ -2,7 +2,7 @@
 
 Sources, cited at each rule:
   [aot-doc]  ``tensorrt.plugin.aot_impl``'s docstring (python/packaging/bindings_wheel/tensorrt/plugin/_lib.py in
-             NVIDIA/TensorRT; also in the tensorrt-cu12-bindings 11.4 wheel, read 2026-12-06, shared/docs/measured-facts.md).
+             NVIDIA/TensorRT; also in the tensorrt-cu12-bindings 11.4 wheel, read 2026-12-06: measured-facts.md).
   [aot-impl] ``_TemplateAOTPlugin.get_launch_params`` (.../tensorrt/plugin/_plugin_class.py, same repository).
   [sample]   NVIDIA's sample samples/python/quickly_deployable_plugins/oait_kernels.py (``circ_pad_kernel``) and
              qdp_defs.py (``circ_pad_plugin_aot_impl``, the multi-tactic ``Tactic`` enum).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qdit4sr_export.errors import UserError
 from qdit4sr_export.plugins.trt_ops import (
     LOWBIT_GEMM,
     LOWBIT_GEMM_INPUTS,
@@ -24,6 +23,8 @@ from qdit4sr_export.plugins.trt_ops import (
     ROTATE_QUANTIZE_INPUTS,
     ROTATE_QUANTIZE_OUTPUTS,
 )
+
+from qdit4sr_export.errors import UserError
 
 # Rule 1, order [aot-doc]: "extra_args: Symbolic expressions for scalar inputs to the kernel, located after the tensor
 # inputs and before the tensor outputs"; [sample] orders circ_pad_kernel's parameters X, 13 int32 scalars, Y.

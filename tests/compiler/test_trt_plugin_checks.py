@@ -10,7 +10,13 @@ import sys
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from qdit4sr_export.plugins.trt_ops import DOMAIN, LOWBIT_GEMM, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
+from qdit4sr_export.plugins.trt_ops import (
+    DOMAIN,
+    LOWBIT_GEMM,
+    ROTATE_QUANTIZE,
+    LowbitGemmAttrs,
+    RotateQuantizeAttrs,
+)
 
 from qdit4sr_export.compiler.trt_engines import check_plugin_needs
 from qdit4sr_export.errors import UserError

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx_ir as ir
 import pytest
 from qdit4sr_export.plugins import trt_kernels
+from qdit4sr_export.plugins.ptx import EntryParam
 from qdit4sr_export.plugins.trt_contract import (
     CONTRACTS,
     MAX_DYNAMIC_SHARED_BYTES,
@@ -20,8 +21,11 @@ from qdit4sr_export.plugins.trt_contract import (
     check_target_isa,
     max_ptx_isa,
 )
-from qdit4sr_export.plugins.ptx import EntryParam
-from qdit4sr_export.plugins.trt_launch import lowbit_gemm_launch, lowbit_gemm_tactics, rotate_quantize_launch
+from qdit4sr_export.plugins.trt_launch import (
+    lowbit_gemm_launch,
+    lowbit_gemm_tactics,
+    rotate_quantize_launch,
+)
 from qdit4sr_export.plugins.trt_ops import (
     LOWBIT_GEMM,
     LOWBIT_GEMM_INPUTS,
@@ -119,7 +123,8 @@ def test_entry_check_names_the_limit():
     with pytest.raises(UserError, match="declares 14 parameters; TensorRT passes 12"):
         check_entry(contract, good + [EntryParam(".u64", True, "s0"), EntryParam(".u64", True, "s1")], 0, PTX_ISA, "k")
     swapped = good[:10] + [good[11], good[10]]  # outputs before M: the pre-contract order
-    with pytest.raises(UserError, match=r"parameter 10 \(.u64 pointer\) is not what TensorRT passes there \(M, a scalar\)"):
+    with pytest.raises(UserError, match=r"parameter 10 \(.u64 pointer\) is not what TensorRT passes there "
+                                        r"\(M, a scalar\)"):
         check_entry(contract, swapped, 0, PTX_ISA, "k")
     with pytest.raises(UserError, match="PTX ISA 9.4 is newer than the supported 8.4"):
         check_entry(contract, good, 0, (9, 4), "k")

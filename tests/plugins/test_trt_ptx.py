@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 from qdit4sr_export.plugins import ptx as ptx_text
-from qdit4sr_export.plugins.trt_contract import MAX_DYNAMIC_SHARED_BYTES, PTX_ISA, TRITON_TRAILING_SCRATCH
+from qdit4sr_export.plugins.trt_contract import (
+    MAX_DYNAMIC_SHARED_BYTES,
+    PTX_ISA,
+    TRITON_TRAILING_SCRATCH,
+)
 
 SUBSET = ("k1536_n6144_w4a4_g0_r32_l768x192", "k6144_n1536_w8a8_g128_r32_l768x192",
           "k1536_n1536_w4afloat_g0_r32_l384x128")

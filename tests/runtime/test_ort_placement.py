@@ -17,7 +17,8 @@ CPU = "CPUExecutionProvider"
 
 def _model() -> bytes:
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
-             helper.make_node("Relu", ["y"], ["r"], name="relu"), helper.make_node("Mul", ["r", "r"], ["z"], name="square")]
+             helper.make_node("Relu", ["y"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "r"], ["z"], name="square")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 4])],
                               initializer=[helper.make_tensor("w", TensorProto.FLOAT, [3, 4], np.ones(12))])
