@@ -3,8 +3,8 @@
 The plugins (``plugins/trt_plugins.py``) are registered by importing that module before parsing. Each engine has
 one optimization profile (batch 1..``max_batch``, latent side ``min_latent_side``..``max_latent_side``, the engine
 set's prompt length), strongly typed (the graph's own fp16/fp32 types), and the builder's timing cache is kept in
-the engine set (``timing.cache``) so rebuilding is faster. Before building, every plugin kernel is compiled and checked against
-TensorRT's launch contract (``plugins/trt_aot.py``). The manifest records the TensorRT version, the GPU's compute
+the engine set (``timing.cache``) so rebuilding is faster. Before building, every plugin kernel is compiled and
+checked against TensorRT's launch contract (``plugins/trt_aot.py``). The manifest records the TensorRT version, the GPU's compute
 capability and what the plugins' PTX needs (``plugins``: PTX ISA, target, kernels): an engine is refused on another
 version or GPU, or with a driver older than the PTX ISA, with a one-line error naming both.
 

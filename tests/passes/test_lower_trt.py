@@ -126,3 +126,23 @@ def test_grouped_and_smoothed_plan_tracks_the_simulation(tiny, tmp_path):
     attrs = [{a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT} for n in rq]
     assert {a["group_size"] for a in attrs} == {64} and any(a["smooth"] for a in attrs)
     assert min(simulation_sqnr_per_step(tiny, folder, plan)) >= 100.0
+
+
+def test_plugin_configs_are_the_lowered_nodes(trt_sets):
+    """``plugins/trt_configs.layer_attrs`` (what the PTX contract test and bench/ptx_report.py compile for a plan)
+    gives exactly the attributes the lowering writes, node by node."""
+    from qdit4sr_export.plugins.trt_configs import layer_attrs
+    from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs, RotateQuantizeAttrs
+
+    folder, plan = trt_sets[(4, "fp32")]
+    proto = onnx.load(str(folder / EngineSet.load(folder).variants[0].file), load_external_data=False)
+    nodes = {(n.name.split("/")[0], n.op_type): {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+             for n in proto.graph.node if n.domain == DOMAIN}
+    assert nodes
+    for (layer, op), attrs in nodes.items():
+        if op != LOWBIT_GEMM:
+            continue
+        gemm = LowbitGemmAttrs.from_attributes(attrs)
+        rq, gm = layer_attrs(plan.layers[layer], gemm.wbits, gemm.abits, bias=bool(gemm.bias))
+        assert gm == gemm, layer
+        assert rq == RotateQuantizeAttrs.from_attributes(nodes[(layer, ROTATE_QUANTIZE)]), layer
