@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Trains the shipped example model (v3) from scratch: the six runs whose records are kept in examples/
-# (dit4sr-tiny-v3-path-self, -v3-ft128, -v3-ft128b, -v3-ft128h, -v3-ft128i and dit4sr-tiny-metrics.json), each
-# fine-tuning the one before.
+# Trains the shipped example model (v3) from scratch: six runs, each fine-tuning the one before; the last one's
+# record is kept as examples/dit4sr-tiny-metrics.json.
 # Usage: bash examples/train_v3.sh OUT   (about 2 h 15 min of training plus 5 min of evaluation per stage on 2 CPU
 # cores; needs the `examples` extra, apt-get, dpkg)
 # The model ends up in OUT/ft128j/dit4sr-tiny; each stage's metrics.json beside its model.
@@ -15,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 train() { python "$here/train_tiny.py" --objective path-self --log-every 25 "$@"; }
 tile=(--self-after 0 --crop 128 --batch 6 --steps 400 --lr 3e-4 --warmup 20)
 
-# 1. 1,400 steps at 64 px on the sampler's own path (one thread, as the kept record ran).
+# 1. 1,400 steps at 64 px on the sampler's own path (one thread, as the shipped model's first stage ran).
 OMP_NUM_THREADS=1 train --out "$out/path-self"
 # 2-4. 400 steps each at the runtime's 128 px tile size, new crops each time; the last with all of the LR clean,
 # start levels near the sampler's 0.5 and the per-crop log-MSE loss.
