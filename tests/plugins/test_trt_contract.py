@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 import pytest
-from qdit4sr_export.plugins import trt_kernels
+from qdit4sr_export.plugins import trt_kernels, trt_ops
 from qdit4sr_export.plugins.ptx import EntryParam
 from qdit4sr_export.plugins.trt_contract import (
     CONTRACTS,
@@ -26,15 +26,7 @@ from qdit4sr_export.plugins.trt_launch import (
     lowbit_gemm_tactics,
     rotate_quantize_launch,
 )
-from qdit4sr_export.plugins.trt_ops import (
-    LOWBIT_GEMM,
-    LOWBIT_GEMM_INPUTS,
-    ROTATE_QUANTIZE,
-    ROTATE_QUANTIZE_INPUTS,
-    ROTATE_QUANTIZE_OUTPUTS,
-    LowbitGemmAttrs,
-    RotateQuantizeAttrs,
-)
+from qdit4sr_export.plugins.trt_ops import LOWBIT_GEMM, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
 
 from qdit4sr_export.errors import UserError
 
@@ -46,9 +38,9 @@ KERNEL_OF = {ROTATE_QUANTIZE: "rotate_quantize_plugin_kernel", LOWBIT_GEMM: "low
 
 def test_contract_orders_inputs_then_symint_extras_then_outputs():
     rq = CONTRACTS[ROTATE_QUANTIZE]
-    assert rq.names() == [*ROTATE_QUANTIZE_INPUTS, "M", *ROTATE_QUANTIZE_OUTPUTS]
+    assert rq.names() == [*trt_ops.ROTATE_QUANTIZE_INPUTS, "M", *trt_ops.ROTATE_QUANTIZE_OUTPUTS]
     gemm = CONTRACTS[LOWBIT_GEMM].params()
-    assert [p["name"] for p in gemm] == [*LOWBIT_GEMM_INPUTS, "M", "y"]
+    assert [p["name"] for p in gemm] == [*trt_ops.LOWBIT_GEMM_INPUTS, "M", "y"]
     assert [p["kind"] for p in gemm] == ["pointer"] * 10 + ["scalar", "pointer"]
 
 
@@ -96,8 +88,8 @@ def test_plugin_definitions_declare_every_attribute_in_node_order():
     """TensorRT calls aot_impl(*inputs, *attributes in the node's order, outputs, tactic): the definitions (read as
     source: TensorRT cannot be imported here) must list the attribute dataclass's fields in order."""
     tree = ast.parse((Path(trt_kernels.__file__).parent / "trt_plugins.py").read_text())
-    for prefix, cls, inputs in (("rotate_quantize", RotateQuantizeAttrs, ROTATE_QUANTIZE_INPUTS),
-                                ("lowbit_gemm", LowbitGemmAttrs, LOWBIT_GEMM_INPUTS)):
+    for prefix, cls, inputs in (("rotate_quantize", RotateQuantizeAttrs, trt_ops.ROTATE_QUANTIZE_INPUTS),
+                                ("lowbit_gemm", LowbitGemmAttrs, trt_ops.LOWBIT_GEMM_INPUTS)):
         fields = [f.name for f in dataclasses.fields(cls)]
         aot = _function_args(tree, f"{prefix}_aot")
         assert aot[len(inputs):] == [*fields, "outputs", "tactic"]
