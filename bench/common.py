@@ -1,4 +1,5 @@
-"""What every benchmark script shares: the machine line, SQNR, and writing its section of BENCHMARKS.md."""
+"""What every benchmark script shares: the machine line, writing a result (``write_result``), the provenance line its
+``render()`` shows, and SQNR."""
 
 from __future__ import annotations
 
@@ -23,16 +24,31 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def invocation() -> str:
+    """The command line of this bench script's run, as a result records it."""
+    return "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def today() -> str:
+    """Today's date (UTC), as a result records it."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
 def write_result(name: str, result: dict) -> Path:
     """Write ``bench/results/<name>.json`` with the command that made it, the machine and the date (UTC) first;
     ``bench/render.py`` turns the results into the docs' benchmark pages. Returns the path."""
-    stamped = {"command": "python " + " ".join(["bench/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
-               "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    stamped = {"command": invocation(), "machine": machine(), "date": today(),
                **{k: v for k, v in result.items() if k not in ("command", "machine", "date")}}
     path = ROOT / "bench" / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stamped, indent=1) + "\n")
     return path
+
+
+def provenance(result: dict) -> str:
+    """The line a page shows under its title: the result's command, machine and date."""
+    date = result.get("date") or "not recorded"
+    return f"Command: `{result['command']}`. Machine: {result['machine']}. Date: {date}."
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:

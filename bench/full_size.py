@@ -3,15 +3,16 @@ set from it, run one denoising step; wall time and peak memory (RSS) of every st
 
 Stages, each in its own process (peak RSS from ``wait4``'s ``ru_maxrss`` of that process):
 1. make: ``examples/make_random_dit4sr.py PRESET DIR --heavy-tailed`` (F16 base, F32 control branch, safetensors).
-2. build: ``qdit4sr-export build DIR --wbits auto --abits 4 --no-vatmp -o ENGINE --json``; its summary gives the
+2. build: ``qdit4sr-export build DIR --wbits auto --abits 4 -o ENGINE --json`` (static 4-bit activations); its
+   summary gives the
    time and peak RSS of load, plan (VaSMP statistics), trace, passes, lowering and write.
 3. run: the runtime's ORT session for the variant a first step uses (creation time), then one step at a 64x64
    latent (a 512x512 output) with the pipeline's prompt embeddings; batch 2 when the pipeline uses
    classifier-free guidance (the released pipeline.json: guidance 8), as a real step runs.
 Bytes: the engine set by category (``size_report``) against the FP32 model, the checkpoint on disk, and the paper's
 Params accounting (``quant.accounting``: a b-bit weight counts b/32 of a float32 parameter).
-Writes bench/results/full_size.json (``--preset`` other than dit4sr-medium: full_size_<preset>.json) and the
-"Full size" section of BENCHMARKS.md.
+Writes bench/results/full_size.json (``--preset`` other than dit4sr-medium: full_size_<preset>.json); ``render``
+gives its page (bench/render.py).
 
 Run: python bench/full_size.py [--preset dit4sr-medium] [--workdir DIR] [--keep]
 (dit4sr-medium needs about 6.6 GB for the checkpoint and 1.5 GB for the engine set under --workdir.)
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, provenance, write_result
 
 FULL = "dit4sr-medium"
 STEP_LATENT = 64
@@ -112,8 +113,8 @@ def measure(preset: str, work: Path, max_latent: int | None) -> dict:
     _, wall, peak = timed([py, str(ROOT / "examples" / "make_random_dit4sr.py"), preset, str(ckpt), "--heavy-tailed"],
                           work)
     stages.append({"stage": "make", "seconds": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1)})
-    cmd = [py, "-m", "qdit4sr_export", "build", str(ckpt), "--wbits", "auto", "--abits", "4", "--no-vatmp",
-           "-o", str(engine), "--json"] + (["--max-latent", str(max_latent)] if max_latent else [])
+    cmd = [py, "-m", "qdit4sr_export", "build", str(ckpt), "--wbits", "auto", "--abits", "4",
+           "-o", str(engine), "--json"] + (["--max-latent-side", str(max_latent)] if max_latent else [])
     out, wall, peak = timed(cmd, work)
     summary = json.loads(out)
     stages += [{**s, "within": "build"} for s in summary["stages"]]
@@ -130,33 +131,35 @@ def measure(preset: str, work: Path, max_latent: int | None) -> dict:
             "checkpoint_bytes": checkpoint_bytes, "accounting": accounting(engine)}
 
 
-def section(result: dict) -> str:
+def render(result: dict) -> str:
     sizes = result["build"]["sizes"]
     acc = result["accounting"]
-    intro = (f"`{result['command']}` on {result['machine']}; model {result['preset']} "
-             f"({acc['fp_params_m']:.1f} M parameters, checkpoint {result['checkpoint_bytes'] / 1e9:.2f} GB on disk), "
-             f"W4A4 (VaSMP at 4 bits average, static 4-bit activations), positional crop for latents up to "
-             f"{result['build']['max_latent']}. Each stage's peak RSS is that of its own process (build stages: "
-             "the build's own per-stage record).")
-    lines = [intro, "", "| stage | wall time | peak RSS |", "|---|---|---|"]
+    intro = (f"Model {result['preset']} ({acc['fp_params_m']:.1f} M parameters, checkpoint "
+             f"{result['checkpoint_bytes'] / 1e9:.2f} GB on disk), W4A4 (VaSMP at 4 bits average, static 4-bit "
+             f"activations), positional crop for latents up to {result['build']['max_latent']}. Each stage's peak "
+             "RSS is that of its own process (build stages: the build's own per-stage record).")
+    lines = [f"# Full size: make, build and run ({result['preset']})", "", provenance(result), "", intro, "",
+             "| stage | wall time | peak RSS |", "|---|---|---|"]
     for s in result["stages"]:
         rss = "-" if s["peak_rss_mb"] is None else f"{s['peak_rss_mb'] / 1024:.2f} GB"
         name = f"build: {s['stage']}" if s.get("within") == "build" else s["stage"]
         lines.append(f"| {name} | {s['seconds']:.1f} s | {rss} |")
-    whole = f"| build (whole process) | {result['build']['seconds']:.1f} s | {result['build']['peak_rss_mb'] / 1024:.2f} GB |"
+    lines.append(f"| build (whole process) | {result['build']['seconds']:.1f} s | "
+                 f"{result['build']['peak_rss_mb'] / 1024:.2f} GB |")
     size = (f"Bytes: weights.bin {sizes['weights_file'] / 1e9:.3f} GB, whole engine set {sizes['total'] / 1e9:.3f} GB; "
             f"FP32 model {sizes['fp32_bytes'] / 1e9:.3f} GB ({sizes['fp32_ratio']}x weights.bin), checkpoint "
             f"{result['checkpoint_bytes'] / 1e9:.3f} GB ({sizes['checkpoint_ratio']}x). The paper's accounting of the "
             f"same plan: {acc['params_m']:.2f} M float32-equivalent parameters, {acc['size_ratio']:.2f}x smaller than "
             "FP32 (stored bytes are larger: float32 scales, the unquantized parameters in float32, the positional crop).")
-    return "\n".join([*lines, whole, "", size, ""]) + "\n"
+    return "\n".join([*lines, "", size]) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=FULL, help="Model preset (default dit4sr-medium, the released 2.7B).")
     parser.add_argument("--workdir", type=Path, default=None, help="Where the checkpoint and engine set go.")
-    parser.add_argument("--max-latent", type=int, default=None, help="build --max-latent (default: build's own).")
+    parser.add_argument("--max-latent-side", "--max-latent", dest="max_latent", type=int, default=None,
+                        help="build --max-latent-side (default: build's own).")
     parser.add_argument("--keep", action="store_true", help="Keep the checkpoint and engine set.")
     parser.add_argument("--run-step", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,14 +172,8 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    command = "python bench/full_size.py" + ("" if args.preset == FULL else f" --preset {args.preset}")
-    result = {"command": command, "machine": machine(), **result}
-    name = "full_size.json" if args.preset == FULL else f"full_size_{args.preset}.json"
-    (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=1) + "\n")
-    text = section(result)
-    update_benchmarks_md("full_size" if args.preset == FULL else f"full_size_{args.preset}",
-                         f"## Full size: make, build and run ({args.preset}; issue 16)\n\n{text}\n")
-    print(text)
+    path = write_result("full_size" if args.preset == FULL else f"full_size_{args.preset}", result)
+    print(render(json.loads(path.read_text())))
 
 
 if __name__ == "__main__":

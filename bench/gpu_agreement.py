@@ -1,25 +1,22 @@
 """How closely the triton backend tracks ONNX Runtime and the torch simulation, one step at a time.
 
 For each engine set given (built from the example model, e.g. `qdit4sr-export build examples/dit4sr-tiny
---wbits auto --abits 4 -o w4a4`), seeded inputs at --sides latent sizes and --timesteps run through three
+--wbits auto --abits auto -o w4a4`), seeded inputs at --sides latent sizes and --timesteps run through three
 runners of the same plan: the triton backend (the kernels; interpreted on a CPU), ONNX Runtime on the engine
 set, and the torch fake-quant simulation of the set's plan on the FP model (the oracle). Reported: the output
 SQNR of each pair. Rounding ties make any two implementations disagree now and then (see README "GPU"), so all
-three pairs are shown side by side. Writes bench/results/gpu_agreement.json and the "Triton backend
-agreement" section of BENCHMARKS.md.
+three pairs are shown side by side. Writes bench/results/gpu_agreement.json; ``render`` gives its page
+(bench/render.py).
 Run: python bench/gpu_agreement.py ENGINE_SET... [--model examples/dit4sr-tiny]   (CPU: minutes per set)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, provenance, write_result
 from gpu_common import choose_device, device_name
-
-COMMAND = "python bench/gpu_agreement.py"
 
 
 def main() -> None:
@@ -65,24 +62,23 @@ def main() -> None:
                              "ort_vs_simulation_db": pair("simulation", "ort"),
                              "triton_vs_simulation_db": pair("simulation", "triton")})
                 print(rows[-1])
-    result = {"command": COMMAND + " " + " ".join(args.engines), "machine": machine(), "device": device_name(device),
-              "model": args.model, "rows": rows}
-    (ROOT / "bench" / "results" / "gpu_agreement.json").write_text(json.dumps(result, indent=1) + "\n")
-    update_benchmarks_md("gpu_agreement", table(result))
+    print(f"wrote {write_result('gpu_agreement', {'device': device_name(device), 'model': args.model, 'rows': rows})}")
 
 
-def table(result: dict) -> str:
-    """The BENCHMARKS.md section of a result."""
+def render(result: dict) -> str:
     model = result["model"].removeprefix(str(ROOT) + "/")
-    lines = [f"Command: `{result['command']}` (engine sets built from {model} with `qdit4sr-export build "
-             "... --wbits W --abits A`). Device: " + result["device"] + ". Machine: " + result["machine"] + ".",
-             "One step, batch 1, seeded inputs, 4 text tokens; output SQNR of each pair of runners of the same plan.",
-             "", "| engine set (wbits, abits) | latent | timestep | triton vs ORT | ORT vs simulation | "
+    lines = ["# Triton backend agreement", "", provenance(result), "",
+             f"Device: {result['device']}. Engine sets built from {model} by `qdit4sr-export build`; (wbits, abits) "
+             "as each build's method config records them (wbits auto: VaSMP; abits: static bits, or VaTMP's "
+             "average). One step, batch 1, seeded inputs, 4 text tokens; output SQNR of each pair of runners of the "
+             "same plan.", "",
+             "| engine set (wbits, abits) | latent | timestep | triton vs ORT | ORT vs simulation | "
              "triton vs simulation |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['engine_set'].rstrip('/').split('/')[-1]} ({r['wbits'] or 'auto'}, {r['abits']:g}) | "
               f"{r['latent']} | {r['timestep']:.0f} | {r['triton_vs_ort_db']} dB | {r['ort_vs_simulation_db']} dB | "
               f"{r['triton_vs_simulation_db']} dB |" for r in result["rows"]]
-    return "## Triton backend agreement (issue 14)\n\n" + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
 
 if __name__ == "__main__":
     main()

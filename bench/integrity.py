@@ -4,7 +4,7 @@
 2. A large weights.bin: a file of seeded random bytes (default 2 GB, about the size of a full dit4sr-medium W4
    set) checked through the same ``check_files`` the loader uses: the sampled digest against the full sha256.
    The file was just written, so it is in the page cache: these are hashing costs, not disk reads.
-Writes bench/results/integrity.json and the "Integrity checks" section of BENCHMARKS.md.
+Writes bench/results/integrity.json; ``render`` gives its page (bench/render.py).
 Run: python bench/integrity.py [--large-gb 2]   (about a minute plus the build)
 """
 
@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, provenance, write_result
 from qdit4sr_export.runtime.engine_set import EngineSet
 
 from qdit4sr_export.engine.format import check_files, file_entry
 
-COMMAND = "python bench/integrity.py"
 LEVELS = ("size", "quick", "full")
+BUILD = ("--wbits", "auto", "--abits", "auto", "--abits-budget", "4", "--calib-count", "8")  # the quickstart's
 
 
 def best_of(fn, repeats: int = 5) -> float:
@@ -41,7 +41,7 @@ def best_of(fn, repeats: int = 5) -> float:
 def example_set(folder: Path) -> dict:
     out = folder / "tiny-w4a4"
     subprocess.run([sys.executable, "-m", "qdit4sr_export", "build", str(ROOT / "examples" / "dit4sr-tiny"),
-                    "--wbits", "auto", "--abits", "4", "--calib-count", "8", "-o", str(out), "--json"],
+                    *BUILD, "-o", str(out), "--json"],
                    check=True, capture_output=True, cwd=folder)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"what": "example model W4A4 engine set", "bytes": size,
@@ -69,18 +69,23 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [example_set(Path(tmp)), large_file(Path(tmp), args.large_gb)]
-    result = {"command": COMMAND, "machine": machine(), "rows": rows}
-    out = ROOT / "bench" / "results" / "integrity.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"`{COMMAND}` on {result['machine']}. Median wall time of `EngineSet.load` (the example set) or of",
-             "`check_files` (the large file) at each verify level: `size` (sizes only), `quick` (the default: full sha256",
-             "up to 256 MiB, sampled sha256 of 4,096 blocks of 4 KiB above), `full` (`run --verify`).", "",
+    print(render(json.loads(write_result("integrity", {"build_options": list(BUILD), "rows": rows}).read_text())))
+
+
+def render(result: dict) -> str:
+    options = result.get("build_options")  # runs before it was recorded built the quickstart's W4A4 set too
+    build = (f"`qdit4sr-export build examples/dit4sr-tiny {' '.join(options)}`" if options else
+             "the quickstart's W4A4 build: VaSMP and VaTMP at 4 bits average, 8 calibration crops")
+    lines = ["# Integrity checks", "", provenance(result), "",
+             f"Median wall time of `EngineSet.load` (the example set, built with {build}) or of `check_files` "
+             "(the large file) at each verify level: `size` "
+             "(sizes only), `quick` (the default: full sha256 up to 256 MiB, sampled sha256 of 4,096 blocks of 4 KiB "
+             "above), `full` (`run --verify`).", "",
              "| what | bytes | size | quick (default) | full |", "|---|---|---|---|---|"]
-    for r in rows:
+    for r in result["rows"]:
         lines.append(f"| {r['what']} | {r['bytes']:,} | {1000 * r['size_s']:.1f} ms | {1000 * r['quick_s']:.1f} ms | "
                      f"{1000 * r['full_s']:.1f} ms |")
-    update_benchmarks_md("integrity", "## Integrity checks (issue 17)\n\n" + "\n".join(lines) + "\n\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

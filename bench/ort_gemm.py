@@ -6,26 +6,24 @@ Shapes: dit4sr-medium's linears at a 512x512 output (2,381 tokens of a joint blo
 8-bit codes where the kernel is exact) or uint8 weights (8-bit codes + 128, the exact path everywhere). Each graph
 runs in a session with the runtime's settings (``make_session``: prepacking off) and with prepacking on, timed
 alternately in one process; medians and ratios against fp32 with the runtime's settings.
-Writes bench/results/ort_gemm.json and the "ONNX Runtime GEMMs" section of BENCHMARKS.md.
+Writes bench/results/ort_gemm.json; ``render`` gives its page (bench/render.py).
 Run: python bench/ort_gemm.py   (a few minutes on a busy 2-core machine). ``--quick`` checks the script in seconds
-(one 256 x 256 x 256 GEMM, one round) and writes bench/results/ort_gemm_quick.json only, no BENCHMARKS.md section.
+(one 256 x 256 x 256 GEMM, one round) and writes bench/results/ort_gemm_quick.json instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 
 import numpy as np
 import onnxruntime as ort
-from common import ROOT, machine, update_benchmarks_md
+from common import provenance, write_result
 from onnx import TensorProto, helper, numpy_helper
 from qdit4sr_export.runtime.backends import make_session
 
-COMMAND = "python bench/ort_gemm.py"
 SHAPES = ((2381, 1536, 1536), (2381, 1536, 6144), (2381, 6144, 1536))
 QUICK_SHAPES = ((256, 256, 256),)
 KINDS = ("fp32", "u8 x s8", "u8 x u8")
@@ -67,7 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="check the script: one small GEMM, one round, results to "
-                                                        "ort_gemm_quick.json, no BENCHMARKS.md section")
+                                                        "ort_gemm_quick.json")
     args = ap.parse_args()
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.quick:
@@ -96,21 +94,19 @@ def main() -> None:
             print(rows[-1]["shape"], kind, "prepacked" if prepack else "runtime settings", f"{ms:.1f} ms",
                   f"{rows[-1]['speedup_vs_fp32']:.2f}x", flush=True)
     load.append(os.getloadavg()[0])
-    command = COMMAND + (" --quick" if args.quick else "")
-    result = {"command": command, "machine": machine(), "onnxruntime": ort.__version__, "threads": args.threads,
-              "repeats": args.repeats, "load_average": load, "rows": rows}
-    out_file = ROOT / "bench" / "results" / ("ort_gemm_quick.json" if args.quick else "ort_gemm.json")
-    out_file.write_text(json.dumps(result, indent=1) + "\n")
-    if not args.quick:
-        write_section(result)
+    result = {"onnxruntime": ort.__version__, "threads": args.threads, "repeats": args.repeats, "load_average": load,
+              "rows": rows}
+    print(f"wrote {write_result('ort_gemm_quick' if args.quick else 'ort_gemm', result)}")
 
 
-def write_section(result: dict) -> None:
+def render(result: dict) -> str:
     rows, load, threads, repeats = result["rows"], result["load_average"], result["threads"], result["repeats"]
-    lines = ["## ONNX Runtime GEMMs (issue 17)", "",
-             (f"Command: `{result['command']}`. Machine: {result['machine']}, ONNX Runtime {result['onnxruntime']}, "
-              f"{threads} intra-op threads; 1-minute load average {load[0]:.1f} before, {load[-1]:.1f} after (a "
-              f"shared machine: ratios from one process, timed alternately, median of {repeats})."),
+    quick = " A check run of the script (one small GEMM, one round): its numbers say nothing about speed." * (
+        "--quick" in result["command"])
+    lines = ["# ONNX Runtime GEMMs", "", provenance(result), "",
+             (f"ONNX Runtime {result['onnxruntime']}, {threads} intra-op threads; 1-minute load average "
+              f"{load[0]:.1f} before, {load[-1]:.1f} after (a shared machine: ratios from one process, timed "
+              f"alternately, median of {repeats}).{quick}"),
              ("One linear's GEMM, M tokens x K in -> N out. `runtime settings`: `make_session` (prepacking off, as "
               "`OrtRunner`); `prepacked`: ONNX Runtime's default. Integer GEMMs are `MatMulIntegerToFloat` on uint8 "
               "activations; speed is against the fp32 GEMM with the runtime's settings."), "",
@@ -122,7 +118,7 @@ def write_section(result: dict) -> None:
                     for p in (False, True))
             lines.append(f"| {m} x {k} x {n} | {kind} | {a['median_ms']:.1f} | {a['speedup_vs_fp32']:.2f}x | "
                          f"{b['median_ms']:.1f} | {b['speedup_vs_fp32']:.2f}x |")
-    update_benchmarks_md("ort_gemm", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

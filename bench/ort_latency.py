@@ -1,6 +1,7 @@
-"""Per-step latency of quantized engine sets against the FP engine set of the same model, through the runtime's own
-sessions (``OrtRunner``: ``make_session``'s settings and the shared int8 weights), ONNX Runtime CPU, with the
-per-op breakdown from ONNX Runtime's profiler.
+"""Per-step latency of quantized engine sets against the FP engine set of the same model on ONNX Runtime CPU.
+
+Through the runtime's own sessions (``OrtRunner``: ``make_session``'s settings and the shared int8 weights), with
+the per-op breakdown from ONNX Runtime's profiler.
 
 Models (``--models``):
 - ``example``: examples/dit4sr-tiny at the size ``run`` uses (64x64 latent tiles, its 8 prompt tokens, a guidance
@@ -19,12 +20,13 @@ Also per engine set: the same graph in a plain ``make_session`` (the stored grap
 uint8 GEMMs on every step) and in ONNX Runtime's default session options (prepacking and constant folding on),
 timed alternately with the runner: what the runtime's settings cost or save.
 Both models also time the ``ort-prepacked`` backend against the shared runner (FP32, W8A8 where built, W4A4).
-Writes bench/results/ort_latency.json and the "ONNX Runtime latency" section of BENCHMARKS.md.
+Writes bench/results/ort_latency.json (a run of one model replaces that model's entry and keeps the other, with its
+own command, machine and date); its page comes from ``render`` (bench/ort_latency_page.py, via bench/render.py).
 Run: python bench/ort_latency.py   (15 minutes on a 2-core machine with the sets built, plus their builds;
 ``--keep DIR`` builds into DIR once and reuses the sets on later runs; ``--models example`` or ``--models medium``
 for one part). ``--quick`` checks the script end to end in a few minutes: the ``medium`` path on dit4sr-tiny
-blocks at a 16x16 latent, one round; it writes bench/results/ort_latency_quick.json only (no BENCHMARKS.md section:
-its numbers say nothing about speed).
+blocks at a 16x16 latent, one round; it writes bench/results/ort_latency_quick.json instead (its numbers say nothing
+about speed).
 """
 
 from __future__ import annotations
@@ -42,12 +44,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from common import ROOT, machine, update_benchmarks_md
-from ort_breakdown import CATEGORIES, profile, step_inputs
+from common import ROOT, invocation, machine, today, write_result
+from ort_breakdown import profile, step_inputs
+from ort_latency_page import render  # noqa: F401 - bench/render.py renders this script's results with it
 from qdit4sr_export.runtime.backends import INPUTS, OrtRunner, make_session
 from qdit4sr_export.runtime.engine_set import EngineSet
 
-COMMAND = "python bench/ort_latency.py"
 EXAMPLE = ROOT / "examples" / "dit4sr-tiny"
 PHOTOS = ROOT / "examples" / "lr"
 
@@ -231,23 +233,18 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="build engine sets here once and reuse them")
     ap.add_argument("--quick", action="store_true",
                     help="check the script: dit4sr-tiny blocks at a 16x16 latent, one round, results to "
-                         "ort_latency_quick.json, no BENCHMARKS.md section")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite the BENCHMARKS.md section from bench/results/ort_latency.json")
+                         "ort_latency_quick.json")
     args = ap.parse_args()
-    if args.render:
-        write_section(json.loads((ROOT / "bench" / "results" / "ort_latency.json").read_text()))
-        return
     preset, medium = "dit4sr-medium", Size(64, 1, 333)
     if args.quick:
         args.models, args.repeats, args.e2e_repeats, args.profile_runs = "medium", 1, 1, 1
         preset, medium = "dit4sr-tiny", Size(16, 1, 8)
     torch.set_num_threads(args.threads)
-    out_file = ROOT / "bench" / "results" / ("ort_latency_quick.json" if args.quick else "ort_latency.json")
+    name = "ort_latency_quick" if args.quick else "ort_latency"
+    out_file = ROOT / "bench" / "results" / f"{name}.json"
     result = json.loads(out_file.read_text()) if out_file.exists() else {}
     if result.get("schema") != "ort_latency/2":
         result = {"schema": "ort_latency/2", "models": {}}
-    command = COMMAND + (" --quick" if args.quick else "")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         work = args.keep or tmp
@@ -258,7 +255,7 @@ def main() -> None:
             size = example_size() if model == "example" else medium
             sets = example_sets(work) if model == "example" else medium_sets(work, preset, args.layers, size.side)
             entry: dict = {"load_before": load(), "threads": args.threads, "repeats": args.repeats,
-                           "machine": machine()}
+                           "command": invocation(), "machine": machine(), "date": today()}
             entry["step"] = step_latency(sets, size, args.threads, args.repeats)
             print(model, "step", {k: (round(v["median_ms"]), round(v["speedup"], 3)) for k, v in entry["step"].items()},
                   flush=True)
@@ -279,78 +276,8 @@ def main() -> None:
                                f"{size.batch}, {size.text} text tokens")
             entry["weights_bytes"] = {label: (folder / "weights.bin").stat().st_size for label, folder in sets.items()}
             result["models"][model] = entry
-    result.update({"command": command, "machine": machine(), "onnxruntime": ort.__version__})
-    out_file.write_text(json.dumps(result, indent=1) + "\n")
-    if not args.quick:
-        write_section(result)
-
-
-FUSABLE = ("rotation", "quantize + rescale")  # what a fused rotate-quantize kernel would remove
-
-
-def speed_bound(speedup: float, categories_ms: dict[str, float], removed: tuple[str, ...]) -> float:
-    """The speed against FP if the ``removed`` categories cost nothing: the measured speed divided by the share of
-    the set's kernel time left (an upper bound for a kernel that fuses them away)."""
-    total = sum(categories_ms.values())
-    return speedup / (1 - sum(categories_ms[c] for c in removed) / total)
-
-
-def bound_rows(e: dict) -> list[str]:
-    """Markdown rows: each quantized set's measured speed and its bounds with the fusable ops, then also the H-SVD
-    branch, at zero cost."""
-    rows = ["", ("Upper bounds from this profile: the measured speed divided by the share of the set's kernel time "
-                 "left when the named categories cost nothing:"), "",
-            "| engine | measured speed | rotation + quantize free | also H-SVD branch free |", "|---|---|---|---|"]
-    for label, r in e["step"].items():
-        if label == "FP32":
-            continue
-        cats = e["profile"][label]["categories_ms"]
-        fused = speed_bound(r["speedup"], cats, FUSABLE)
-        branch = speed_bound(r["speedup"], cats, FUSABLE + ("H-SVD branch",))
-        rows.append(f"| {label} | {r['speedup']:.2f}x | {fused:.2f}x | {branch:.2f}x |")
-    return rows
-
-
-def write_section(result: dict) -> None:
-    lines = ["## ONNX Runtime latency (issue 21)", "",
-             (f"Command: `{result['command']}`. ONNX Runtime {result['onnxruntime']}. "
-              "Engine sets run through the runtime's own sessions (`OrtRunner`), timed in turn in one process; "
-              "medians, speed = median of the per-round ratios against FP32 in the same run. The machine is shared "
-              "with other jobs (load average below): absolute times are inflated, ratios are what count."), ""]
-    for e in result["models"].values():
-        lines += [f"### {e['config']} ({e['threads']} threads, load average {e['load_before']} -> {e['load_after']})",
-                  "", f"Machine: {e.get('machine', result['machine'])}.", "", "| engine | ms per step | speed vs FP32 | weights.bin |", "|---|---|---|---|"]
-        for label, r in e["step"].items():
-            lines.append(f"| {label} | {r['median_ms']:.0f} | {r['speedup']:.2f}x | {e['weights_bytes'][label] / 1e6:.1f} MB |")
-        if "run" in e:
-            lines += ["", ("`qdit4sr-export run` on the four examples/lr photos, whole command (median of "
-                           f"{len(next(iter(e['run'].values()))['times_ms'])}):"), "",
-                      "| engine | s | speed vs FP32 | of which transformer steps (s) |", "|---|---|---|---|"]
-            for label, r in e["run"].items():
-                lines.append(f"| {label} | {r['median_ms'] / 1000:.1f} | {r['speedup']:.2f}x | {r['transformer_s']} |")
-        lines += ["", "Per-op breakdown (ONNX Runtime profiler, kernel ms per step, runner sessions):", "",
-                  "| category | " + " | ".join(e["profile"]) + " |", "|---" * (len(e["profile"]) + 1) + "|"]
-        for cat in CATEGORIES:
-            lines.append(f"| {cat} | " + " | ".join(f"{p['categories_ms'][cat]:.0f}" for p in e["profile"].values()) + " |")
-        lines += bound_rows(e)
-        if "prepacked" in e:
-            lines += ["", ("`--backend ort-prepacked` (each variant session folds and prepacks its own copy of the "
-                           "weights) against the runtime's shared runner, timed alternately in one loop; speed against "
-                           "the FP32 set on the same backend:"), "",
-                      "| engine | runner ms | speed vs FP32 | prepacked ms | speed vs FP32 | prepacked vs runner |",
-                      "|---|---|---|---|---|---|"]
-            for label, r in e["prepacked"].items():
-                lines.append(f"| {label} | {r['runner_ms']:.0f} | {r['runner_speedup']:.2f}x | {r['prepacked_ms']:.0f} "
-                             f"| {r['prepacked_speedup']:.2f}x | {r['prepacked_vs_runner']:.2f}x |")
-        lines += ["", ("The runtime's session settings against the stored graph as is and ONNX Runtime's defaults "
-                       "(ms per step; speed relative to the runner):"), "",
-                  "| engine | runner | stored graph, runtime settings | ORT defaults (prepacking, constant folding) |",
-                  "|---|---|---|---|"]
-        for label, s in e["settings"].items():
-            cell = lambda k, s=s: f"{s[k]['median_ms']:.0f} ({s[k]['speedup']:.2f}x)"
-            lines.append(f"| {label} | {s['runner']['median_ms']:.0f} | {cell('stored graph')} | {cell('ORT defaults')} |")
-        lines.append("")
-    update_benchmarks_md("ort_latency", "\n".join(lines))
+    result["onnxruntime"] = ort.__version__
+    print(f"wrote {write_result(name, result)}")
 
 
 if __name__ == "__main__":

@@ -1,29 +1,27 @@
 """Benchmark of the quantization core: model-size accounting, H-SVD vs SVD-G, and simulated output quality.
 
-Writes bench/results/quant_core.json and the "Quantization core" section of BENCHMARKS.md.
+Writes bench/results/quant_core.json; ``render`` gives its page (bench/render.py).
 Run: python bench/quant_core.py   (about 2-4 minutes on a 2-core CPU)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 
 import torch
-from common import ROOT, machine, sqnr_db, update_benchmarks_md
+from common import provenance, sqnr_db, write_result
 
 from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.model.synthetic import heavy_tailed_
 from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.calibration import CalibrationInputs
-from qdit4sr_export.quant.gaussian import fake_quantize_weight
+from qdit4sr_export.quant.gaussian import fake_quantize_weight, kappa_table
 from qdit4sr_export.quant.hsvd import hsvd, svd_global
 from qdit4sr_export.quant.methods.qdit4sr import QDiT4SRConfig, make_plan
 from qdit4sr_export.quant.simulate import apply_plan
 
-COMMAND = "python bench/quant_core.py"
 PAPER_PARAMS = {4: 454.78, 8: 465.39, 16: 486.62, 32: 529.06}
 STEPS = 4
 
@@ -111,46 +109,41 @@ def quality_rows() -> list[dict]:
     return rows
 
 
-def markdown(results: dict) -> str:
-    m = results["machine"]
-    lines = ["## Quantization core (issue 3)", "",
-             f"Command: `{COMMAND}`. Machine: {m}. Date: {results['date']}.", "",
-             "### Params (M) of dit4sr-medium at W4, SVD-G rank 32 (paper Table 2)", "",
+def render(results: dict) -> str:
+    kappa = kappa_table("integer")
+    trade = (kappa[3] - kappa[4]) / (kappa[4] - kappa[5])
+    lines = ["# Quantization core", "", provenance(results), "",
+             "## Params (M) of dit4sr-medium at W4, SVD-G rank 32 (paper Table 2)", "",
              "| SVD-L budget r_L | params_m | paper | diff | size ratio |", "|---|---|---|---|---|"]
     lines += [f"| {r['local_rank']} | {r['params_m']} | {r['paper_params_m']} | {r['rel_diff_pct']:+.3f}% | "
               f"{r['size_ratio']}x |" for r in results["accounting"]]
-    lines += ["", "### H-SVD vs SVD-G alone at a matched FP budget (synthetic heavy-tailed weights, W4 residual)", "",
+    lines += ["", "## H-SVD vs SVD-G alone at a matched FP budget (synthetic heavy-tailed weights, W4 residual)", "",
               "| shape | H-SVD FP params | SVD-G r40 FP params | H-SVD error | SVD-G error | gain |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['hsvd_fp_params']} | {r['svdg40_fp_params']} | {r['hsvd_w4_error']} | "
               f"{r['svdg40_w4_error']} | {r['gain_pct']}% |" for r in results["hsvd"]]
-    lines += ["", "### Output SQNR vs FP, dit4sr-small (fake-quant simulation, 2 random inputs)", "",
+    lines += ["", "## Output SQNR vs FP, dit4sr-small (fake-quant simulation, 2 random inputs)", "",
               "| weights | setting | method | SQNR (dB) | plan time (s) |", "|---|---|---|---|---|"]
     lines += [f"| {r['weights']} | {r['setting']} | {r['method']} | {r['sqnr_db']} | {r['plan_s']} |"
               for r in results["quality"]]
     lines += ["", "Notes:", "",
               "- The random-init model has no outliers (uniform init), so rotation and low-rank branches have little "
-              "to remove and min-max RTN is competitive; the heavy-tailed proxy (Student-t(3) weights with 2% "
-              "outlier input channels, `qdit4sr_export.model.synthetic`) is where the paper's methods pay off.",
+              "to remove and min-max RTN is competitive; the heavy-tailed proxy (Student-t(3) weights with outlier "
+              "input channels, `qdit4sr_export.model.synthetic`) is where the paper's methods pay off.",
               "- VaSMP allocates by weight variance; on these synthetic models that variance is not a good proxy for "
-              "a layer's effect on the output, and mixed bits do not beat uniform bits. To be re-measured on the "
-              "trained example model.",
+              "a layer's effect on the output, and mixed bits do not beat uniform bits.",
               "- VaTMP at an integer budget keeps 4 bits everywhere here: these untrained models' activation variance "
               "is nearly flat over timesteps (LayerNorm), and moving a whole bit needs a variance ratio of about "
-              "kappa(3)-kappa(4) over kappa(4)-kappa(5), i.e. 3.7x.",
+              f"kappa(3)-kappa(4) over kappa(4)-kappa(5), i.e. {trade:.1f}x.",
               "- A plain Hadamard maps each token's mean into one coordinate (post-GELU inputs have a large mean); the "
               "Gaussian clip then destroys it. Random signs spread it, hence the default."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    results = {"command": COMMAND, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-               "accounting": accounting_rows(), "hsvd": hsvd_rows(), "quality": quality_rows()}
-    out = ROOT / "bench" / "results" / "quant_core.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    update_benchmarks_md("quant_core", markdown(results))
-    print(markdown(results))
+    path = write_result("quant_core", {"accounting": accounting_rows(), "hsvd": hsvd_rows(),
+                                       "quality": quality_rows()})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

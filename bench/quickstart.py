@@ -3,7 +3,7 @@
 Runs each command as a new user would (the CLI in a fresh process, in a temporary folder), records its wall time,
 and from the outputs: the VaTMP schedule (inspect's JSON), compare's per-variant SQNR and cosine, and the W4A4
 outputs' PSNR against the FP model's output and against bicubic, with their high-frequency energy.
-Writes bench/results/quickstart.json and the "Quickstart" section of BENCHMARKS.md.
+Writes bench/results/quickstart.json; ``render`` gives its page (bench/render.py).
 Run: python bench/quickstart.py   (about 5 minutes on 2 CPU cores)
 """
 
@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, provenance, write_result
 
-COMMAND = "python bench/quickstart.py"
 MODEL = ROOT / "examples" / "dit4sr-tiny"
 LR = ROOT / "examples" / "lr"
-BUILD = ("--wbits", "auto", "--abits", "4", "--calib-count", "8")
+BUILD = ("--wbits", "auto", "--abits", "auto", "--abits-budget", "4", "--calib-count", "8")
 COMPARE_TOLERANCE = ("--min-sqnr", "1", "--min-cosine", "0.6")  # README's quickstart command
 
 
@@ -94,24 +93,32 @@ def main(argv: list[str] | None = None) -> None:
         "active_layers": len(active),
         "avg_wbits": inspect["plan"]["avg_wbits"],
     }
-    result = {"command": COMMAND, "machine": machine(), "build_options": list(BUILD), "seconds": times,
+    result = {"build_options": list(BUILD), "seconds": times,
               "images": len(list(LR.glob("*.png"))),
               "per_image": [{k: i.get(k) for k in ("input", "seconds", "tiles", "steps_run")} for i in run["images"]],
               "vatmp": schedule,
               "compare": {"passed": compare["passed"], "tolerance": list(COMPARE_TOLERANCE), "variants": [
                   {k: v[k] for k in ("file", "sqnr_db", "cosine", "per_input")} for v in compare["variants"]]},
               "outputs": images}
-    out = ROOT / "bench" / "results" / "quickstart.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    update_benchmarks_md("quickstart", render(result))
-    print(json.dumps(result, indent=1))
+    print(render(json.loads(write_result("quickstart", result).read_text())))
+
+
+def old_abits_spelling(options: list[str]) -> str | None:
+    """``--abits N`` recorded before the CLI's one vocabulary, where N with calibration data was VaTMP's average:
+    a sentence saying so, else None."""
+    if "--abits" not in options or "--abits-budget" in options:
+        return None
+    bits = options[options.index("--abits") + 1]
+    return None if bits == "auto" else (
+        f"Recorded with the CLI spelling of its date, where `--abits {bits}` with calibration data meant VaTMP "
+        f"averaging {bits} bits; today that is `--abits auto --abits-budget {bits}` (`--abits {bits}` is static).")
 
 
 def render(r: dict) -> str:
     s, v = r["seconds"], r["vatmp"]
-    lines = ["## Quickstart on the example model (issue 20)", "",
-             f"Command: `{r['command']}`. Machine: {r['machine']} (2 cores). Each CLI command "
-             "in a fresh process, wall time:", "",
+    old = old_abits_spelling(r["build_options"])
+    lines = ["# Quickstart on the example model", "", provenance(r), "",
+             *([old, ""] if old else []), "Each CLI command in a fresh process, wall time:", "",
              "| command | seconds |", "|---|---|",
              f"| `run examples/dit4sr-tiny examples/lr/chelsea.png` (FP, torch) | {s['run_fp_chelsea']} |",
              f"| `build examples/dit4sr-tiny {' '.join(r['build_options'])}` | {s['build_w4a4']} |",

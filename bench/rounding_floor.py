@@ -5,7 +5,7 @@ rounding tie, and later layers quantize the changed values again, so the flip sp
 against itself with every element of the latent input scaled by (1 +/- 2^-23) (seeded signs) shows how large that
 effect is on its own: no lowering can be expected to sit closer to the simulation than this, except by computing
 bit-identically. Same model, plans, grid and inputs as bench/trt_reference.py (seeded dit4sr-small, 16x16 latent).
-Writes bench/results/rounding_floor.json and the "Rounding floor" section of BENCHMARKS.md.
+Writes bench/results/rounding_floor.json; ``render`` gives its page (bench/render.py).
 Run: python bench/rounding_floor.py   (about a minute on 2 CPU threads)
 """
 
@@ -16,7 +16,7 @@ import json
 import sys
 
 import torch
-from common import ROOT, machine, sqnr_db, update_benchmarks_md
+from common import ROOT, provenance, sqnr_db, write_result
 
 from qdit4sr_export.quant.methods import get_method, make_config
 from qdit4sr_export.quant.simulate import apply_plan
@@ -24,7 +24,6 @@ from qdit4sr_export.quant.simulate import apply_plan
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import make_inputs, seeded_model  # noqa: E402
 
-COMMAND = "python bench/rounding_floor.py"
 STEPS = 4
 SIDE = 16
 
@@ -49,19 +48,22 @@ def main() -> None:
         rows.append({"bits": f"W{bits}A{bits}", "timesteps": [float(t) for t in plan.timesteps],
                      "sqnr_db_per_step": per_step})
         print(rows[-1], flush=True)
-    result = {"command": COMMAND, "machine": machine(), "model": "dit4sr-small (seeded)", "latent_side": SIDE,
-              "rows": rows}
-    (ROOT / "bench" / "results" / "rounding_floor.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"`{COMMAND}` on {result['machine']}. Seeded dit4sr-small, qdit4sr plan (no VaTMP), {STEPS} grid "
-             f"timesteps, a {SIDE}x{SIDE} latent: output SQNR of the plan's simulation against itself with the "
-             "latent input moved by one float32 ulp per element. A lowering that is not bit-identical to the "
-             "simulation cannot be expected to sit above these numbers at the same step.", "",
+    path = write_result("rounding_floor", {"model": "dit4sr-small (seeded)", "latent_side": SIDE, "rows": rows})
+    print(render(json.loads(path.read_text())))
+
+
+def render(result: dict) -> str:
+    side = result["latent_side"]
+    lines = ["# Rounding floor", "", provenance(result), "",
+             f"Seeded dit4sr-small, qdit4sr plan (no VaTMP), {len(result['rows'][0]['timesteps'])} grid timesteps, a "
+             f"{side}x{side} latent: output SQNR of the plan's simulation against itself with the latent input moved "
+             "by one float32 ulp per element. A lowering that is not bit-identical to the simulation cannot be "
+             "expected to sit above these numbers at the same step.", "",
              "| plan | timesteps | SQNR per step (dB) |", "|---|---|---|"]
-    for r in rows:
+    for r in result["rows"]:
         lines.append(f"| {r['bits']} | {', '.join(f'{t:.0f}' for t in r['timesteps'])} | "
                      f"{', '.join(f'{v:.1f}' for v in r['sqnr_db_per_step'])} |")
-    update_benchmarks_md("rounding_floor", "## Rounding floor (issues 14, 15)\n\n" + "\n".join(lines) + "\n\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ one variant per distinct configuration) of seeded dit4sr-small and of a 2x wider
 measures, each in a fresh process, the private (anonymous) memory that creating the sessions adds, for one
 variant and for all of them, with the runner's settings and with ONNX Runtime's defaults. weights.bin is mapped
 from the file, shared by every session (page cache), and counted once, separately.
-Writes bench/results/runtime_memory.json and the "Runtime memory" section of BENCHMARKS.md.
+Writes bench/results/runtime_memory.json; ``render`` gives its page (bench/render.py).
 Run: python bench/runtime_memory.py   (about 3 minutes)
 """
 
@@ -19,9 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, machine, update_benchmarks_md
-
-COMMAND = "python bench/runtime_memory.py"
+from common import provenance, write_result
 
 CHILD = """
 import sys
@@ -86,9 +84,11 @@ def main() -> None:
                 one, every = measure(folder, "one", settings), measure(folder, "all", settings)
                 rows.append({**row, "settings": settings, "one_variant_mb": one, "all_variants_mb": every,
                              "per_extra_variant_mb": round((every - one) / (row["variants"] - 1), 1)})
-    result = {"command": COMMAND, "machine": machine(), "rows": rows}
-    (ROOT / "bench" / "results" / "runtime_memory.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["## Runtime memory (issue 7)", "", f"Command: `{COMMAND}`. Machine: {result['machine']}.", "",
+    print(f"wrote {write_result('runtime_memory', {'rows': rows})}")
+
+
+def render(result: dict) -> str:
+    lines = ["# Runtime memory", "", provenance(result), "",
              "W4 Q-DiT4SR engine sets (VaTMP, 10 steps) of dit4sr-small and a 2x wider copy. Private (anonymous) "
              "memory added by creating the ORT sessions; weights.bin is mapped from the file and shared by all "
              "sessions, so it is counted once, in its own column. `runner` is `OrtRunner` (prepacking and constant "
@@ -96,11 +96,10 @@ def main() -> None:
              "`InferenceSession` per variant.", "",
              "| width | variants | weights.bin | settings | one variant | all variants | per extra variant |",
              "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in result["rows"]:
         lines.append(f"| {r['width']} | {r['variants']} | {r['weights_mb']} MB | {r['settings']} | "
                      f"{r['one_variant_mb']} MB | {r['all_variants_mb']} MB | {r['per_extra_variant_mb']} MB |")
-    update_benchmarks_md("runtime_memory", "\n".join(lines) + "\n")
-    print(json.dumps(result, indent=1))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

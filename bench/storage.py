@@ -7,18 +7,17 @@
    stores for those layers (``passes.storage.layer_bytes``, checked against real builds in
    tests/passes/test_storage.py). The difference is the per-channel float32 scales, which the paper's
    Params do not count, minus SVD-L's sigma, which the lowering folds into u.
-Writes bench/results/storage.json and the "Artifact size" section of BENCHMARKS.md.
+Writes bench/results/storage.json; ``render`` gives its page (bench/render.py).
 Run: python bench/storage.py   (about a minute)
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, machine, update_benchmarks_md
+from common import provenance, write_result
 from qdit4sr_export.passes.storage import layer_bytes
 
 from qdit4sr_export.compiler.build import build_engine_set
@@ -26,8 +25,6 @@ from qdit4sr_export.model import build_dit4sr
 from qdit4sr_export.model.loading import save_dit4sr
 from qdit4sr_export.quant.accounting import account
 from qdit4sr_export.quant.methods import get_method, make_config
-
-COMMAND = "python bench/storage.py"
 
 
 def small_builds() -> list[dict]:
@@ -72,29 +69,29 @@ def medium_w4() -> dict:
 
 
 def main() -> None:
-    small = small_builds()
-    medium = medium_w4()
-    result = {"command": COMMAND, "machine": machine(), "small": small, "medium": medium}
-    (ROOT / "bench" / "results" / "storage.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {write_result('storage', {'small': small_builds(), 'medium': medium_w4()})}")
+
+
+def render(result: dict) -> str:
     mb = lambda b: f"{b / 1e6:.2f} MB"
-    lines = ["## Artifact size (issue 5)", "", f"Command: `{COMMAND}`. Machine: {result['machine']}.", "",
+    lines = ["# Artifact size", "", provenance(result), "",
              "| model | bits | FP checkpoint | weights.bin | FP / weights | whole engine set | block linears as stored |",
              "|---|---|---|---|---|---|---|"]
-    for r in small:
+    for r in result["small"]:
         lines.append(f"| {r['model']} | {r['bits']} | {mb(r['fp_checkpoint_bytes'])} | {mb(r['weights_bytes'])} | "
                      f"{r['ratio']:.2f}x | {mb(r['engine_set_bytes'])} | {mb(r['planned_layer_bytes'])} |")
-    m = medium
-    lines += ["", f"dit4sr-medium shapes, {m['bits']}: the 585 block linears take "
-              f"{mb(m['accounting_layer_bytes'])} by the paper's accounting (4-bit weights + FP32 SVD branches) "
-              f"and {mb(m['stored_layer_bytes'])} as LowerOrtPass stores them. The difference is exactly the "
-              f"float32 per-channel scales ({mb(m['scale_bytes'])}, which Params (M) does not count) minus "
-              f"SVD-L's sigma folded into u ({mb(m['folded_sigma_bytes'])}): residual "
-              f"{m['accounted_difference']:.0f} bytes. Whole model: Params {m['params_m']:.2f} M (32-bit units) "
-              f"against {m['fp_bytes'] / 1e9:.2f} GB in FP32.",
+    m = result["medium"]
+    exact = "exactly " if m["accounted_difference"] == 0 else ""
+    lines += ["", f"{m['model']}, {m['bits']}: the block linears take {mb(m['accounting_layer_bytes'])} by the "
+              f"paper's accounting (4-bit weights + FP32 SVD branches) and {mb(m['stored_layer_bytes'])} as "
+              f"LowerOrtPass stores them. The difference is {exact}the float32 per-channel scales "
+              f"({mb(m['scale_bytes'])}, which Params (M) does not count) minus SVD-L's sigma folded into u "
+              f"({mb(m['folded_sigma_bytes'])}): residual {m['accounted_difference']:.0f} bytes. Whole model: Params "
+              f"{m['params_m']:.2f} M (32-bit units) against {m['fp_bytes'] / 1e9:.2f} GB in FP32.", "",
               "On dit4sr-small the FP parts outside the blocks (embedders, positional table, output head) and the "
               "rank-32 branches weigh far more relative to the 192-wide layers than they do at 1536 wide, so its "
               "compression is lower than the medium model's."]
-    update_benchmarks_md("storage", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ the same plan, runs each through the runtime's ONNX Runtime sessions (the trt gr
 implementations) at every timestep of the plan, and reports each against the fake-quant simulation of the plan
 (SQNR per step, same inputs). The ort graph is the baseline: both lowerings carry the same arithmetic, so where
 they sit below ~120 dB it is activation codes on a rounding tie that float summation order flips.
-Writes bench/results/trt_reference.json and the "TensorRT plugin graph" section of BENCHMARKS.md.
+Writes bench/results/trt_reference.json; ``render`` gives its page (bench/render.py).
 Run: python bench/trt_reference.py   (about 15 minutes on 2 CPU threads)
 """
 
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, provenance, write_result
 
 from qdit4sr_export.compiler.build import build_engine_set
 from qdit4sr_export.compiler.targets import get_target
@@ -25,7 +25,6 @@ from qdit4sr_export.quant.methods import get_method, make_config
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import seeded_model, simulation_sqnr_per_step  # noqa: E402
 
-COMMAND = "python bench/trt_reference.py"
 STEPS = 4
 BUILDS = (("ort", None), ("trt", "fp32"), ("trt", "fp16"))
 
@@ -46,20 +45,23 @@ def main() -> None:
                 rows.append({"bits": f"W{bits}A{bits}", "target": target, "precision": precision or "fp32",
                              "sqnr_db_per_step": [round(v, 1) for v in sqnrs]})
                 print(rows[-1], flush=True)
-    result = {"command": COMMAND, "machine": machine(), "model": "dit4sr-small (seeded)", "latent_side": 16,
-              "timesteps": STEPS, "rows": rows}
-    (ROOT / "bench" / "results" / "trt_reference.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"`{COMMAND}` on {result['machine']}. Seeded dit4sr-small, qdit4sr plan at W4A4 and W8A8 (no VaTMP), "
-             f"{STEPS} grid timesteps, a 16x16 latent: output SQNR against the fake-quant simulation of the same plan "
-             "at each timestep. `trt` graphs run on ONNX Runtime with the plugin ops' reference implementations; "
-             "`ort` is the default lowering of the same plan, for comparison.", "",
+    path = write_result("trt_reference", {"model": "dit4sr-small (seeded)", "latent_side": 16, "timesteps": STEPS,
+                                          "rows": rows})
+    print(render(json.loads(path.read_text())))
+
+
+def render(result: dict) -> str:
+    side = result["latent_side"]
+    lines = ["# TensorRT plugin graph, CPU reference", "", provenance(result), "",
+             f"Seeded dit4sr-small, qdit4sr plan at W4A4 and W8A8 (no VaTMP), {result['timesteps']} grid timesteps, a "
+             f"{side}x{side} latent: output SQNR against the fake-quant simulation of the same plan at each timestep. "
+             "`trt` graphs run on ONNX Runtime with the plugin ops' reference implementations; `ort` is the default "
+             "lowering of the same plan, for comparison.", "",
              "| plan | lowering | graph precision | SQNR per step (dB) |", "|---|---|---|---|"]
-    for r in rows:
+    for r in result["rows"]:
         lines.append(f"| {r['bits']} | {r['target']} | {r['precision']} | "
                      f"{', '.join(f'{v:.1f}' for v in r['sqnr_db_per_step'])} |")
-    update_benchmarks_md("trt_reference", "## TensorRT plugin graph, CPU reference (issue 15)\n\n" + "\n".join(lines)
-                         + "\n\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
