@@ -25,7 +25,10 @@ from qdit4sr_export.quant.variants import plan_variants
 #: of 32 on this seed put one 4-bit activation on a rounding tie that float summation order flips, 35.8 dB; the layer
 #: chain of tests/passes/test_lower_ort.py checks the same arithmetic on every combination at 133-138 dB.)
 OPTIONS = [(name, {}) for name in method_names(quantizing_only=True)] + [
-    ("qdit4sr", {"group_size": 64, "smoothing": True, "alpha_points": 2})]
+    ("qdit4sr", {"group_size": 64, "smoothing": True, "alpha_points": 2})] + [
+    # GPTQ on the rotated residual (issue 33): int8 codes and scales stored in the plan, lowered as any weight
+    ("qdit4sr", {"gptq": True}), ("quarot", {"gptq": True}), ("svdquant", {"gptq": True, "alpha_points": 2}),
+    ("qdit4sr", {"group_size": 64, "smoothing": True, "alpha_points": 2, "gptq": True})]
 
 
 @pytest.mark.parametrize("name, extra", OPTIONS, ids=[n + "".join(f"-{k}" for k in e) for n, e in OPTIONS])
@@ -58,11 +61,13 @@ def test_method_lowers_and_tracks_simulation(traced_tiny, tmp_path, name, extra)
     with torch.no_grad():
         want = sim(*inputs, return_dict=False)[0].numpy()
     sqnr = 10 * np.log10((want ** 2).sum() / ((want - got) ** 2).sum())
-    assert sqnr >= 100.0  # the same arithmetic as the simulation: measured 126-133 dB
+    assert sqnr >= 100.0  # the same arithmetic as the simulation: measured 126-133 dB (GPTQ plans 127-132 dB)
     assert sum(lower.paths.values()) > 0
-    if extra:  # every layer grouped: the dequantize path; the smoothing divides the input before the rotation
+    if extra.get("group_size"):  # every layer grouped: the dequantize path; the smoothing divides the input first
         assert plan.tensors and all(lp.group_size == 64 for lp in plan.layers.values())
         assert set(lower.paths) == {"dequant"}
+    if extra.get("gptq"):
+        assert any(lp.stored_weight for lp in plan.layers.values())
     # what the graph stores for each lowered layer is what the plan's storage accounting predicts
     stored = lowered_layer_bytes(graph)
     assert stored and {n: layer_bytes(plan.layers[n]) for n in stored} == stored

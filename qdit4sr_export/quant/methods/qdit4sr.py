@@ -11,6 +11,7 @@ from qdit4sr_export.errors import UserError
 from qdit4sr_export.model.sampling import DEFAULT_SHIFT, DEFAULT_STEPS
 from qdit4sr_export.quant.checks import check_bits
 from qdit4sr_export.quant.methods.registry import register
+from qdit4sr_export.quant.rotated_gptq import check_options
 
 if TYPE_CHECKING:
     import torch
@@ -66,6 +67,11 @@ class QDiT4SRConfig:
     smoothing: bool = False
     alpha_points: int = 10
     rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the smoothing search
+    # gptq: the residual after H-SVD rounded by GPTQ against the Hessian of the rotated (and smoothed) inputs on the
+    # calibration trajectory (issue 33; needs calibration); damp: its damping; act_order: columns by Hessian diagonal.
+    gptq: bool = False
+    damp: float = 0.01
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         if self.wbits is not None:
@@ -87,10 +93,11 @@ class QDiT4SRConfig:
         if self.group_size < 0 or self.alpha_points < 1 or self.rows_per_step < 1:
             raise UserError("qdit4sr: group_size >= 0 (0: per-row and per-token scales), alpha_points >= 1 and "
                             "rows_per_step >= 1")
+        check_options("qdit4sr", self.gptq, self.damp, self.act_order)
 
     def wants_calibration(self) -> bool:
-        """Whether a plan uses calibration data (VaTMP, or the smoothing search)."""
-        return self.vatmp or self.smoothing
+        """Whether a plan uses calibration data (VaTMP, the smoothing search, or GPTQ)."""
+        return self.vatmp or self.smoothing or self.gptq
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,9 +117,10 @@ def _group(config: QDiT4SRConfig, width: int) -> int | None:
 
 def _smoothing(ctx: PlanContext, config: QDiT4SRConfig, calibration: CalibrationInputs | None,
                rotations: dict[str, Rotation], blocks: dict, groups: dict[str, int | None], notes: list[str],
-               progress: bool) -> dict[str, torch.Tensor]:
+               progress: bool, record: list | None = None) -> dict[str, torch.Tensor]:
     """The data-aware smoothing step: each layer's divisor (layers where no smoothing scored best are left out),
-    searched at the plan's uniform weight bits (VaSMP's budget) and floor(--abits) activation bits."""
+    searched at the plan's uniform weight bits (VaSMP's budget) and floor(--abits) activation bits (``record``:
+    a list that receives the trajectory's first-block inputs, for GPTQ)."""
     import numpy as np
 
     from qdit4sr_export.quant.methods.common import trajectory
@@ -132,7 +140,7 @@ def _smoothing(ctx: PlanContext, config: QDiT4SRConfig, calibration: Calibration
     alphas = tuple(i / config.alpha_points for i in range(1, config.alpha_points + 1))
     chosen = search_model_smoothing(ctx.model, plans, ctx.weight, calibration, abits=int(np.floor(config.abits)),
                                     alphas=alphas, rows_per_step=config.rows_per_step,
-                                    trajectory=trajectory(config), progress=progress)
+                                    trajectory=trajectory(config), progress=progress, record=record)
     smooth = {n: c.scales.float() for n, c in chosen.items() if c.alpha is not None}
     gain = [1 - c.error / c.errors[0] for c in chosen.values() if c.errors[0] > 0]
     notes.append(f"smoothing searched on {len(calibration)} calibration samples: {len(smooth)} of {len(chosen)} "
@@ -155,9 +163,11 @@ def make_plan(
     from qdit4sr_export.model.weights import lazy_copy
     from qdit4sr_export.quant.calibration import collect_activation_variance
     from qdit4sr_export.quant.gaussian import kappa_table
+    from qdit4sr_export.quant.hessian_pass import recording_block_inputs, trajectory_block_inputs
     from qdit4sr_export.quant.hsvd import select_block
     from qdit4sr_export.quant.methods.common import PlanContext, check_rank, hadamard_rotations, trajectory
     from qdit4sr_export.quant.plan import LayerPlan
+    from qdit4sr_export.quant.rotated_gptq import require_calibration, run_gptq, stored
     from qdit4sr_export.quant.simulate import apply_plan
     from qdit4sr_export.quant.vasmp import allocate_weight_bits
     from qdit4sr_export.quant.vatmp import schedule_layers
@@ -177,9 +187,15 @@ def make_plan(
         for n, (out, inp) in linears.items()
     }
     groups = {n: _group(config, inp) for n, (_, inp) in linears.items()}
+    if config.gptq:
+        require_calibration("qdit4sr", calibration)
+        ctx.require_weights("GPTQ")
+    vatmp_pass = calibration is not None and config.vatmp
+    calls: list = []  # the trajectory GPTQ's Hessians follow, recorded on the last calibration pass before it
     smooth: dict[str, torch.Tensor] = {}
     if config.smoothing:
-        smooth = _smoothing(ctx, config, calibration, rotations, blocks, groups, notes, progress)
+        smooth = _smoothing(ctx, config, calibration, rotations, blocks, groups, notes, progress,
+                            record=calls if config.gptq and not vatmp_pass else None)
     per_row = [n for n in names if config.group_size and groups[n] is None]
     if per_row:
         notes.append(f"{len(per_row)} layer(s) use per-row scales: group size {config.group_size} does not divide "
@@ -203,26 +219,38 @@ def make_plan(
         wbits.update({n: fill for n in names if n not in wbits})
 
     steps = ctx.steps
+    tensors = {f"{n}.smooth": s for n, s in smooth.items()}
 
     def layer_plans(abits: dict[str, tuple[int | None, ...]]) -> dict[str, LayerPlan]:
-        return {
+        return stored({
             n: LayerPlan(in_features=inp, out_features=out, wbits=wbits[n], abits=abits[n],
                          rotation=rotations[n].to_dict(), svd_rank=config.svd_rank, local_block=blocks[n],
                          group_size=groups[n], smoothing=n in smooth, active=is_active(n),
                          weight_variance=weight_var.get(n), act_variance=act_var.get(n))
             for n, (out, inp) in linears.items()
-        }
+        }, tensors)
 
     def plan_with(abits: dict[str, tuple[int | None, ...]], extra_notes: list[str]) -> QuantPlan:
-        return ctx.plan("qdit4sr", config, layer_plans(abits), notes=extra_notes,
-                        tensors={f"{n}.smooth": s for n, s in smooth.items()})
+        return ctx.plan("qdit4sr", config, layer_plans(abits), notes=extra_notes, tensors=tensors)
 
-    if calibration is None or not config.vatmp:
+    def gptq(source: str) -> None:
+        """GPTQ every active layer's residual on the recorded trajectory (issue 33)."""
+        found, note = run_gptq(model, calls, layer_plans({n: (None,) * steps for n in names}), ctx.weight, tensors,
+                               damp=config.damp, act_order=config.act_order, layers=active, source=source,
+                               progress=progress)
+        tensors.update(found)
+        notes.append(note)
+
+    if not vatmp_pass:
         if not float(config.abits).is_integer():
             raise UserError(f"--abits {config.abits} is fractional: a static schedule needs an integer "
                             "(a fractional average budget needs VaTMP with calibration data)")
         if config.vatmp:
             notes.append("VaTMP off: no calibration data; static activation bits at every timestep")
+        if config.gptq:
+            if not config.smoothing:
+                calls += trajectory_block_inputs(model, calibration, progress=progress, **trajectory(config))
+            gptq("the smoothing search's FP pass" if config.smoothing else "an FP pass of its own")
         return plan_with({n: (int(config.abits),) * steps for n in names}, notes)
 
     ctx.require_weights("VaTMP calibration")
@@ -234,7 +262,12 @@ def make_plan(
     sim.weights_only()
     first = ctx.first_step(config.start_sigma)
     samples = calibration.head(config.vatmp_samples) if config.vatmp_samples else calibration
-    variance = collect_activation_variance(sim.model, active, samples, progress=progress, **trajectory(config))
+    with recording_block_inputs(sim.model) as recorded:
+        variance = collect_activation_variance(sim.model, active, samples, progress=progress, **trajectory(config))
+    if config.gptq:
+        calls += recorded
+        gptq("the VaTMP pass (round-to-nearest weights)")
+    del recorded
     seen = ~np.isnan(variance[:, first:]).any(axis=1)
     schedule = schedule_layers(variance[seen, first:], budget=config.abits, kappa=kappa_table("integer"),
                                bits=ACT_BITS, max_segments=config.max_segments)
