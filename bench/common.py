@@ -7,6 +7,7 @@ import datetime
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,10 +46,29 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def publish(name: str, result: dict, render: Callable[[dict], str]) -> Path:
+    """``write_result``, then print the page ``render`` makes of the result as written; returns the path."""
+    path = write_result(name, result)
+    print(render(json.loads(path.read_text())))
+    print(f"wrote {path}")
+    return path
+
+
 def provenance(result: dict) -> str:
     """The line a page shows under its title: the result's command, machine and date."""
     date = result.get("date") or "not recorded"
     return f"Command: `{result['command']}`. Machine: {result['machine']}. Date: {date}."
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table's lines: the header, the rule, then one line per row (cells as given, str() of each)."""
+    lines = [f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+    return lines + [f"| {' | '.join(map(str, r))} |" for r in rows]
+
+
+def joined(values, fmt: str = ".1f") -> str:
+    """A list of numbers as one cell: ``1.0, 2.5``."""
+    return ", ".join(format(v, fmt) for v in values)
 
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, provenance, write_result
+from common import ROOT, provenance, publish
 
 FULL = "dit4sr-medium"
 STEP_LATENT = 64
@@ -172,8 +172,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    path = write_result("full_size" if args.preset == FULL else f"full_size_{args.preset}", result)
-    print(render(json.loads(path.read_text())))
+    publish("full_size" if args.preset == FULL else f"full_size_{args.preset}", result, render)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, provenance, write_result
+from common import ROOT, provenance, publish
 from full_size import timed
 
 CALIB = ROOT / "qdit4sr_export" / "data" / "calib"
@@ -48,7 +48,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     result = {"steps": args.steps, "calib_count": args.calib_count, "rows": rows,
               "calibration_seconds": round(rows[1]["seconds"] - rows[0]["seconds"], 1)}
-    print(render(json.loads(write_result("full_size_calibration", result).read_text())))
+    publish("full_size_calibration", result, render)
 
 
 def render(result: dict) -> str:

@@ -12,9 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from common import provenance, write_result
+from common import provenance, publish
 from full_size import timed
-
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     result = {"parameters": params, "side": args.side, "seconds": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1),
               "variants": [{k: v[k] for k in ("file", "timesteps", "sqnr_db", "cosine")} for v in report["variants"]],
               "inputs": report["inputs"]}
-    print(render(json.loads(write_result("full_size_compare", result).read_text())))
+    publish("full_size_compare", result, render)
 
 
 def render(result: dict) -> str:

@@ -13,9 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import provenance, write_result
+from common import provenance, publish
 from full_size import timed
-
 
 
 def main() -> None:
@@ -33,7 +32,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     result = {"seconds": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1), "stages": summary["stages"],
               "sizes": summary["sizes"]}
-    print(render(json.loads(write_result("full_size_fp", result).read_text())))
+    publish("full_size_fp", result, render)
 
 
 def render(result: dict) -> str:

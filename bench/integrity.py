@@ -11,7 +11,6 @@ Run: python bench/integrity.py [--large-gb 2]   (about a minute plus the build)
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, provenance, write_result
+from common import ROOT, provenance, publish
 from qdit4sr_export.runtime.engine_set import EngineSet
 
 from qdit4sr_export.engine.format import check_files, file_entry
@@ -69,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [example_set(Path(tmp)), large_file(Path(tmp), args.large_gb)]
-    print(render(json.loads(write_result("integrity", {"build_options": list(BUILD), "rows": rows}).read_text())))
+    publish("integrity", {"build_options": list(BUILD), "rows": rows}, render)
 
 
 def render(result: dict) -> str:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, provenance, write_result
+from common import ROOT, provenance, publish
 
 MODEL = ROOT / "examples" / "dit4sr-tiny"
 LR = ROOT / "examples" / "lr"
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
               "compare": {"passed": compare["passed"], "tolerance": list(COMPARE_TOLERANCE), "variants": [
                   {k: v[k] for k in ("file", "sqnr_db", "cosine", "per_input")} for v in compare["variants"]]},
               "outputs": images}
-    print(render(json.loads(write_result("quickstart", result).read_text())))
+    publish("quickstart", result, render)
 
 
 def old_abits_spelling(options: list[str]) -> str | None:

@@ -12,11 +12,11 @@ Run: python bench/rounding_floor.py   (about a minute on 2 CPU threads)
 from __future__ import annotations
 
 import copy
-import json
 import sys
 
 import torch
-from common import ROOT, provenance, sqnr_db, write_result
+from common import ROOT, joined, provenance, publish, sqnr_db, table
+from trt_reference import setup
 
 from qdit4sr_export.quant.methods import get_method, make_config
 from qdit4sr_export.quant.simulate import apply_plan
@@ -48,21 +48,16 @@ def main() -> None:
         rows.append({"bits": f"W{bits}A{bits}", "timesteps": [float(t) for t in plan.timesteps],
                      "sqnr_db_per_step": per_step})
         print(rows[-1], flush=True)
-    path = write_result("rounding_floor", {"model": "dit4sr-small (seeded)", "latent_side": SIDE, "rows": rows})
-    print(render(json.loads(path.read_text())))
+    publish("rounding_floor", {"model": "dit4sr-small (seeded)", "latent_side": SIDE, "rows": rows}, render)
 
 
 def render(result: dict) -> str:
-    side = result["latent_side"]
+    rows = [[r["bits"], joined(r["timesteps"], ".0f"), joined(r["sqnr_db_per_step"])] for r in result["rows"]]
     lines = ["# Rounding floor", "", provenance(result), "",
-             f"Seeded dit4sr-small, qdit4sr plan (no VaTMP), {len(result['rows'][0]['timesteps'])} grid timesteps, a "
-             f"{side}x{side} latent: output SQNR of the plan's simulation against itself with the latent input moved "
-             "by one float32 ulp per element. A lowering that is not bit-identical to the simulation cannot be "
-             "expected to sit above these numbers at the same step.", "",
-             "| plan | timesteps | SQNR per step (dB) |", "|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['bits']} | {', '.join(f'{t:.0f}' for t in r['timesteps'])} | "
-                     f"{', '.join(f'{v:.1f}' for v in r['sqnr_db_per_step'])} |")
+             f"{setup(len(result['rows'][0]['timesteps']), result['latent_side'])}: output SQNR of the plan's "
+             "simulation against itself with the latent input moved by one float32 ulp per element. A lowering that "
+             "is not bit-identical to the simulation cannot be expected to sit above these numbers at the same step.",
+             "", *table(["plan", "timesteps", "SQNR per step (dB)"], rows)]
     return "\n".join(lines) + "\n"
 
 

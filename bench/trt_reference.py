@@ -11,12 +11,11 @@ Run: python bench/trt_reference.py   (about 15 minutes on 2 CPU threads)
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, provenance, write_result
+from common import ROOT, joined, provenance, publish, table
 
 from qdit4sr_export.compiler.build import build_engine_set
 from qdit4sr_export.compiler.targets import get_target
@@ -45,22 +44,24 @@ def main() -> None:
                 rows.append({"bits": f"W{bits}A{bits}", "target": target, "precision": precision or "fp32",
                              "sqnr_db_per_step": [round(v, 1) for v in sqnrs]})
                 print(rows[-1], flush=True)
-    path = write_result("trt_reference", {"model": "dit4sr-small (seeded)", "latent_side": 16, "timesteps": STEPS,
-                                          "rows": rows})
-    print(render(json.loads(path.read_text())))
+    publish("trt_reference", {"model": "dit4sr-small (seeded)", "latent_side": 16, "timesteps": STEPS, "rows": rows},
+            render)
+
+
+def setup(steps: int, side: int) -> str:
+    """The model, plans and inputs this script and bench/rounding_floor.py share, in words."""
+    return (f"Seeded dit4sr-small, qdit4sr plan at W4A4 and W8A8 (no VaTMP), {steps} grid timesteps, a {side}x{side} "
+            "latent")
 
 
 def render(result: dict) -> str:
-    side = result["latent_side"]
     lines = ["# TensorRT plugin graph, CPU reference", "", provenance(result), "",
-             f"Seeded dit4sr-small, qdit4sr plan at W4A4 and W8A8 (no VaTMP), {result['timesteps']} grid timesteps, a "
-             f"{side}x{side} latent: output SQNR against the fake-quant simulation of the same plan at each timestep. "
+             f"{setup(result['timesteps'], result['latent_side'])}: output SQNR against the fake-quant simulation of "
+             "the same plan at each timestep. "
              "`trt` graphs run on ONNX Runtime with the plugin ops' reference implementations; `ort` is the default "
              "lowering of the same plan, for comparison.", "",
-             "| plan | lowering | graph precision | SQNR per step (dB) |", "|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['bits']} | {r['target']} | {r['precision']} | "
-                     f"{', '.join(f'{v:.1f}' for v in r['sqnr_db_per_step'])} |")
+             *table(["plan", "lowering", "graph precision", "SQNR per step (dB)"],
+                    [[r["bits"], r["target"], r["precision"], joined(r["sqnr_db_per_step"])] for r in result["rows"]])]
     return "\n".join(lines) + "\n"
 
 

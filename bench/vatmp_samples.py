@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, provenance, write_result
+from common import ROOT, provenance, publish
 
 from qdit4sr_export.quant.gaussian import kappa_table
 
@@ -62,7 +62,7 @@ def main() -> None:
               "median_variance_change_over_run": round(float(np.median(spreads)), 3),
               "trade_ratio_4_to_3_vs_4_to_5": round((kappa[3] - kappa[4]) / (kappa[4] - kappa[5]), 2),
               "notes": [p16["notes"][-1], p_all["notes"][-1]]}
-    print(render(json.loads(write_result("vatmp_samples", result).read_text())))
+    publish("vatmp_samples", result, render)
 
 
 def render(r: dict) -> str:
