@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,16 @@ def invocation() -> str:
 def today() -> str:
     """Today's date (UTC), as a result records it."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def commit_date(path: Path | str) -> str | None:
+    """The date (YYYY-MM-DD) of the last git commit that wrote ``path``, or None (not committed, or no git)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=Path(path).resolve().parent,
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
 
 
 def write_result(name: str, result: dict) -> Path:

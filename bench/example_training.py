@@ -11,10 +11,9 @@ copied by hand. Run: python bench/example_training.py   (seconds; it trains noth
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
-from common import ROOT, provenance, write_result
+from common import ROOT, commit_date, provenance, write_result
 
 RECORD = "examples/dit4sr-tiny-metrics.json"
 #: The sixth stage of examples/train_v3.sh, which wrote the record (its other options are train_tiny's defaults).
@@ -33,12 +32,6 @@ def extract(record: dict) -> dict:
             "train_seconds": record["train_seconds"], "seconds_per_step": record["seconds_per_step"],
             "final_loss": record["log"][-1]["loss"], "training_photos": sum(p not in HELD_OUT for p in photos),
             "best": record["best"], "validation": record["validation"], "heldout": record["heldout"]}
-
-
-def record_date() -> str | None:
-    out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", RECORD], cwd=ROOT, capture_output=True, text=True,
-                         check=False)
-    return out.stdout.strip() or None
 
 
 def _row(name: str, m: dict, bicubic: dict | None = None) -> str:
@@ -92,7 +85,7 @@ def render(r: dict) -> str:
 
 
 def main() -> int:
-    result = {**extract(json.loads((ROOT / RECORD).read_text())), "record_date": record_date()}
+    result = {**extract(json.loads((ROOT / RECORD).read_text())), "record_date": commit_date(ROOT / RECORD)}
     print(f"wrote {write_result('example_training', result)}")
     return 0
 

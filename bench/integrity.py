@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, provenance, publish
 from qdit4sr_export.runtime.engine_set import EngineSet
+from quickstart import BUILD
 
 from qdit4sr_export.engine.format import check_files, file_entry
 
 LEVELS = ("size", "quick", "full")
-BUILD = ("--wbits", "auto", "--abits", "auto", "--abits-budget", "4", "--calib-count", "8")  # the quickstart's
 
 
 def best_of(fn, repeats: int = 5) -> float:

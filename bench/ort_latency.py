@@ -5,8 +5,10 @@ the per-op breakdown from ONNX Runtime's profiler.
 
 Models (``--models``):
 - ``example``: examples/dit4sr-tiny at the size ``run`` uses (64x64 latent tiles, its 8 prompt tokens, a guidance
-  batch of 2 where its pipeline guides); the FP engine set, the README quickstart's W4A4 build (``--wbits auto --abits 4 --calib-count 8``) and
-  an RTN W4A4 build (the cheapest W4A4 graph: integer GEMMs and per-token quantization only), all made by the CLI. Also ``qdit4sr-export run`` on the four examples/lr photos, end to end, per engine set.
+  batch of 2 where its pipeline guides); the FP engine set, the quickstart's W4A4 build (``quickstart.BUILD``: VaSMP
+  and VaTMP at 4 bits average, 8 calibration crops) and an RTN W4A4 build (the cheapest W4A4 graph: integer GEMMs
+  and per-token quantization only), all made by the CLI. Also ``qdit4sr-export run`` on the four examples/lr photos,
+  end to end, per engine set.
 - ``medium``: dit4sr-medium's block shapes with ``--layers`` of its 24 blocks (a full step costs about 24/layers
   times as much), seeded default-init weights (latency does not depend on the values); the positional table is
   cropped to the 32x32 patch grid a 512x512 output reads (the full 384x384 table is 906 MB of FP32 that no step
@@ -44,11 +46,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from common import ROOT, invocation, machine, today, write_result
+from common import ROOT, commit_date, invocation, machine, today, write_result
 from ort_breakdown import profile, step_inputs
 from ort_latency_page import render  # noqa: F401 - bench/render.py renders this script's results with it
 from qdit4sr_export.runtime.backends import INPUTS, OrtRunner, make_session
 from qdit4sr_export.runtime.engine_set import EngineSet
+from quickstart import BUILD
 
 EXAMPLE = ROOT / "examples" / "dit4sr-tiny"
 PHOTOS = ROOT / "examples" / "lr"
@@ -63,7 +66,7 @@ def example_sets(work: Path) -> dict[str, Path]:
     """FP, the README quickstart's W4A4 and an RTN W4A4 engine set of the example model (RTN: integer GEMMs and
     per-token quantization only, the cheapest W4A4), built by the CLI (reused if present)."""
     sets = {"FP32": work / "example-fp", "W4A4": work / "example-w4a4", "W4A4 RTN": work / "example-w4a4-rtn"}
-    options = {"FP32": ["--method", "fp"], "W4A4": ["--wbits", "auto", "--abits", "4", "--calib-count", "8"],
+    options = {"FP32": ["--method", "fp"], "W4A4": list(BUILD),
                "W4A4 RTN": ["--method", "rtn", "--wbits", "4", "--abits", "4"]}
     for label, folder in sets.items():
         if not (folder / "manifest.json").exists():
@@ -245,6 +248,9 @@ def main() -> None:
     result = json.loads(out_file.read_text()) if out_file.exists() else {}
     if result.get("schema") != "ort_latency/2":
         result = {"schema": "ort_latency/2", "models": {}}
+    for entry in result["models"].values():  # kept from an earlier run: that run's command and date stay with it
+        entry.setdefault("command", result["command"])
+        entry.setdefault("date", result.get("date") or commit_date(out_file) or "not recorded")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         work = args.keep or tmp

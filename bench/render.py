@@ -21,9 +21,10 @@ import dataclasses
 import importlib
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+from common import commit_date
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -49,16 +50,6 @@ class Page:
     machine: str
     date: str
     text: str
-
-
-def commit_date(path: Path) -> str | None:
-    """The date (YYYY-MM-DD) of the last git commit that wrote ``path``, or None (not committed, or no git)."""
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%cs", "--", str(path)], cwd=path.parent,
-                             capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def script_of(command: str) -> str | None:
