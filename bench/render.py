@@ -5,8 +5,9 @@ Every bench script writes its result with ``common.write_result(name, result)`` 
 and date) and defines ``render(result: dict) -> str``, the page body: a title line, then the command, machine and
 date, then the tables. This finds the script of each result by the ``bench/<script>.py`` in its ``command``,
 imports it (importing a bench script runs nothing) and calls its ``render``. A result that records no date gets the
-date of the git commit that last wrote its JSON, labelled as such. Pages whose result is gone are deleted
-(docs/benchmarks/ holds generated pages only). BENCHMARKS.md stays, short and generated: a reader of the repository
+date of the git commit that last wrote its JSON, labelled as such. Results git ignores (``*_quick.json`` check runs,
+whose numbers say nothing) get no page: a clean checkout never has them. Pages whose result is gone (or ignored) are
+deleted (docs/benchmarks/ holds generated pages only). BENCHMARKS.md stays, short and generated: a reader of the repository
 who has not built the docs site looks there, and being generated it cannot drift from the pages.
 
 Run: python bench/render.py           writes the pages, the index and BENCHMARKS.md
@@ -22,6 +23,7 @@ import importlib
 import json
 import re
 import sys
+import subprocess
 from pathlib import Path
 
 from common import commit_date
@@ -50,6 +52,19 @@ class Page:
     machine: str
     date: str
     text: str
+
+
+def git_ignored(paths: list[Path]) -> set[Path]:
+    """Those of ``paths`` that git ignores (the ``*_quick.json`` check runs): a clean checkout never has them, so
+    they get no page. Outside a git checkout, none."""
+    if not paths:
+        return set()
+    try:
+        out = subprocess.run(["git", "check-ignore", "--", *map(str, paths)], cwd=paths[0].parent, capture_output=True,
+                             text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {(paths[0].parent / line).resolve() for line in out.stdout.splitlines() if line}
 
 
 def script_of(command: str) -> str | None:
@@ -170,7 +185,9 @@ class Plan:
 def plan(results: Path = RESULTS, pages_dir: Path = PAGES, summary: Path | None = SUMMARY_FILE,
          bench: Path = ROOT / "bench") -> Plan:
     pages, problems, unrendered = [], [], set()
-    for path in sorted(results.glob("*.json")):
+    found = sorted(results.glob("*.json"))
+    skipped = git_ignored(found)
+    for path in (p for p in found if p.resolve() not in skipped):
         try:
             pages.append(render_result(path, bench))
         except Unrenderable as exc:

@@ -48,9 +48,13 @@ def test_a_result_renders_to_its_page_index_and_summary(render, tmp_path):
     results, pages, summary = tmp_path / "results", tmp_path / "pages", tmp_path / "BENCHMARKS.md"
     results.mkdir()
     pages.mkdir()
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("results/*_quick.json\n")
     (results / "storage.json").write_text(json.dumps(storage_result(date="2030-01-02")))
     (results / "undated.json").write_text(json.dumps(storage_result()))
+    (results / "storage_quick.json").write_text(json.dumps(storage_result(date="2030-01-02")))  # ignored: no page
     (pages / "gone.md").write_text("a page whose result was deleted\n")
+    (pages / "storage_quick.md").write_text("a page of a result git now ignores\n")
     target = render.plan(results, pages, summary, BENCH)
     assert target.problems == []
     page = target.files[pages / "storage.md"]
@@ -59,20 +63,21 @@ def test_a_result_renders_to_its_page_index_and_summary(render, tmp_path):
     assert lines[2] == "# Artifact size"
     assert "Command: `python bench/storage.py`. Machine: Test CPU, 2 threads. Date: 2030-01-02." in page
     assert "| dit4sr-small (seeded) | W4A4 | 30.00 MB | 15.00 MB | 2.00x | 18.00 MB | 11.00 MB |" in page
-    # outside git, a result without a date says so instead of inventing one
+    # a result without a date that git has no commit of says so instead of inventing one
     assert "Date: not recorded (the result is not committed yet)." in target.files[pages / "undated.md"]
     index = target.files[pages / "index.md"]
     assert "| [Artifact size](storage.md) | Artifact size: engine-set bytes against the FP checkpoint" in index
     assert "| `python bench/storage.py` | Test CPU, 2 threads | 2030-01-02 |" in index
     assert "| [Artifact size](docs/benchmarks/storage.md) | 2030-01-02 |" in target.files[summary]
-    assert target.stale == [pages / "gone.md"]
+    assert "storage_quick" not in index
+    assert target.stale == [pages / "gone.md", pages / "storage_quick.md"]
 
     assert sorted(render.check(target)) == sorted(
         [f"{p}: missing" for p in (pages / "storage.md", pages / "undated.md", pages / "index.md", summary)]
-        + [f"{pages / 'gone.md'}: stale (its result is gone)"])
+        + [f"{pages / name}: stale (its result is gone)" for name in ("gone.md", "storage_quick.md")])
     render.write(target)
     assert render.check(render.plan(results, pages, summary, BENCH)) == []
-    assert not (pages / "gone.md").exists()
+    assert sorted(p.name for p in pages.iterdir()) == ["index.md", "storage.md", "undated.md"]
     (results / "storage.json").write_text(json.dumps(storage_result(date="2030-01-03")))
     assert render.check(render.plan(results, pages, summary, BENCH)) == [
         f"{pages / 'storage.md'}: out of date", f"{pages / 'index.md'}: out of date", f"{summary}: out of date"]
