@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs, RotateQuantizeAttrs
 
-#: (weight bits, activation bits (0: float activations), activation/weight group size (0: none)) compiled for
-#: every layer shape: W4A4 and W8A8 per token and with groups of 128, and W4 with a float step.
-SETTINGS = ((4, 4, 0), (8, 8, 0), (4, 4, 128), (8, 8, 128), (4, 0, 0))
+#: (weight bits, activation bits (0: float activations), activation/weight group size (0: none), H-SVD branches)
+#: compiled for every layer shape: W4A4 and W8A8 per token and with groups of 128, W4 with a float step (all with
+#: the plan's SVD-G and SVD-L), and W4A4 without the branches (a QuaRot-like layer).
+SETTINGS = ((4, 4, 0, True), (8, 8, 0, True), (4, 4, 128, True), (8, 8, 128, True), (4, 0, 0, True),
+            (4, 4, 0, False))
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,13 @@ def plan_configs(plan, settings=SETTINGS) -> list[LayerConfig]:
             shapes.setdefault((lp.in_features, lp.out_features, lp.svd_rank, lp.local_block), lp)
     out = []
     for (k, n, rank, block), lp in sorted(shapes.items(), key=lambda kv: kv[0][:2]):
-        for wbits, abits, group in settings:
-            rq, gm = layer_attrs(dataclasses.replace(lp, group_size=group or None), wbits, abits)
+        for wbits, abits, group, hsvd in settings:
+            layer = dataclasses.replace(lp, group_size=group or None, **({} if hsvd else {"svd_rank": 0,
+                                                                                        "local_block": None}))
+            rq, gm = layer_attrs(layer, wbits, abits)
             mode = f"a{abits}" if abits else "afloat"
-            name = f"k{k}_n{n}_w{wbits}{mode}_g{group}_r{rank}" + (f"_l{block[0]}x{block[1]}" if block else "")
+            branches = f"_r{rank}" + (f"_l{block[0]}x{block[1]}" if block else "") if hsvd else "_nohsvd"
+            name = f"k{k}_n{n}_w{wbits}{mode}_g{group}{branches}"
             out.append(LayerConfig(name, rq, gm))
     return out
 
