@@ -29,7 +29,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from common import ROOT, write_result
+from common import ROOT, provenance, publish
 
 RESULTS = ROOT / "bench" / "results"
 #: name -> (command, quick command, result file, quick result file, seconds allowed). The limits add up to 8 min.
@@ -112,7 +112,7 @@ def render(result: dict) -> str:
     import ptx_report
 
     lines = ["## GPU session (issue 30): bench/gpu_all.sh", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}. Date: {result['date']}. GPU: "
+             f"{provenance(result)} GPU: "
              f"{result['gpu']}. Total {result['seconds']} s." + (" Quick run: CPU forms of every part (not "
                                                                  "performance figures)." if result["quick"] else ""),
              "", "| part | status | seconds |", "|---|---|---|"]
@@ -152,9 +152,7 @@ def main() -> None:
         print(f"{name}: {parts[name]['status']} ({parts[name]['seconds']} s)", flush=True)
     result = {"quick": args.quick, "gpu": gpu_name(), "seconds": round(time.perf_counter() - start, 1),
               "parts": parts, "targets": targets(parts, args.quick)}
-    path = write_result("gpu_all_quick" if args.quick else "gpu_all", result)
-    print(render(json.loads(path.read_text())))
-    print(f"wrote {path}")
+    publish("gpu_all_quick" if args.quick else "gpu_all", result, render)
 
 
 if __name__ == "__main__":

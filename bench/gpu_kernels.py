@@ -17,10 +17,9 @@ Run: python bench/gpu_kernels.py   (H100/H200: a few minutes, most of it Triton 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import torch
-from common import sqnr_db, write_result
+from common import provenance, publish, sqnr_db
 from gpu_common import device_name, parse_args, random_specs, time_ms
 MEDIUM = dict(tokens=8192, dims=(1536, 6144), rank=32, local_rank=8)
 TINY = dict(tokens=160, dims=(96, 192), rank=8, local_rank=2)
@@ -90,8 +89,7 @@ def moved(obj, device):
 
 def render(result: dict) -> str:
     lines = ["## GPU kernels (issues 14, 30)", "",
-             f"Command: `{result['command']}`. Device: {result['device']}. Machine: {result['machine']}. "
-             f"Date: {result['date']}.",
+             f"{provenance(result)} Device: {result['device']}.",
              f"Median of {result['reps']} after warm-up; every ratio is against the torch matmul timed in the same "
              "run. Kernel outputs checked against their torch references first (columns: SQNR, codes equal).", "",
              f"| M x K x N | torch {result['torch_matmul_dtype']} matmul ms | W4A4 GEMM | W8A8 GEMM "
@@ -115,9 +113,7 @@ def main() -> None:
     result = {"device": device_name(device), "interpreted": device.type == "cpu",
               "torch_matmul_dtype": "bfloat16" if device.type == "cuda" else "float32",
               "tiny": args.tiny, "reps": reps, "rows": rows}
-    path = write_result("gpu_kernels_tiny" if args.tiny else "gpu_kernels", result)
-    print(render(json.loads(path.read_text())))
-    print(f"wrote {path}")
+    publish("gpu_kernels_tiny" if args.tiny else "gpu_kernels", result, render)
 
 
 if __name__ == "__main__":

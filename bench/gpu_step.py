@@ -18,10 +18,9 @@ Run: python bench/gpu_step.py   (H100/H200: a few minutes, most of it Triton com
 
 from __future__ import annotations
 
-import json
 
 import torch
-from common import write_result
+from common import provenance, publish
 from gpu_common import device_name, parse_args, random_specs, time_ms
 
 
@@ -93,17 +92,14 @@ def main() -> None:
               "torch_dtype": str(dtype).removeprefix("torch."), "quantized_linears": len(active), "reps": reps,
               "ms": {"torch": base, "w4a4_triton": quant},
               "speedup": {k: round(base[k] / quant[k], 3) for k in base}}
-    path = write_result("gpu_step_tiny" if args.tiny else "gpu_step", result)
-    print(render(json.loads(path.read_text())))
-    print(f"wrote {path}")
+    publish("gpu_step_tiny" if args.tiny else "gpu_step", result, render)
 
 
 def render(result: dict) -> str:
     base, quant = result["ms"]["torch"], result["ms"]["w4a4_triton"]
     rows = "\n".join(f"| {mode} | {base[mode]:.1f} | {quant[mode]:.1f} | {result['speedup'][mode]:.2f}x |"
                      for mode in base)
-    return (f"## GPU step (issues 14, 30)\n\nCommand: `{result['command']}`. Device: {result['device']}. Machine: "
-            f"{result['machine']}. Date: {result['date']}.\nOne {result['preset']} step ({result['blocks']} blocks) "
+    return (f"## GPU step (issues 14, 30)\n\n{provenance(result)} Device: {result['device']}.\nOne {result['preset']} step ({result['blocks']} blocks) "
             f"at a {result['latent'] * 8}x{result['latent'] * 8} output ({result['tokens']}), batch 1, median of "
             f"{result['reps']}; both timed in the same run.\n\n| mode | {result['torch_dtype']} torch ms "
             f"| W4A4 triton ms | speedup |\n|---|---|---|---|\n{rows}\n")

@@ -17,13 +17,12 @@ Run: python bench/ort_cuda.py   (H100: about a minute to build the sets, seconds
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from common import sqnr_db, write_result
+from common import provenance, publish, sqnr_db
 from ort_breakdown import step_inputs
 from ort_latency import alternate, medium_model, summary
 from qdit4sr_export.runtime.backends import OrtRunner
@@ -77,7 +76,7 @@ def time_set(folder: Path, side: int, text: int, repeats: int, cuda: bool, threa
 
 def render(result: dict) -> str:
     lines = ["## ONNX Runtime: CUDA execution provider vs CPU (issue 30)", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}. Date: {result['date']}. GPU: "
+             f"{provenance(result)} GPU: "
              f"{result['gpu']}. onnxruntime {result['onnxruntime']} (providers: {', '.join(result['providers'])}). "
              f"{result['preset']}, {result['layers']} block(s), {result['side']}x{result['side']} latent, batch 1, "
              f"{result['text_tokens']} text tokens; median of {result['repeats']}, CPU and CUDA alternately in one "
@@ -119,9 +118,7 @@ def main() -> None:
               "cuda_available": cuda,
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible to torch",
               "sets": rows}
-    path = write_result("ort_cuda_quick" if args.quick else "ort_cuda", result)
-    print(render(json.loads(path.read_text())))
-    print(f"wrote {path}")
+    publish("ort_cuda_quick" if args.quick else "ort_cuda", result, render)
 
 
 if __name__ == "__main__":

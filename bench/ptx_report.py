@@ -21,13 +21,12 @@ os.environ.pop("TRITON_INTERPRET", None)  # compiling: Triton's interpreter must
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import subprocess  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import write_result  # noqa: E402
+from common import provenance, publish  # noqa: E402
 
 QUICK = ("k1536_n6144_w4a4_g0_r32_l768x192", "k6144_n1536_w8a8_g128_r32_l768x192",
          "k1536_n1536_w4afloat_g0_r32_l384x128")
@@ -87,7 +86,7 @@ def _tiles(s: dict) -> str:
 def render(result: dict) -> str:
     s = result["summary"]
     lines = ["## PTX report (issue 30)", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}. Date: {result['date']}. Compiled for "
+             f"{provenance(result)} Compiled for "
              f"{result['gpu_target']} with Triton {result['triton']} ({result['ptxas']}), PTX ISA "
              f"{result['ptx_isa']}; no GPU involved: registers and spills from `ptxas -v`, shared memory from "
              "Triton's metadata. `trt-aot`: the plugins' PTX as TensorRT gets it (no alignment assumed); "
@@ -125,9 +124,7 @@ def main() -> None:
                                                 "ptx_report_quick with --quick).")
     args = ap.parse_args()
     result = run(args.quick, args.ptx_dir, args.jobs)
-    path = write_result(args.out or ("ptx_report_quick" if args.quick else "ptx_report"), result)
-    print(render(json.loads(path.read_text())))
-    print(f"wrote {path}")
+    publish(args.out or ("ptx_report_quick" if args.quick else "ptx_report"), result, render)
 
 
 if __name__ == "__main__":
