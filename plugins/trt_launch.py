@@ -137,6 +137,15 @@ def tactics(launches: list[KernelLaunch]) -> dict[int, KernelLaunch]:
     return out
 
 
+def tactic_launch(tactics: dict[int, KernelLaunch], tactic: int) -> KernelLaunch:
+    """The launch of ``tactic``; 0 (TensorRT's value before a custom tactic is chosen) is the first tactic."""
+    if tactic == 0:
+        return next(iter(tactics.values()))
+    if tactic not in tactics:
+        raise UserError(f"plugin tactic {tactic} is not one of the offered tactics {sorted(tactics)}")
+    return tactics[tactic]
+
+
 def rotate_quantize_tactics(a: RotateQuantizeAttrs) -> dict[int, KernelLaunch]:
     """RotateQuantize offers one tactic: its kernel's tiles do not depend on the token count."""
     return tactics([rotate_quantize_launch(a)])

@@ -95,7 +95,7 @@ def rotate_quantize_aot(x, smooth_in, signs, hk, h1, h2, svd_g_b, svd_l_v, n: in
                         rank: int, svd_l_p: int, svd_l_q: int, b_transposed: int, outputs, tactic: int):
     a = RotateQuantizeAttrs(n, bits, clip, group_size, rotation_n, rotation_seed, rotation_block, smooth, rank,
                             svd_l_p, svd_l_q, b_transposed)
-    launch = trt_launch.rotate_quantize_tactics(a)[tactic]
+    launch = trt_launch.tactic_launch(trt_launch.rotate_quantize_tactics(a), tactic)
     m = _tokens(x, n)
     return _aot(launch, m, trtp.cdiv(m, launch.rows_per_program))
 
@@ -148,7 +148,7 @@ def lowbit_gemm_aot(codes, scales, z, w_codes, w_scales, h, svd_g_a, t, svd_l_u,
                     abits: int, wbits: int, group_size: int, rank: int, svd_l_p: int, svd_l_q: int, svd_l_so: int,
                     bias: int, outputs, tactic: int):
     a = LowbitGemmAttrs(k, n, abits, wbits, group_size, rank, svd_l_p, svd_l_q, svd_l_so, bias)
-    launch = trt_launch.lowbit_gemm_tactics(a)[tactic]
+    launch = trt_launch.tactic_launch(trt_launch.lowbit_gemm_tactics(a), tactic)
     m = _gemm_tokens(codes, z, k, abits)
     return _aot(launch, m, trtp.cdiv(m, launch.rows_per_program) * -(-n // launch.cols_per_program))
 

@@ -25,6 +25,7 @@ from qdit4sr_export.plugins.trt_launch import (
     lowbit_gemm_launch,
     lowbit_gemm_tactics,
     rotate_quantize_launch,
+    tactic_launch,
 )
 from qdit4sr_export.plugins.trt_ops import LOWBIT_GEMM, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
 
@@ -77,6 +78,9 @@ def test_gemm_tactics_are_numbered_from_one_and_distinct():
     tactics = lowbit_gemm_tactics(GEMM)
     assert list(tactics) == list(range(1, len(tactics) + 1))
     assert all(a != b for i, a in tactics.items() for j, b in tactics.items() if i < j)
+    assert tactic_launch(tactics, 0) is tactics[1] and tactic_launch(tactics, len(tactics)) is tactics[len(tactics)]
+    with pytest.raises(UserError, match=f"plugin tactic 99 is not one of the offered tactics \\[1"):
+        tactic_launch(tactics, 99)
 
 
 def _function_args(tree, name):
