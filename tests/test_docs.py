@@ -1,6 +1,7 @@
 """The documentation site: `mkdocs build --strict` succeeds (a broken link, a missing page or a docstring the API page
 cannot render fails it), every page is in the navigation, and the generated CLI reference names every command."""
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False,
-                          env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     problems = [line for line in proc.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert proc.returncode == 0, "\n".join(problems) or proc.stderr[-3000:]
     return out
