@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from qdit4sr_export.runtime.color_fix import apply_color_fix, is_grey, keep_grey
 from qdit4sr_export.runtime.engine_set import EngineSet
-from qdit4sr_export.runtime.resize import plan_resize, to_output_size, upscale_lr
+from qdit4sr_export.runtime.resize import check_input_size, plan_resize, to_output_size, upscale_lr
 from qdit4sr_export.runtime.tiling import blend, needs_tiling, plan_tiles
 from safetensors.torch import load_file
 
@@ -126,11 +126,16 @@ class SRPipeline:
         neg, pos = v.chunk(2)
         return neg + opts.guidance_scale * (pos - neg)
 
-    def resize_plan(self, rgb: torch.Tensor):
-        """DiT4SR's resize rule with the model's ``upscale`` and ``min_lr_side`` (128 for the real model)."""
+    def resize_rule(self) -> dict[str, int]:
+        """The model's ``upscale`` and ``min_lr_side`` (4 and 128 for the real model)."""
         cfg = self.assets.config
-        return plan_resize(rgb.shape[2], rgb.shape[1], upscale=int(cfg.get("upscale", 4)),
-                           min_side=int(cfg.get("min_lr_side", 128)))
+        return {"upscale": int(cfg.get("upscale", 4)), "min_side": int(cfg.get("min_lr_side", 128))}
+
+    def resize_plan(self, rgb: torch.Tensor):
+        """DiT4SR's resize rule with the model's ``upscale`` and ``min_lr_side``; an input too small for it (see
+        :func:`~qdit4sr_export.runtime.resize.min_input_side`) is a one-line error."""
+        check_input_size(rgb.shape[2], rgb.shape[1], **self.resize_rule())
+        return plan_resize(rgb.shape[2], rgb.shape[1], **self.resize_rule())
 
     def upscale(self, rgb: torch.Tensor, options: PipelineOptions = PipelineOptions(),
                 on_step: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, RunReport]:

@@ -1,10 +1,15 @@
-"""``qdit4sr-export run MODEL_OR_ENGINE_DIR INPUT... -o OUT``: x4 super-resolution of images."""
+"""``qdit4sr-export run MODEL_OR_ENGINE_DIR INPUT... -o OUT``: x4 super-resolution of images, in this process or on a
+Ray cluster (``--ray``), resumable (``--resume``). The per-image work and the report are the runtime's
+(:mod:`~qdit4sr_export.runtime.image_job`, :mod:`~qdit4sr_export.runtime.run_report`); this module checks the
+arguments and every output before any compute, and picks where the images run."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import logging
+import signal
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -12,41 +17,8 @@ import click
 from qdit4sr_export.cli.options import Command, backend_lines, list_flag, option, renamed
 from qdit4sr_export.errors import UserError
 
-REPORT_SCHEMA = "qdit4sr-export/run-report"
-REPORT_VERSION = 1
-
-
-def _engine_pipeline(folder: Path, backend, device: str, threads: int | None, verify: bool):
-    from qdit4sr_export.runtime.engine_set import EngineSet
-    from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets
-
-    engine = EngineSet.load(folder, verify="full" if verify else "quick")
-    assets = load_assets(folder, shift=engine.shift(), config=engine.pipeline_config())
-    runner = backend.open(engine, device=device, threads=threads)
-    info = {"engine_set": str(folder), "backend": backend.name, "device": device,
-            "build_steps": len(engine.timesteps), "variants": len(engine.variants),
-            "variant_lookup": "by timestep value: the variant whose manifest interval holds the step's timestep"}
-    return SRPipeline(runner, assets, engine, patch_size=engine.config().get("patch_size", 2)), info
-
-
-def _model_pipeline(model: str, backend, plan_file: str | None, device: str, threads: int | None):
-    from qdit4sr_export.compiler.build import model_root
-    from qdit4sr_export.engine.jsonfile import read_json_object
-    from qdit4sr_export.model.sampling import DEFAULT_SHIFT
-    from qdit4sr_export.runtime.pipeline import SRPipeline, load_assets
-
-    root = model_root(Path(model))
-    if root is None:
-        raise UserError(f"{model}: not a pipeline folder (no transformer/ beside vae/); run needs its autoencoder")
-    runner = backend.open(model, device=device, threads=threads, plan=plan_file)
-    config, shift = {}, DEFAULT_SHIFT
-    if (root / "pipeline.json").is_file():
-        config = read_json_object(root / "pipeline.json", "pipeline settings")
-    if (root / "scheduler" / "scheduler_config.json").is_file():
-        shift = float(read_json_object(root / "scheduler" / "scheduler_config.json", "scheduler config")
-                      .get("shift", shift))
-    info = {"model": str(model), "backend": backend.name, "device": device, "plan": plan_file}
-    return SRPipeline(runner, load_assets(root, shift=shift, config=config), patch_size=runner.patch_size), info
+#: The report of a folder output when --report is not given.
+DEFAULT_REPORT_NAME = "run.json"
 
 
 def _outputs(inputs: list[Path], output: Path, many: bool) -> list[Path]:
@@ -60,19 +32,6 @@ def _outputs(inputs: list[Path], output: Path, many: bool) -> list[Path]:
     return [output / p.name for p in inputs]
 
 
-def _resolve_backend(name: str | None, is_engine: bool, device: str):
-    from qdit4sr_export.runtime.registry import CHECKPOINT, ENGINE_SET, default_backend, get_backend
-
-    reads = ENGINE_SET if is_engine else CHECKPOINT
-    backend = default_backend(reads) if name is None else get_backend(name)
-    if backend.reads != reads:
-        if is_engine:
-            raise UserError(f"--backend {backend.name} needs a checkpoint (an engine set holds no FP weights); give "
-                            "the FP model folder, with --plan to simulate a plan")
-        raise UserError(f"--backend {backend.name} needs an engine set (build one with `qdit4sr-export build`)")
-    return backend, backend.check_device(device)
-
-
 @click.command(cls=Command)
 @click.argument("model", metavar="MODEL_OR_ENGINE_DIR", type=click.Path(exists=True, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=click.Path(path_type=Path))
@@ -81,7 +40,13 @@ def _resolve_backend(name: str | None, is_engine: bool, device: str):
 @option("--alpha", section="Output", type=click.Choice(["keep", "drop"]), default="keep",
         help="Images with transparency: upscale the alpha channel bicubically and keep it, or drop it.")
 @option("--report", "report_file", section="Output", default=None, type=click.Path(dir_okay=False, path_type=Path),
-        help="Write a JSON report (per image and step: variant, time; default: none).")
+        help="JSON run report, rewritten as images finish: per image its output's sha256, time, worker, steps "
+             f"(default: OUT/{DEFAULT_REPORT_NAME} for a folder output, none for a single file).")
+@option("--force", section="Output", is_flag=True,
+        help="Overwrite existing outputs and report (default: refuse them before any compute).")
+@option("--resume", section="Output", is_flag=True,
+        help="Skip inputs whose output exists with the sha256 the report records; run the rest (default: refuse "
+             "existing outputs).")
 @option("--grid-steps", section="Sampling", type=click.IntRange(min=1), default=None, metavar="N",
         help="Sampling grid: steps from sigma 1 to 0 (default: the model's pipeline.json); the run executes those at "
              "or below --start-sigma.")
@@ -100,90 +65,218 @@ def _resolve_backend(name: str | None, is_engine: bool, device: str):
 @option("--device", section="Runtime", type=click.Choice(["cpu", "cuda"]), default=None,
         help="Where the backend runs (default: its first device: cpu, cuda for trt).")
 @option("--threads", section="Runtime", type=click.IntRange(min=1), default=None,
-        help="Intra-op threads (default: all cores).")
+        help="Intra-op threads of the backend and torch (default: all cores; with --ray 1 per worker, and each "
+             "worker reserves that many CPUs).")
 @option("--plan", "plan_file", section="Runtime", default=None, type=click.Path(exists=True, dir_okay=False),
         help="torch backend: simulate this QuantPlan on the checkpoint (default: FP).")
 @option("--verify", section="Runtime", is_flag=True,
         help="Hash every engine-set file in full before running (by default large files get a sampled check).")
+@option("--ray", "ray_address", section="Runtime", is_flag=False, flag_value="auto", default=None,
+        metavar="[auto|ADDRESS]", help="Run on a Ray cluster: auto (RAY_ADDRESS, else one started here with `ray "
+        "start`, else a new local one) or the head's ADDRESS (default: this process; needs the ray extra).")
+@option("--workers", section="Runtime", type=click.IntRange(min=1), default=None,
+        help="--ray: worker actors, each loading the engine set once (default: as many as the cluster's CPUs, or "
+             "GPUs with --gpus-per-worker, hold).")
+@option("--gpus-per-worker", section="Runtime", type=click.FloatRange(min=0), default=0.0,
+        help="--ray: GPUs each worker reserves (with --device cuda or --backend trt).")
+@option("--ship-engine-set", section="Runtime", is_flag=True,
+        help="--ray: send the engine set to each node once through Ray's object store (default: every worker "
+             "reads it at the same path, e.g. a shared file system).")
 @renamed("--steps", "--grid-steps", "grid_steps", type=click.IntRange(min=1))
-def run(model, inputs, output, alpha, report_file, grid_steps, start_sigma, guidance, seed, color_fix, tile, overlap,
-        backend, device, threads, plan_file, verify) -> None:
+def run(model, inputs, output, alpha, report_file, force, resume, grid_steps, start_sigma, guidance, seed, color_fix,
+        tile, overlap, backend, device, threads, plan_file, verify, ray_address, workers, gpus_per_worker,
+        ship_engine_set) -> None:
     """Super-resolve INPUT images (files or folders) x4 with an engine set or an FP checkpoint folder.
 
     Outputs keep the input names (in the -o folder) and formats; greyscale stays greyscale, 16-bit PNG stays
-    16-bit. A file that cannot be read is reported and skipped; the others still run (exit status 1 then).
+    16-bit. Existing outputs are refused unless --force or --resume. A file that cannot be read (or is too small
+    for the model) is reported and skipped; the others still run (exit status 1 then). Ctrl-C leaves whole outputs
+    and a report of what is done; --resume finishes the rest.
     """
-    from qdit4sr_export import __version__
-
     if tile <= overlap:
         raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
     is_engine = (model / "manifest.json").is_file()
     if plan_file and is_engine:
         raise UserError("--plan is for the torch backend on a checkpoint, not for an engine set")
+    _check_ray_options(ray_address, workers, gpus_per_worker, ship_engine_set, is_engine, device)
+    if force and resume:
+        raise UserError("--force starts over and --resume keeps what is done: give one")
     missing = next((p for p in inputs if not p.exists()), None)
     if missing is not None:  # before the runtime (torch) loads; find_inputs says the same
         raise UserError(f"{missing}: no such file or folder")
-    from qdit4sr_export.runtime.images import find_inputs
+    from qdit4sr_export.runtime.batch import check_unique_outputs
+    from qdit4sr_export.runtime.images import check_output_format, find_inputs
 
     files = find_inputs(list(inputs))
     if not files:
         raise UserError(f"no image files in {', '.join(map(str, inputs))}")
     many = len(files) > 1 or any(p.is_dir() for p in inputs)
-    targets = _outputs(files, output, many)
-    chosen, device = _resolve_backend(backend, is_engine, device)
-    if is_engine:
-        pipe, info = _engine_pipeline(model, chosen, device, threads, verify)
-    else:
-        pipe, info = _model_pipeline(str(model), chosen, plan_file, device, threads)
-    records, failed = _run_images(pipe, files, targets, alpha, (grid_steps, guidance, start_sigma, color_fix, seed,
-                                                                 tile, overlap))
-    if report_file:
-        from qdit4sr_export.engine.atomic import atomic_path
+    jobs = list(zip(files, _outputs(files, output, many)))
+    check_unique_outputs(jobs)
+    for _, dst in jobs:
+        check_output_format(dst)
+    folder = output if many or output.is_dir() else None
+    parent = output.parent if not output.is_dir() else output
+    if not parent.is_dir():
+        raise UserError(f"-o {output}: folder {parent} does not exist")
+    report_path = report_file or (folder / DEFAULT_REPORT_NAME if folder else None)
+    _check_existing(jobs, report_path, force, resume)
+    from qdit4sr_export.runtime.pipeline_loader import resolve_backend
 
-        report = {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "tool_version": __version__, **info,
-                  "options": {"steps": grid_steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed,
-                              "tile": tile, "overlap": overlap, "color_fix": color_fix}, "images": records}
-        with atomic_path(report_file, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(report, indent=1) + "\n")
-        click.echo(f"report: {report_file}")
+    chosen, device = resolve_backend(backend, is_engine, device)
+    options = {"steps": grid_steps, "cfg": guidance, "start_sigma": start_sigma, "seed": seed, "tile": tile,
+               "overlap": overlap, "color_fix": color_fix, "alpha": alpha}
+    identity = _identity(model, is_engine, chosen.name, device, plan_file, options)
+    carried = _resumable(report_path, identity, jobs) if resume else {}
+    todo = [(src, dst) for src, dst in jobs if str(src) not in carried]
+    if carried:
+        click.echo(f"resume: {len(carried)} of {len(jobs)} images done earlier (outputs verified by sha256); "
+                   f"running {len(todo)}")
+    from qdit4sr_export.engine.atomic import remove_leftovers
+    from qdit4sr_export.runtime.image_job import ImageSettings
+    from qdit4sr_export.runtime.pipeline import PipelineOptions
+
+    for path in [dst for _, dst in jobs] + ([report_path] if report_path else []):
+        remove_leftovers(path)  # temporaries of a killed earlier run
+    settings = ImageSettings(PipelineOptions(grid_steps, guidance, start_sigma, color_fix, seed, tile, overlap), alpha)
+    batch = Batch(jobs, todo, carried, {"options": options, "identity": identity}, report_path, folder)
+    if ray_address is None:
+        failed = _run_local(model, is_engine, chosen, device, threads, plan_file, verify, settings, batch)
+    else:
+        failed = _run_ray(model, chosen, device, threads, verify, ray_address, workers, gpus_per_worker,
+                          ship_engine_set, settings, batch)
+    if report_path:
+        click.echo(f"report: {report_path}")
     if failed:
         raise SystemExit(1)
 
 
-def _run_images(pipe, files: list[Path], targets: list[Path], alpha: str, option_values: tuple):
-    """Run every image; returns the report records and the number that failed."""
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class Batch:
+    """The run's images: every job (input, output), those still to do, the verified records carried over by
+    --resume, the report header so far, where the report goes and the output folder (None: one output file)."""
 
-    from qdit4sr_export.report.progress import progress_bar
-    from qdit4sr_export.runtime.images import load_image, save_image
-    from qdit4sr_export.runtime.pipeline import PipelineOptions
-    from qdit4sr_export.runtime.resize import to_output_size
+    jobs: list
+    todo: list
+    carried: dict
+    header: dict
+    report_path: Path | None
+    folder: Path | None
 
-    options = PipelineOptions(*option_values)
-    records, failed = [], 0
-    bar = progress_bar(total=len(files), desc="images", unit="img")
-    for src, dst in zip(files, targets):
-        entry = {"input": str(src), "output": None}
-        steps_bar = progress_bar(desc=src.name, unit="step", leave=False)
-        try:
-            image = load_image(src)
-            start = time.perf_counter()
-            out, rep = pipe.upscale(image.rgb, options, on_step=lambda i, n: (setattr(steps_bar, "total", n),
-                                                                              steps_bar.update()))
-            out_alpha = None
-            if image.alpha is not None and alpha == "keep":
-                out_alpha = to_output_size(image.alpha, pipe.resize_plan(image.rgb))
-            save_image(dst, out, out_alpha, grey=image.info.grey, bit_depth=image.info.bit_depth)
-            entry.update(rep.to_dict(), output=str(dst), seconds=round(time.perf_counter() - start, 3),
-                         input_mode=image.info.mode, bit_depth=image.info.bit_depth)
-            tqdm.write(f"wrote {dst}")
-        except UserError as exc:
-            failed += 1
-            entry["error"] = str(exc)
-            tqdm.write(f"error: {src}: {exc}" if str(src) not in str(exc) else f"error: {exc}", file=sys.stderr)
-        finally:
-            steps_bar.close()
-        records.append(entry)
-        bar.update()
-    bar.close()
-    return records, failed
+
+def _check_ray_options(ray_address, workers, gpus_per_worker, ship_engine_set, is_engine, device) -> None:
+    given = [flag for flag, value in (("--workers", workers), ("--gpus-per-worker", gpus_per_worker),
+                                      ("--ship-engine-set", ship_engine_set)) if value]
+    if ray_address is None:
+        if given:
+            raise UserError(f"{given[0]} is for runs on Ray: add --ray")
+        return
+    if not is_engine:
+        raise UserError("--ray runs engine sets (build one with `qdit4sr-export build`), not a checkpoint")
+    if device == "cuda" and not gpus_per_worker:
+        raise UserError("--ray with --device cuda needs --gpus-per-worker (Ray gives GPUs only to workers that "
+                        "reserve them)")
+    from qdit4sr_export.runtime.distributed import require_ray
+
+    require_ray()
+
+
+def _check_existing(jobs, report_path: Path | None, force: bool, resume: bool) -> None:
+    """Existing outputs (or report) are refused unless --force (overwrite) or --resume (verify, skip, redo)."""
+    if force or resume:
+        return
+    existing = [dst for _, dst in jobs if dst.exists()] + ([report_path] if report_path and report_path.exists()
+                                                          else [])
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]} already exists{more}; pass --force to overwrite, or --resume to skip "
+                        "the images a report records as done")
+
+
+def _identity(model: Path, is_engine: bool, backend, device, plan_file, options: dict) -> dict:
+    """What decides an output's bytes: --resume refuses a report made with another identity."""
+    def digest(path) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    source = ({"engine_set_manifest_sha256": digest(model / "manifest.json")} if is_engine
+              else {"model": str(model.resolve()), "plan_sha256": digest(plan_file) if plan_file else None})
+    return {**source, "backend": backend, "device": device, "options": options}
+
+
+def _resumable(report_path: Path | None, identity: dict, jobs) -> dict:
+    from qdit4sr_export.runtime.run_report import verified_records
+
+    if report_path is None or not report_path.is_file():
+        click.echo(f"notice: --resume: no report at {report_path or '(none: give --report)'} to verify outputs "
+                   "against; every input runs", err=True)
+        return {}
+    return verified_records(report_path, identity, jobs)
+
+
+def _collect_until_done(records, batch: Batch, info: dict) -> int:
+    """Record ``records`` into the report (a Ctrl-C or SIGTERM writes it and says what is done); the failures."""
+    from qdit4sr_export import __version__
+    from qdit4sr_export.runtime.batch import collect
+    from qdit4sr_export.runtime.run_report import RunReport
+
+    if batch.folder is not None:
+        batch.folder.mkdir(exist_ok=True)
+    report = RunReport(batch.report_path, {"tool_version": __version__, **info, **batch.header},
+                       [str(src) for src, _ in batch.jobs], batch.carried)
+    report.write()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        failed = collect(records, report, total=len(batch.todo))
+    except KeyboardInterrupt:
+        report.write()
+        summary = report.summary()
+        where = f"; report: {batch.report_path}" if batch.report_path else ""
+        click.echo(f"error: interrupted: {summary['done']} of {summary['inputs']} images done, "
+                   f"{summary['failed']} failed{where}; outputs are whole; run again with --resume to finish",
+                   err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    report.write()
+    return failed
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_local(model, is_engine, backend, device, threads, plan_file, verify, settings, batch: Batch) -> int:
+    from qdit4sr_export.runtime.batch import local_records
+    from qdit4sr_export.runtime.image_job import worker_name
+    from qdit4sr_export.runtime.pipeline_loader import checkpoint_pipeline, engine_set_pipeline
+
+    pipe, info = None, {"engine_set" if is_engine else "model": str(model), "backend": backend.name, "device": device}
+    if batch.todo:
+        if is_engine:
+            pipe, info = engine_set_pipeline(model, backend, device, threads, "full" if verify else "quick")
+        else:
+            pipe, info = checkpoint_pipeline(str(model), backend, plan_file, device, threads)
+    info["runner"] = {"ray": None, "workers": 1, "threads": threads, "worker": worker_name()}
+    return _collect_until_done(local_records(pipe, batch.todo, settings), batch, info)
+
+
+def _run_ray(model, backend, device, threads, verify, address, workers, gpus_per_worker, ship, settings,
+             batch: Batch) -> int:
+    from qdit4sr_export.runtime import distributed
+    from qdit4sr_export.runtime.engine_set import EngineSet
+    from qdit4sr_export.runtime.pipeline_loader import engine_set_info
+
+    info = engine_set_info(EngineSet.load(model, verify="full" if verify else "quick"), backend, device)
+    where = distributed.connect(address, verbose=logging.getLogger().level <= logging.INFO)
+    threads = threads or 1
+    workers = workers or distributed.default_workers(threads, gpus_per_worker)
+    info["runner"] = {"ray": where, "workers": workers, "threads": threads, "gpus_per_worker": gpus_per_worker,
+                      "engine_set_on_workers": "shipped through the Ray object store, once per node" if ship
+                      else "read at the same path on every node"}
+    records = []
+    if batch.todo:
+        dataset = distributed.super_resolve(batch.todo, model, options=settings.options, alpha=settings.alpha,
+                                            backend=backend.name, device=device, threads=threads, workers=workers,
+                                            gpus_per_worker=gpus_per_worker, ship_engine_set=ship)
+        records = distributed.records(dataset, [str(src) for src, _ in batch.todo])
+    return _collect_until_done(records, batch, info)

@@ -1,4 +1,7 @@
-"""Atomic output: write under a temporary sibling name, then rename, so no half-written file is ever left."""
+"""Atomic output: write under a temporary sibling name, then rename, so no half-written file is ever left.
+
+A process killed (SIGKILL, power loss) between the two leaves its temporary (``.NAME.tmp-XXXX``) behind, never a
+half-written NAME; :func:`remove_leftovers` clears those of a target when the work is taken up again."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def atomic_path(target: str | Path, *, overwrite: bool = False, folder: bool = F
     """Yield a temporary path beside ``target``; on success it replaces ``target``, on error it is removed."""
     target = Path(target)
     _check_target(target, overwrite)
-    prefix = f".{target.name}.tmp-"
+    prefix = _temporary_prefixes(target)[0]
     if folder:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:
@@ -39,6 +42,24 @@ def atomic_path(target: str | Path, *, overwrite: bool = False, folder: bool = F
         raise
 
 
+def _temporary_prefixes(target: Path) -> tuple[str, str]:
+    return f".{target.name}.tmp-", f".{target.name}.old-"
+
+
+def remove_leftovers(target: str | Path) -> int:
+    """Remove the temporaries a killed writer of ``target`` left beside it; returns how many there were."""
+    import glob
+
+    target = Path(target)
+    if not target.parent.is_dir():
+        return 0
+    found = [p for prefix in _temporary_prefixes(target)
+             for p in target.parent.glob(glob.escape(prefix) + "*")]
+    for path in found:
+        _remove(path)
+    return len(found)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -51,7 +72,7 @@ def _replace(tmp: Path, target: Path) -> None:
     os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
     if tmp.is_dir() and target.exists():
         # os.replace cannot swap a folder over a non-empty one: move the old one aside first.
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old = Path(tempfile.mkdtemp(prefix=_temporary_prefixes(target)[1], dir=target.parent))
         old.rmdir()
         os.replace(target, old)
         os.replace(tmp, target)

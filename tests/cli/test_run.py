@@ -99,7 +99,7 @@ def test_outputs_are_named_and_reported(engine_sets, tmp_path):
     assert f"wrote {tmp_path / 'o' / 'rgb.png'}" in result.output
     assert "\r" not in result.output and "images:" not in result.output  # no progress bars off a terminal
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["schema"] == "qdit4sr-export/run-report" and report["version"] == 1 and report["tool_version"]
+    assert report["schema"] == "qdit4sr-export/run-report" and report["version"] == 2 and report["tool_version"]
     by_name = {r["input"].rsplit("/", 1)[-1]: r for r in report["images"]}
     assert by_name["rgb.png"]["output"] == str(tmp_path / "o" / "rgb.png")
     assert by_name["broken.png"]["output"] is None and by_name["broken.png"]["error"]
@@ -145,3 +145,121 @@ def test_w4a4_engine_set_runs(w4_engine_set, tmp_path):
     assert Image.open(tmp_path / "out.png").size == (96, 64)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["backend"] == "ort" and len(report["images"][0]["steps"]) == 3
+
+
+def small_photos(folder, count, side=16, seed=0):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix == ".png"}
+
+
+def test_existing_outputs_need_force_or_resume(engine_sets, tmp_path):
+    fp, _, _ = engine_sets
+    src = small_photos(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert invoke(fp, src, "-o", out, "--grid-steps", 2).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "run.json"]  # the default report
+    report = json.loads((out / "run.json").read_text())
+    assert report["summary"] == {"inputs": 2, "done": 2, "failed": 0, "pending": 0, "skipped_verified": 0,
+                                 "complete": True}
+    first = contents(out)
+    result = invoke(fp, src, "-o", out, "--grid-steps", 2)
+    assert result.exit_code == 2 and "p0.png already exists (and 2 more); pass --force" in result.stderr
+    result = invoke(fp, src / "p0.png", "-o", out / "p0.png")
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    result = invoke(fp, src, "-o", out, "--force", "--resume")
+    assert result.exit_code == 2 and "give one" in result.stderr
+    assert contents(out) == first
+    result = invoke(fp, src, "-o", out, "--grid-steps", 2, "--force")
+    assert result.exit_code == 0, result.output
+    assert contents(out) == first  # the same seed writes the same bytes
+
+
+def test_outputs_are_checked_before_any_compute(engine_sets, tmp_path, monkeypatch):
+    from qdit4sr_export.runtime import pipeline_loader
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the pipeline was opened")
+
+    monkeypatch.setattr(pipeline_loader, "engine_set_pipeline", computed)
+    fp, _, _ = engine_sets
+    src = small_photos(tmp_path / "in", 1)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / folder / "x.png")
+    cases = [((src / "p0.png", "-o", tmp_path / "x.txt"), "x.txt: unsupported output format .txt"),
+             ((src / "p0.png", "-o", tmp_path / "x"), "x: unsupported output format (no suffix)"),
+             ((src / "p0.png", "-o", tmp_path / "no" / "x.png"), f"folder {tmp_path / 'no'} does not exist"),
+             ((src, "-o", tmp_path / "no" / "out"), f"folder {tmp_path / 'no'} does not exist"),
+             ((tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "-o", tmp_path / "o"), "would both write")]
+    for args, message in cases:
+        result = invoke(fp, *args)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "in"]
+
+
+def test_a_too_small_input_is_a_per_file_error(engine_sets, tmp_path):
+    fp, _, _ = engine_sets
+    src = small_photos(tmp_path / "in", 1)
+    Image.fromarray(np.zeros((3, 2, 3), np.uint8)).save(src / "speck.png")  # the tiny pipeline takes >= 4 px
+    result = invoke(fp, src, "-o", tmp_path / "out", "--grid-steps", 2)
+    assert result.exit_code == 1
+    assert (f"error: {src / 'speck.png'}: 2x3 is too small: this model takes inputs of at least 4 pixels on the "
+            "short side (its resize rule scales the short side to 16") in result.stderr
+    assert "speck" not in result.stdout and f"wrote {tmp_path / 'out' / 'p0.png'}" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "run.json"]
+
+
+def test_resume_skips_verified_outputs_and_redoes_the_rest(engine_sets, tmp_path):
+    fp, _, _ = engine_sets
+    src = small_photos(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    assert invoke(fp, src, "-o", out, "--grid-steps", 2, "--seed", 3).exit_code == 0
+    first = contents(out)
+    before = json.loads((out / "run.json").read_text())
+    (out / "p1.png").write_bytes(b"not the recorded bytes")
+    (out / "p2.png").unlink()
+    (out / ".p3.png.tmp-abc").write_bytes(b"a killed writer's temporary")
+    result = invoke(fp, src, "-o", out, "--grid-steps", 2, "--seed", 3, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resume: 2 of 4 images done earlier" in result.stdout
+    assert result.stdout.count("wrote ") == 2 and "p1.png" in result.stdout and "p2.png" in result.stdout
+    assert contents(out) == first  # redone byte for byte
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png", "p3.png", "run.json"]
+    after = json.loads((out / "run.json").read_text())
+    assert after["summary"]["skipped_verified"] == 2 and after["summary"]["done"] == 4
+    kept = {r["input"]: r for r in before["images"]}
+    for record in after["images"]:
+        assert record["sha256"] == kept[record["input"]]["sha256"]
+        if record["input"].endswith(("p0.png", "p3.png")):
+            assert record == kept[record["input"]]  # carried over as recorded (its time and worker)
+    result = invoke(fp, src, "-o", out, "--grid-steps", 2, "--seed", 4, "--resume")
+    assert result.exit_code == 2 and "other settings (options.seed 3 there, 4 now)" in result.stderr
+
+
+def test_ray_options_need_ray_and_an_engine_set(engine_sets, pipeline_folder, tmp_path, monkeypatch):
+    import sys
+
+    fp, _, _ = engine_sets
+    src = small_photos(tmp_path / "in", 1)
+    cases = [(("--workers", 2), "--workers is for runs on Ray: add --ray"),
+             (("--ship-engine-set",), "--ship-engine-set is for runs on Ray: add --ray"),
+             (("--ray", "--device", "cuda"), "--ray with --device cuda needs --gpus-per-worker")]
+    for args, message in cases:
+        result = invoke(fp, src, "-o", tmp_path / "o", *args)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+    result = invoke(pipeline_folder[1], src, "-o", tmp_path / "o", "--ray")
+    assert result.exit_code == 2 and "--ray runs engine sets" in result.stderr
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    result = invoke(fp, src, "-o", tmp_path / "o", "--ray")
+    assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+        "error: --ray needs Ray Data, which is not installed: pip install 'qdit4sr-export[ray]'"]
+    assert not (tmp_path / "o").exists()

@@ -53,3 +53,14 @@ def test_outputs_get_the_modes_an_ordinary_write_gives(tmp_path):
         (tmp / "a").write_text("a")
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert (tmp_path / "folder").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_only_those(tmp_path):
+    from qdit4sr_export.engine.atomic import remove_leftovers
+
+    target = tmp_path / "a[1].png"  # glob characters in the name are literal
+    for name in (".a[1].png.tmp-x1", ".a[1].png.old-x2", ".b.png.tmp-x3", "a[1].png", ".a[1].pngtmp"):
+        (tmp_path / name).write_text("x")
+    assert remove_leftovers(target) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a[1].pngtmp", ".b.png.tmp-x3", "a[1].png"]
+    assert remove_leftovers(tmp_path / "missing" / "x.png") == 0

@@ -21,3 +21,24 @@ def w4_engine(pipeline_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("w4") / "w4"
     build_engine_set(model, folder, out, plan=plan, steps=STEPS, max_variants=None, build_info={}, progress=False)
     return model, EngineSet.load(out)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real local Ray cluster (2 CPUs) for the whole session; workers unpack shipped engine sets into a folder of
+    the session (the cache location reaches them through the environment they inherit)."""
+    import os
+
+    import ray
+    from qdit4sr_export.runtime.engine_shipping import CACHE_ENV
+
+    cache = tmp_path_factory.mktemp("engine-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(cache)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield cache
+    ray.shutdown()
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous

@@ -90,3 +90,25 @@ def test_find_inputs(tmp_path):
     assert [p.name for p in find_inputs([tmp_path / "d"])] == ["a.JPG", "b.png"]
     with pytest.raises(UserError, match="no such file or folder"):
         find_inputs([tmp_path / "nope"])
+
+
+def test_bytes_load_as_the_file_does(tmp_path):
+    png.from_array(np.random.default_rng(3).integers(0, 65536, (5, 12), dtype=np.uint16).tolist(),
+                   "RGB;16").save(str(tmp_path / "deep.png"))
+    Image.fromarray(rgb_array()).convert("LA").save(tmp_path / "la.png")
+    for name in ("deep.png", "la.png"):
+        a, b = load_image(tmp_path / name), load_image(f"s3://bucket/{name}", (tmp_path / name).read_bytes())
+        assert a.info == b.info and torch.equal(a.rgb, b.rgb)
+        assert (a.alpha is None) == (b.alpha is None) and (a.alpha is None or torch.equal(a.alpha, b.alpha))
+    with pytest.raises(UserError, match=r"^s3://bucket/x.png: not a readable image \(no image format Pillow reads\)$"):
+        load_image("s3://bucket/x.png", b"\x89PNG\r\n\x1a\n broken")
+
+
+def test_output_formats_are_checked_by_suffix():
+    from qdit4sr_export.runtime.images import check_output_format
+
+    for name in ("a.png", "a.JPG", "a.tiff", "a.bmp"):
+        assert check_output_format(name).name == name
+    for name in ("a.txt", "a"):
+        with pytest.raises(UserError, match="unsupported output format"):
+            check_output_format(name)

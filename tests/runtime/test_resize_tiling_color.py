@@ -65,3 +65,16 @@ def test_keep_grey_averages_channels_only_for_grey_sources():
     kept = keep_grey(out, grey_src)
     assert torch.equal(kept[0], kept[2]) and torch.allclose(kept[0], out.mean(0))
     assert keep_grey(out, colour_src) is out
+
+
+def test_smallest_input_follows_the_resize_rule():
+    from qdit4sr_export.runtime.resize import check_input_size, min_input_side
+
+    assert min_input_side(upscale=4, min_side=128) == 32  # DiT4SR: 128 / 4
+    assert min_input_side(upscale=4, min_side=32) == 8  # the example model
+    assert min_input_side(upscale=4, min_side=18) == 5  # rounded up: 4 px would be stretched 4.5x
+    check_input_size(32, 500, upscale=4, min_side=128)
+    with pytest.raises(UserError, match=r"31x500 is too small: .* at least 32 pixels on the short side .* to 128"):
+        check_input_size(31, 500, upscale=4, min_side=128)
+    with pytest.raises(UserError, match="1x1 is too small"):
+        check_input_size(1, 1, upscale=4, min_side=16)
