@@ -26,7 +26,7 @@ import subprocess  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import provenance, publish  # noqa: E402
+from common import ROOT, provenance, publish  # noqa: E402
 
 QUICK = ("k1536_n6144_w4a4_g0_r32_l768x192", "k6144_n1536_w8a8_g128_r32_l768x192",
          "k1536_n1536_w4afloat_g0_r32_l384x128")
@@ -68,7 +68,12 @@ def run(quick: bool, ptx_dir: str | None, jobs: int) -> dict:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = [r for chunk in pool.map(_rows, [(c, ptx_dir) for c in configs]) for r in chunk]
     ptxas = subprocess.run([str(ptxas_path()), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"quick": quick, "gpu_target": "compute capability 9.0 (H100/H200)", "triton": triton.__version__,
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
+    # the kernels compiled: HEAD, plus any uncommitted change under plugins/
+    source = {"commit": git("rev-parse", "HEAD"),
+              "uncommitted": [line[3:] for line in git("status", "--short", "plugins").splitlines()]}
+    return {"quick": quick, "source": source, "gpu_target": "compute capability 9.0 (H100/H200)",
+            "triton": triton.__version__,
             "ptxas": ptxas.splitlines()[-1], "ptx_isa": isa_string(PTX_ISA),
             "max_dynamic_shared_bytes": MAX_DYNAMIC_SHARED_BYTES, "configs": len(configs),
             "summary": summary(rows), "kernels": rows}
@@ -91,7 +96,10 @@ def render(result: dict) -> str:
              f"{result['ptx_isa']}; no GPU involved: registers and spills from `ptxas -v`, shared memory from "
              "Triton's metadata. `trt-aot`: the plugins' PTX as TensorRT gets it (no alignment assumed); "
              "`triton`: the backend's JIT compile of the same tiles (16-byte aligned tensors, M = 8192). "
-             "cp.async / TMA / wgmma: `loop` when used inside a loop, `yes` elsewhere only.", "",
+             "cp.async / TMA / wgmma: `loop` when used inside a loop, `yes` elsewhere only. Kernels compiled from "
+             f"commit {result['source']['commit'][:10]}"
+             + (f" with uncommitted changes to {', '.join(result['source']['uncommitted'])}"
+                if result["source"]["uncommitted"] else "") + ".", "",
              f"{s['rows']} rows, {s['errors']} that did not compile. TensorRT path: "
              f"{s['trt-aot']['contract_ok']} of {s['trt-aot']['rows']} within the launch contract (largest shared "
              f"memory {s['trt-aot']['max_shared_bytes']} B, limit {result['max_dynamic_shared_bytes']} B); GEMM "
