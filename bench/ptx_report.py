@@ -68,10 +68,10 @@ def run(quick: bool, ptx_dir: str | None, jobs: int) -> dict:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = [r for chunk in pool.map(_rows, [(c, ptx_dir) for c in configs]) for r in chunk]
     ptxas = subprocess.run([str(ptxas_path()), "--version"], capture_output=True, text=True).stdout.strip()
-    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()  # noqa: E731
-    # the kernels compiled: HEAD, plus any uncommitted change under plugins/
-    source = {"commit": git("rev-parse", "HEAD"),
-              "uncommitted": [line[3:] for line in git("status", "--short", "plugins").splitlines()]}
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout  # noqa: E731
+    # the kernels compiled: HEAD, plus any uncommitted change under plugins/ (porcelain lines: "XY path")
+    source = {"commit": git("rev-parse", "HEAD").strip(),
+              "uncommitted": [line[3:] for line in git("status", "--porcelain", "plugins").splitlines() if line]}
     return {"quick": quick, "source": source, "gpu_target": "compute capability 9.0 (H100/H200)",
             "triton": triton.__version__,
             "ptxas": ptxas.splitlines()[-1], "ptx_isa": isa_string(PTX_ISA),
