@@ -105,9 +105,11 @@ def test_plans_the_plugins_do_not_cover_are_refused(tiny):
 
 
 @pytest.mark.slow
-def test_grouped_and_smoothed_plan_tracks_the_simulation(tiny, tmp_path):
+@pytest.mark.parametrize("gptq", [False, True])
+def test_grouped_and_smoothed_plan_tracks_the_simulation(tiny, tmp_path, gptq):
     """Q-DiT4SR's options (issue 19) through the plugin graph: the smoothing vector and group size reach the
-    RotateQuantize and LowbitGemm nodes, and the reference graph tracks the simulation."""
+    RotateQuantize and LowbitGemm nodes, and the reference graph tracks the simulation; with GPTQ (issue 33) the
+    plan's stored codes and scales are what the plugins get."""
     import torch
 
     from qdit4sr_export.quant.calibration import CalibrationInputs
@@ -116,8 +118,10 @@ def test_grouped_and_smoothed_plan_tracks_the_simulation(tiny, tmp_path):
     calib = CalibrationInputs.with_null_prompt(
         torch.randn(2, tiny.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(1)), tiny.config)
     plan = method.build(tiny, make_config(method, {"wbits": 4, "abits": 4, "steps": 2, "vatmp": False,
-                                                   "group_size": 64, "smoothing": True, "alpha_points": 2}),
+                                                   "group_size": 64, "smoothing": True, "alpha_points": 2,
+                                                   "gptq": gptq}),
                         calibration=calib)
+    assert any(lp.stored_weight for lp in plan.layers.values()) == gptq
     folder = tmp_path / "set"
     build_engine_set(tiny, "in-memory", folder, plan=plan, steps=2, max_variants=None, build_info={},
                      progress=False, target="trt", target_options=get_target("trt").configure({"precision": "fp32"}))

@@ -246,9 +246,10 @@ def test_polygraphy_adapter_checks_real_feeds():
 
 @pytest.mark.slow
 @on_cpu
-def test_grouped_and_smoothed_qdit4sr_matches_ort(pipeline_folder, tmp_path):
+@pytest.mark.parametrize("gptq", [False, True])
+def test_grouped_and_smoothed_qdit4sr_matches_ort(pipeline_folder, tmp_path, gptq):
     """Q-DiT4SR's options (issue 19) on the kernels: smoothing before the rotation, group scales in the GEMM epilogue
-    and the activation quantizer, H-SVD branches, W4A4."""
+    and the activation quantizer, H-SVD branches, W4A4; with GPTQ's stored codes and scales (issue 33)."""
     from qdit4sr_export.compiler.build import build_engine_set
     from qdit4sr_export.quant.calibration import CalibrationInputs
     from qdit4sr_export.quant.methods import get_method, make_config
@@ -258,7 +259,9 @@ def test_grouped_and_smoothed_qdit4sr_matches_ort(pipeline_folder, tmp_path):
     calib = CalibrationInputs.with_null_prompt(
         torch.randn(2, 12, 8, 8, generator=torch.Generator().manual_seed(1)), model.config)
     plan = method.build(model, make_config(method, {"wbits": 4, "abits": 4, "steps": 2, "group_size": 32,
-                                                    "smoothing": True, "alpha_points": 2}), calibration=calib)
+                                                    "smoothing": True, "alpha_points": 2, "gptq": gptq}),
+                        calibration=calib)
+    assert any(lp.stored_weight for lp in plan.layers.values()) == gptq
     assert any(lp.smoothing for lp in plan.layers.values()) and all(lp.group_size == 32 for lp in plan.layers.values())
     build_engine_set(model, folder, tmp_path / "set", plan=plan, steps=2, max_variants=None, build_info={},
                      progress=False)
