@@ -1,9 +1,14 @@
 """``qdit4sr-export run``: engine sets and checkpoints, folders of mixed images, report, errors."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import png
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -263,3 +268,84 @@ def test_ray_options_need_ray_and_an_engine_set(engine_sets, pipeline_folder, tm
     assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
         "error: --ray needs Ray Data, which is not installed: pip install 'qdit4sr-export[ray]'"]
     assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_leaves_whole_outputs_and_a_report_of_what_is_done(engine_sets, tmp_path, monkeypatch):
+    fp, _, _ = engine_sets
+    src = small_photos(tmp_path / "in", 4)
+    assert invoke(fp, src, "-o", tmp_path / "ref", "--grid-steps", 2).exit_code == 0
+    save, calls = Image.Image.save, []
+
+    def interrupted_while_writing_the_third(self, target, *args, **kwargs):
+        calls.append(target)
+        save(self, target, *args, **kwargs)  # the temporary holds a whole image: Ctrl-C lands before the rename
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_while_writing_the_third)
+    out = tmp_path / "out"
+    result = invoke(fp, src, "-o", out, "--grid-steps", 2)
+    assert result.exit_code == 130
+    assert (f"interrupted: 2 of 4 images done, 0 failed; report: {out / 'run.json'}; outputs are whole; run again "
+            "with --resume to finish") in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "run.json"]  # no temporary, no p2
+    report = json.loads((out / "run.json").read_text())
+    assert report["summary"]["done"] == 2 and report["summary"]["pending"] == 2 and not report["summary"]["complete"]
+    assert {r["output"] for r in report["images"]} == {str(out / "p0.png"), str(out / "p1.png")}
+    monkeypatch.undo()
+    result = invoke(fp, src, "-o", out, "--grid-steps", 2, "--resume")
+    assert result.exit_code == 0 and "resume: 2 of 4 images done earlier" in result.stdout
+    assert contents(out) == contents(tmp_path / "ref")
+
+
+def cli_process(*args):
+    """``qdit4sr-export run ARGS`` in a new process, its output unbuffered (lines arrive as they are written)."""
+    return subprocess.Popen([sys.executable, "-m", "qdit4sr_export", "run", *map(str, args)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+SIGNAL_RUN = ("--grid-steps", 4, "--threads", 1)
+
+
+@pytest.fixture(scope="module")
+def clean_run(engine_sets, tmp_path_factory):
+    """Eight photos and their outputs from one uninterrupted run (in a process of its own)."""
+    fp, _, _ = engine_sets
+    root = tmp_path_factory.mktemp("clean")
+    src = small_photos(root / "in", 8)
+    process = cli_process(fp, src, "-o", root / "out", *SIGNAL_RUN)
+    assert process.wait() == 0, process.stderr.read()
+    return src, contents(root / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_a_signal_or_a_kill_loses_nothing(engine_sets, clean_run, tmp_path, sig):
+    """A real process stopped after its second image: whole files only, a report of what is done (a kill -9 may
+    miss the last ones: their outputs are whole and redone), and --resume writes the same bytes as one clean run."""
+    fp, _, _ = engine_sets
+    src, clean = clean_run
+    out = tmp_path / "out"
+    process = cli_process(fp, src, "-o", out, *SIGNAL_RUN)
+    wrote = 0
+    for line in process.stdout:
+        wrote += line.startswith("wrote ")
+        if wrote == 2:
+            process.send_signal(sig)
+            break
+    _, stderr = process.communicate()
+    if sig == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 130 and "images done" in stderr and "--resume" in stderr, stderr
+    report = json.loads((out / "run.json").read_text())  # a whole JSON file
+    finished = contents(out)
+    assert 2 <= len(finished) < 8  # stopped mid-run
+    assert all(data == clean[name] for name, data in finished.items())  # whole images, the clean run's bytes
+    assert report["summary"]["done"] == len(report["images"]) <= len(finished)
+    if sig != signal.SIGKILL:
+        assert report["summary"]["done"] == len(finished) and not [p for p in out.iterdir() if p.name[0] == "."]
+    resumed = cli_process(fp, src, "-o", out, *SIGNAL_RUN, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert contents(out) == clean
+    assert sorted(p.name for p in out.iterdir()) == sorted(clean) + ["run.json"]  # a killed writer's temporary: gone
