@@ -136,13 +136,16 @@ def input_dataset(inputs, output: str | Path | None = None):
 
 
 def default_workers(threads: int, gpus_per_worker: float) -> int:
-    """As many workers as the cluster's CPUs (or GPUs, when workers take GPUs) hold."""
+    """As many workers as the cluster's CPUs (or GPUs, when workers take GPUs) hold; a one-line error when not even
+    one worker fits (Ray would wait for it forever)."""
     import ray
 
     resources = ray.cluster_resources()
-    if gpus_per_worker:
-        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
-    return max(1, int(resources.get("CPU", 1) // threads))
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    if threads > cpus or gpus_per_worker > gpus:
+        raise UserError(f"a worker needs {threads} CPU(s) and {gpus_per_worker:g} GPU(s); the Ray cluster has "
+                        f"{cpus:g} CPU(s) and {gpus:g} GPU(s)")
+    return max(1, int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus // threads))
 
 
 def super_resolve(inputs, engine_set: str | Path, output: str | Path | None = None, *, options=None,
@@ -162,10 +165,11 @@ def super_resolve(inputs, engine_set: str | Path, output: str | Path | None = No
     ray = require_ray()
     if not ray.is_initialized():
         connect("auto")
+    threads = threads or 1
+    fitting = default_workers(threads, gpus_per_worker)  # a one-line error if not even one fits
+    workers = workers or fitting
     dataset = input_dataset(inputs, output)
     engine = ship(engine_set) if ship_engine_set else str(Path(engine_set).resolve())
-    threads = threads or 1
-    workers = workers or default_workers(threads, gpus_per_worker)
     settings = ImageSettings(options or PipelineOptions(), alpha)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing Ray remote args (max_task_retries) this way, with no named replacement yet;

@@ -235,6 +235,9 @@ def _collect_until_done(records, batch: Batch, info: dict) -> int:
                    f"{summary['failed']} failed{where}; outputs are whole; run again with --resume to finish",
                    err=True)
         sys.exit(130)
+    except BaseException:  # a bug: the report still says what was done before it
+        report.write()
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     report.write()
@@ -269,7 +272,7 @@ def _run_ray(model, backend, device, threads, verify, address, workers, gpus_per
     info = engine_set_info(EngineSet.load(model, verify="full" if verify else "quick"), backend, device)
     where = distributed.connect(address, verbose=logging.getLogger().level <= logging.INFO)
     threads = threads or 1
-    workers = workers or distributed.default_workers(threads, gpus_per_worker)
+    workers = workers or distributed.default_workers(threads, gpus_per_worker)  # super_resolve checks one fits
     info["runner"] = {"ray": where, "workers": workers, "threads": threads, "gpus_per_worker": gpus_per_worker,
                       "engine_set_on_workers": "shipped through the Ray object store, once per node" if ship
                       else "read at the same path on every node"}

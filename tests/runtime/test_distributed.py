@@ -16,6 +16,7 @@ from qdit4sr_export.runtime.image_job import ImageSettings, super_resolve_image
 from qdit4sr_export.runtime.pipeline import PipelineOptions
 
 from qdit4sr_export.cli import main
+from qdit4sr_export.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +126,8 @@ def test_a_dataset_of_bytes_from_any_filesystem(ray_cluster, engine_sets, tmp_pa
     _, w8, _ = engine_sets
     src = photos(tmp_path / "in", count=1)
     files = [src / "p0.png", src / "deep.png", src / "corrupt.png"]
+    with pytest.raises(UserError, match=r"a worker needs 3 CPU\(s\) and 0 GPU\(s\); the Ray cluster has 2 CPU"):
+        super_resolve(files, w8, tmp_path / "out", threads=3, workers=1)  # it would wait forever for a worker
     dataset = ray.data.read_binary_files([str(p) for p in files], include_paths=True)
     options = PipelineOptions(steps=2)
     rows = super_resolve(dataset, w8, tmp_path / "out", options=options, threads=1, workers=1).take_all()
