@@ -195,12 +195,15 @@ def _check_hessian(hessian: torch.Tensor, w_shape: torch.Size, device: torch.dev
 
 
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 (float64); UserError if the damped H is not positive definite."""
-    lower, info = torch.linalg.cholesky_ex(h)
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U, float64); UserError if the damped H is not positive definite.
+
+    With J the order-reversing permutation and J H J = M M^T (M lower), H = K K^T for the upper K = J M J, so
+    H^-1 = K^-T K^-1 and U = K^-1 = J M^-1 J: one Cholesky factorisation and one triangular solve, instead of
+    forming H^-1 and factoring it again (a third of the work at 6144 inputs)."""
+    lower, info = torch.linalg.cholesky_ex(h.flip(0, 1))
     if int(info) == 0:
-        upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-        if int(info) == 0:
-            return upper
+        eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+        return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
     raise UserError("hessian is not positive definite after damping; increase damp or add calibration data")
 
 

@@ -78,10 +78,12 @@ def trajectory_block_inputs(model: nn.Module, calibration: CalibrationInputs, *,
 
 
 def block_hessians(model: nn.Module, calls: Sequence[BlockCall], layers: Sequence[str],
-                   on_block: Callable[[dict[str, torch.Tensor]], None], *, progress: bool = False) -> None:
+                   on_block: Callable[[dict[str, torch.Tensor]], None], *,
+                   transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                   progress: bool = False) -> None:
     """Run the FP blocks of ``model`` in order over ``calls`` and give ``on_block`` the Hessians of the ``layers``
-    in each block that ran (float64, ``in x in``), one block at a time; the model itself is not changed (a lazily
-    opened one is read into a copy, one block at a time)."""
+    in each block that ran (float64, ``in x in``; of ``transforms[name](x)`` where given), one block at a time; the
+    model itself is not changed (a lazily opened one is read into a copy, one block at a time)."""
     from qdit4sr_export.model.weights import lazy_copy, materialize_part
     from qdit4sr_export.report.progress import progress_bar
 
@@ -95,7 +97,7 @@ def block_hessians(model: nn.Module, calls: Sequence[BlockCall], layers: Sequenc
             prefix = f"transformer_blocks.{i}."
             if lazy:
                 materialize_part(work, f"transformer_blocks.{i}")
-            stat = Hessians([n for n in wanted if n.startswith(prefix)])
+            stat = Hessians([n for n in wanted if n.startswith(prefix)], transforms)
             with watching(work, [stat]):
                 states = [_run_block(block, call) for call in states]
             if lazy:

@@ -2,8 +2,9 @@
 
 A planned layer computes ``Q(W_res) Q_G(z) + W_fp z`` with ``z = (x / s) R`` (smoothing, then rotation) and
 ``W_res`` the weight ``(W s) R`` less its FP branch (H-SVD, or SVDQuant's low-rank branch). GPTQ rounds ``W_res``
-column by column against the Hessian of ``z``, which follows exactly from the Hessian of the raw input ``x``:
-``H_z = R^T S^-1 H_x S^-1 R`` (S = diag(s)), so one set of raw Hessians serves whatever smoothing the plan chose.
+column by column against ``H = 2 Z^T Z / N``, the Hessian of ``z`` itself: each layer's calibration inputs are
+smoothed and rotated by the simulation's own operations as they are accumulated (after the plan chose its
+smoothing), so no ``n x n`` matrix is ever rotated.
 The codes land on the layer's own grid (per row, or per group of ``group_size`` input channels) with the
 Gaussian-optimal clip of the group's current weights as its scale, and are stored in the plan as int8 codes
 (``<layer>.weight.<bits>``) with float32 scales (``<layer>.weight_scale.<bits>``): the simulation, every lowering
@@ -48,30 +49,33 @@ def require_calibration(method: str, calibration: object) -> None:
                         "photos or a latents file), or leave gptq off")
 
 
-def transformed_hessian(h_x: torch.Tensor, smooth: torch.Tensor | None, rotation) -> torch.Tensor:
-    """``H_z = R^T S^-1 H_x S^-1 R`` in float64 for ``z = (x / s) R`` (``smooth`` s or None, ``rotation`` R with
-    ``apply(t) = t R``, or None), symmetrised."""
-    import torch
+def input_transform(plan: LayerPlan, name: str,
+                    tensors: Mapping[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``x -> z = (x / s) R``, what the planned layer quantizes and multiplies (the simulation's own operations), or
+    None for a layer with neither smoothing nor rotation."""
+    from qdit4sr_export.quant.simulate import make_rotation
 
-    h = h_x.detach().to(torch.float64)
-    if smooth is not None:
-        inv = 1.0 / smooth.detach().to(torch.float64)
-        h = h * inv[:, None] * inv[None, :]
-    if rotation is not None:
-        h = rotation.apply(rotation.apply(h).T)  # (H R)^T R = R^T H R, H symmetric
-    return (h + h.T) / 2
+    smooth = tensors[f"{name}.smooth"] if plan.smoothing else None
+    rotation = make_rotation(plan.rotation, name, tensors)
+    if smooth is None and rotation is None:
+        return None
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        z = x / smooth.to(x.dtype) if smooth is not None else x
+        return rotation.apply(z) if rotation is not None else z
+    return transform
 
 
 def quantize_layer(weight: torch.Tensor, plan: LayerPlan, name: str, tensors: Mapping[str, torch.Tensor],
-                   hessian_x: torch.Tensor, *, damp: float, act_order: bool) -> dict[str, torch.Tensor]:
+                   hessian: torch.Tensor, *, damp: float, act_order: bool) -> dict[str, torch.Tensor]:
     """The plan tensors of one layer's GPTQ residual at each of its weight bit-widths: int8 codes and float32 scales.
 
-    ``tensors`` holds the plan's other tensors (the layer's smoothing vector, when it is smoothed)."""
+    ``hessian`` is that of the transformed input ``z`` (:func:`input_transform`); ``tensors`` holds the plan's other
+    tensors (the layer's smoothing vector, when it is smoothed)."""
     from qdit4sr_export.quant.gptq import gptq_quantize
     from qdit4sr_export.quant.simulate import split_weight
 
-    smooth, rotation, _, residual = split_weight(weight, plan, name, tensors)
-    hessian = transformed_hessian(hessian_x, smooth, rotation)
+    _, _, _, residual = split_weight(weight, plan, name, tensors)
     out = {}
     for bits in plan.distinct_weight_bits():
         q = gptq_quantize(residual, hessian, bits, group_size=plan.group_size, clip=CLIP, block_size=BLOCK_SIZE,
@@ -97,7 +101,8 @@ def run_gptq(model, calls, plans: Mapping[str, LayerPlan], weight_of: Callable[[
             found.update(quantize_layer(weight_of(name), plans[name], name, tensors, h, damp=damp,
                                         act_order=act_order))
 
-    block_hessians(model, calls, wanted, on_block, progress=progress)
+    transforms = {n: f for n in wanted if (f := input_transform(plans[n], n, tensors)) is not None}
+    block_hessians(model, calls, wanted, on_block, transforms=transforms, progress=progress)
     done = {k.rsplit(".weight.", 1)[0] for k in found if ".weight." in k}
     samples = sum(int(c[0].shape[0]) for c in calls)
     note = (f"GPTQ on {len(done)} of {len(wanted)} layer(s) (damping {damp}, act-order {'on' if act_order else 'off'}, "

@@ -1,4 +1,4 @@
-"""GPTQ on the transformed residual: the Hessian of z = (x / s) R from the raw one, the layer's grid and storage,
+"""GPTQ on the transformed residual: z = (x / s) R as the simulated layer computes it, the layer's grid and storage,
 the gain over rounding to nearest, a singular Hessian, the option checks."""
 
 import dataclasses
@@ -12,7 +12,7 @@ from qdit4sr_export.quant.gptq import HessianAccumulator, rtn_quantize
 from qdit4sr_export.quant.hadamard import Rotation
 from qdit4sr_export.quant.hsvd import select_block
 from qdit4sr_export.quant.layer_plan import LayerPlan
-from qdit4sr_export.quant.rotated_gptq import check_options, quantize_layer, require_calibration, transformed_hessian
+from qdit4sr_export.quant.rotated_gptq import check_options, input_transform, quantize_layer, require_calibration
 from qdit4sr_export.quant.simulate import FakeQuantLinear, StepState, split_weight, stored_weight
 
 IN, OUT, N = 128, 96, 1024
@@ -24,15 +24,19 @@ def _gen(seed=0):
 
 @pytest.fixture(scope="module")
 def layer():
-    """Correlated inputs with a few outlier channels, a weight, a smoothing vector and the raw Hessian."""
+    """Correlated inputs with a few outlier channels, a weight and a smoothing vector."""
     g = _gen(0)
     x = torch.randn(N, IN, generator=g) @ (torch.randn(IN, IN, generator=g) / IN ** 0.5)
     x[:, :4] *= 8.0
     w = torch.randn(OUT, IN, generator=g)
     smooth = torch.rand(IN, generator=g) + 0.5
-    acc = HessianAccumulator(IN)
-    acc.add(x)
-    return x, w, smooth, acc.hessian()
+    return x, w, smooth
+
+
+def _hessian(z):
+    acc = HessianAccumulator(z.shape[-1])
+    acc.add(z)
+    return acc.hessian()
 
 
 def _plan(**kw):
@@ -41,14 +45,13 @@ def _plan(**kw):
     return LayerPlan(**{**base, **kw})
 
 
-def test_transformed_hessian_is_the_hessian_of_the_transformed_inputs(layer):
-    x, _, smooth, h = layer
-    rot = Rotation(IN, seed=3)
-    z = rot.apply((x / smooth).double())
-    direct = HessianAccumulator(IN)
-    direct.add(z)
-    torch.testing.assert_close(transformed_hessian(h, smooth, rot), direct.hessian(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(transformed_hessian(h, None, None), h)
+def test_input_transform_is_what_the_simulated_layer_quantizes(layer):
+    x, w, smooth = layer
+    plan = _plan(smoothing=True)
+    tensors = {"l.smooth": smooth}
+    sim = _sim_layer(w, plan, tensors)
+    assert torch.equal(input_transform(plan, "l", tensors)(x), sim.rotation.apply(x / sim.smooth))
+    assert input_transform(_plan(rotation=None), "l", {}) is None
 
 
 def _sim_layer(w, plan, tensors):
@@ -60,9 +63,10 @@ def _sim_layer(w, plan, tensors):
 @pytest.mark.parametrize("group_size", [None, 32])
 @pytest.mark.parametrize("smoothing", [False, True])
 def test_codes_on_the_layers_grid_beat_round_to_nearest(layer, group_size, smoothing):
-    x, w, smooth, h = layer
+    x, w, smooth = layer
     plan = _plan(group_size=group_size, smoothing=smoothing)
     tensors = {"l.smooth": smooth} if smoothing else {}
+    h = _hessian(input_transform(plan, "l", tensors)(x))
     found = quantize_layer(w, plan, "l", tensors, h, damp=0.01, act_order=False)
     codes, scales = found["l.weight.4"], found["l.weight_scale.4"]
     groups = IN // (group_size or IN)
@@ -78,8 +82,9 @@ def test_codes_on_the_layers_grid_beat_round_to_nearest(layer, group_size, smoot
 
 
 def test_act_order_keeps_the_plain_layout(layer):
-    x, w, _, h = layer
+    x, w, _ = layer
     plan = _plan(group_size=32)
+    h = _hessian(input_transform(plan, "l", {})(x))
     found = quantize_layer(w, plan, "l", {}, h, damp=0.01, act_order=True)
     again = quantize_layer(w, plan, "l", {}, h, damp=0.01, act_order=True)
     assert torch.equal(found["l.weight.4"], again["l.weight.4"])
@@ -89,7 +94,7 @@ def test_act_order_keeps_the_plain_layout(layer):
 
 
 def test_all_zero_inputs_give_round_to_nearest_and_no_nan(layer):
-    _, w, _, _ = layer
+    _, w, _ = layer
     for group_size in (None, 32):
         plan = _plan(group_size=group_size)
         found = quantize_layer(w, plan, "l", {}, torch.zeros(IN, IN, dtype=torch.float64), damp=0.01,
