@@ -3,8 +3,9 @@
 A token is a power-of-two tile of T >= n floats (channel j at tile index j; j >= n is zero padding), viewed
 as (KP, P) for the rotation ``z = x R``, R = diag(signs) kron(H_K, H_P) / sqrt(n): H_K (order K, a Paley
 or doubled matrix, zero-padded to KP = next power of two) contracts the KP axis, H_P = kron(H_F1, H_F2)
-(natural-order Sylvester factors of at most 128) contracts P as (F1, F2), each with one ``tl.dot`` on a
-reshaped tile: n (K + F1 + F2) flops per token, never a dense n x n matrix. A block-diagonal Hadamard
+(natural-order Sylvester factors: P itself up to 64, else two factors of about sqrt(P)) contracts P as
+(F1, F2), each with one ``tl.dot`` on a reshaped tile (or broadcast FMAs below 16): n (K + F1 + F2) flops per
+token, never a dense n x n matrix. A block-diagonal Hadamard
 (block b) is KP = next_pow2(n / b) identity rows of P = b.
 
 Channel groups (per-token-per-group scales) and SVD-L input blocks (width s_i) are runs of consecutive
@@ -25,6 +26,8 @@ from qdit4sr_export.quant.hadamard import Rotation, decompose, hadamard_base
 
 #: Largest dense factor applied by one tl.dot (n * F flops per token).
 MAX_FACTOR = 128
+#: Largest power-of-two part applied as one factor (larger ones are split in two).
+SINGLE_FACTOR = 64
 #: Largest (sub-blocks x segments) one-hot combination per token kept in registers.
 MAX_SEGMENT_WORK = 1 << 15
 
@@ -79,12 +82,14 @@ class RotationLayout:
 
 
 def _split_p(p: int) -> tuple[int, int]:
-    """P as F1 x F2 with both <= MAX_FACTOR and >= 16 when P > MAX_FACTOR (tensor-core friendly)."""
-    if p <= MAX_FACTOR:
+    """P as F1 x F2: one factor up to ``SINGLE_FACTOR``; above it two, F1 <= F2 <= ``MAX_FACTOR`` (the larger one
+    on tensor cores, the smaller possibly below 16 as broadcast FMAs). Small factors keep the dots' shared-memory
+    operands small (a 128 x 128 fp32 factor alone is 64 KiB) and cost fewer flops (n (F1 + F2) per token)."""
+    if p <= SINGLE_FACTOR:
         return p, 1
-    f2 = 1 << ((p.bit_length() - 1) // 2)
+    f2 = 1 << -(-(p.bit_length() - 1) // 2)
     f1 = p // f2
-    if f1 > MAX_FACTOR:
+    if f2 > MAX_FACTOR:
         raise UserError(f"Hadamard power-of-two part {p} is larger than the kernels support ({MAX_FACTOR ** 2})")
     return f1, f2
 
@@ -107,7 +112,9 @@ def rotation_layout(n: int, rotation: Rotation | None) -> RotationLayout:
 
 
 def factor_matrices(layout: RotationLayout) -> dict[str, torch.Tensor]:
-    """float32 factor matrices {"hk", "h1", "h2"} (those that apply), the 1/sqrt scale folded into the last."""
+    """float32 factor matrices {"hk", "h1", "h2"} (those that apply), the 1/sqrt scale folded into the last (as
+    the simulation applies it). Every entry is +-1 or 0 times that scale: the kernel's tensor-core path contracts
+    with their signs (exact in tf32) and applies ``layout.scale`` once."""
     mats: dict[str, torch.Tensor] = {}
     if layout.hk:
         hk = torch.zeros(layout.kp, layout.kp, dtype=torch.float64)

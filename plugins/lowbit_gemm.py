@@ -1,14 +1,18 @@
 """lowbit_gemm (Triton): packed activation codes x the engine set's packed weight codes on INT8 tensor cores.
 
-Tile (BM, BN) of the output, K in steps of BK. Hopper has no INT4 MMA, so 4-bit codes are unpacked in
-registers (``& 0xF``, ``>> 4``, sign-extend) to int8 and multiplied with ``tl.dot(int8, int8) -> int32``.
-Nibble pairs are never interleaved in the loop: activation bytes hold (even k, odd k) and weight bytes
-(even n, odd n), so each K step is four dots of (BM, BK/2) x (BK/2, BN/2) -- even/odd k rows against
-even/odd n columns -- and the two column halves are joined once, in the epilogue. Unpacked storage (int8,
-uint8 + 128) is read with the same even/odd strides, so every bit width 2..8 of either side runs the same
-loop. Group-wise layers accumulate int32 per input group and rescale per group in float (token-group scale x
-weight-group scale); per-channel layers rescale once. Epilogue: + h @ A (SVD-G up, one fp32 dot),
-+ SVD-L block term (sum over input blocks q of t[m, p(n), q] u[p(n), q, o(n)]), + bias; out fp32/bf16/fp16.
+Tile (BM, BN) of the output, K in steps of BK (tile choice: ``gemm_configs``). Hopper has no INT4 MMA, so 4-bit
+codes are unpacked in registers (``& 0xF``, ``>> 4``, sign-extend) to int8 and multiplied with
+``tl.dot(int8, int8) -> int32`` (int8 ``wgmma``). Nibble pairs are never interleaved: packed activation bytes
+hold (even k, odd k) and packed weight bytes (even n, odd n), so a K step of packed x packed is four dots of
+(BM, BK/2) x (BK/2, BN/2) -- even/odd k against even/odd n -- and the two column halves stay apart until the
+store. Int8 storage (int8 codes, uint8 + 128 weights) is read as whole tiles in natural order (one dot per half),
+16 bytes a load. The main loop is one flat ``tl.range`` over every K step of every group, software-pipelined by
+the launch's ``num_stages``: Triton turns its loads into ``cp.async`` copies into shared memory (the pointers must
+be 16-byte aligned, which Triton's launcher specializes on and the ahead-of-time compile must declare).
+Group-wise layers accumulate int32 per input group and rescale per group in float (token-group scale x
+weight-group scale); per-channel layers rescale once. Epilogue, in the accumulators' layout: + h @ A (SVD-G up)
+and + the SVD-L block term (sum over input blocks q of t[m, p(n), q] u[p(n), q, o(n)], a dot over the tile's
+(p, q) pairs), both tensor-core dots of LC inner columns at a time, + bias; out fp32/bf16/fp16.
 Float activations (a step kept unquantized) use the same loop with fp32 dots on the integer weight codes.
 """
 
@@ -18,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 from qdit4sr_export.plugins.activation_spec import ActivationCodes
+from qdit4sr_export.plugins.gemm_configs import GemmTile, gemm_tile
 from qdit4sr_export.plugins.packing import INT4, INT8, weight_storage
-from qdit4sr_export.plugins.triton_env import dot_precision, interpreting, next_pow2
+from qdit4sr_export.plugins.triton_env import dot_precision, interpreting
 from qdit4sr_export.plugins.weight_spec import WeightSpec
 
 from qdit4sr_export.errors import UserError
@@ -36,34 +41,98 @@ def _hi(b):
 
 
 @triton.jit
-def _weight_pair(w_ptr, rows, rmask, pairs, N: tl.constexpr, W_MODE: tl.constexpr, IN_T: tl.constexpr):
-    """Rows ``rows`` of W as (even columns, odd columns) int8 tiles (cast to IN_T)."""
-    if W_MODE == 0:  # INT4: byte j of a row holds columns 2j (low) and 2j + 1 (high)
-        m = rmask[:, None] & (pairs < N // 2)[None, :]
-        b = tl.load(w_ptr + rows[:, None] * (N // 2) + pairs[None, :], mask=m, other=0)
-        return _lo(b).to(IN_T), _hi(b).to(IN_T)
-    base = w_ptr + rows[:, None] * N + 2 * pairs[None, :]
-    me = rmask[:, None] & (2 * pairs < N)[None, :]
-    mo = rmask[:, None] & (2 * pairs + 1 < N)[None, :]
-    if W_MODE == 1:  # INT8
-        return tl.load(base, mask=me, other=0).to(IN_T), tl.load(base + 1, mask=mo, other=0).to(IN_T)
-    we = (tl.load(base, mask=me, other=128).to(tl.int32) - 128).to(tl.int8)  # UINT8 holding code + 128
-    wo = (tl.load(base + 1, mask=mo, other=128).to(tl.int32) - 128).to(tl.int8)
-    return we.to(IN_T), wo.to(IN_T)
+def _a_tile(a_ptr, rm64, rmask, k0, k_end, K: tl.constexpr, A_MODE: tl.constexpr, BK: tl.constexpr,
+            EVEN_K: tl.constexpr):
+    """Activations of input channels k0 .. k0 + BK (those < k_end): (even k, odd k) int8 halves of packed codes,
+    else the (BM, BK) tile (twice). Whole 16-byte rows: the loads vectorize and pipeline as async copies."""
+    if A_MODE == 0:
+        kb = k0 // 2 + tl.arange(0, BK // 2)
+        m = rmask[:, None] if EVEN_K else rmask[:, None] & (2 * kb < k_end)[None, :]
+        b = tl.load(a_ptr + rm64[:, None] * (K // 2) + kb[None, :], mask=m, other=0)
+        a0, a1 = _lo(b), _hi(b)
+    else:
+        k = k0 + tl.arange(0, BK)
+        m = rmask[:, None] if EVEN_K else rmask[:, None] & (k < k_end)[None, :]
+        a0 = tl.load(a_ptr + rm64[:, None] * K + k[None, :], mask=m, other=0)
+        a1 = a0
+    return a0, a1
+
+
+@triton.jit
+def _w_tile(w_ptr, rows, kmask, pid_n, flip, N: tl.constexpr, W_MODE: tl.constexpr, BN: tl.constexpr,
+            EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, IN_T: tl.constexpr):
+    """Weight rows ``rows`` of the tile's columns: (even columns, odd columns) of packed INT4, else the
+    (rows, BN) tile (twice), as IN_T. INT8/UINT8 bytes are xor-ed with ``flip`` (see the kernel)."""
+    if W_MODE == 0:
+        c = pid_n * (BN // 2) + tl.arange(0, BN // 2)
+        n_ok = c < N // 2
+        width = N // 2
+    else:
+        c = pid_n * BN + tl.arange(0, BN)
+        n_ok = c < N
+        width = N
+    if EVEN_K and EVEN_N:
+        b = tl.load(w_ptr + rows[:, None] * width + c[None, :])
+    else:
+        b = tl.load(w_ptr + rows[:, None] * width + c[None, :], mask=kmask[:, None] & n_ok[None, :], other=0)
+    if W_MODE == 0:
+        w0, w1 = _lo(b).to(IN_T), _hi(b).to(IN_T)
+    else:
+        w0 = (b ^ flip).to(tl.int8, bitcast=True).to(IN_T)
+        w1 = w0
+    return w0, w1
+
+
+@triton.jit
+def _half_cols(pid_n, NS: tl.constexpr, BN: tl.constexpr):
+    """Output columns of the two accumulators: (even, odd) columns of the tile for INT4 weights, else the tile."""
+    c = tl.arange(0, BN // NS)
+    if NS == 2:
+        c0 = pid_n * BN + 2 * c
+        c1 = c0 + 1
+    else:
+        c0 = pid_n * BN + c
+        c1 = c0
+    return c0, c1
+
+
+@triton.jit
+def _rescale(acc0, acc1, y0, y1, as_ptr, ws_ptr, rm64, rmask, gi, pid_n, N: tl.constexpr, NG: tl.constexpr,
+             A_MODE: tl.constexpr, NS: tl.constexpr, BN: tl.constexpr):
+    """y += acc * token scale (group gi) * weight scale (group gi), per accumulator half."""
+    f0 = acc0.to(tl.float32)
+    f1 = acc1.to(tl.float32)
+    if A_MODE != 2:
+        sa = tl.load(as_ptr + rm64 * NG + gi, mask=rmask, other=0.0)
+        f0 = f0 * sa[:, None]
+        f1 = f1 * sa[:, None]
+    c0, c1 = _half_cols(pid_n, NS, BN)
+    y0 += f0 * tl.load(ws_ptr + gi * N + c0, mask=c0 < N, other=0.0)[None, :]
+    if NS == 2:
+        y1 += f1 * tl.load(ws_ptr + gi * N + c1, mask=c1 < N, other=0.0)[None, :]
+    return y0, y1
+
+
+@triton.jit
+def _u_tile(u_ptr, pq, pj, jm, cols, N: tl.constexpr, S_O: tl.constexpr):
+    """SVD-L's u for (p, q) pairs ``pq`` = p Q + q and output columns ``cols``: zero where a column's block is not p."""
+    pc = cols // S_O
+    return tl.load(u_ptr + pq[:, None] * S_O + (cols - pc * S_O)[None, :],
+                   mask=jm[:, None] & (pj[:, None] == pc[None, :]) & (cols < N)[None, :], other=0.0)
 
 
 @triton.jit
 def _lowbit_gemm_kernel(
     a_ptr, as_ptr, w_ptr, ws_ptr, h_ptr, ga_ptr, t_ptr, u_ptr, bias_ptr, out_ptr, M,
     N: tl.constexpr, K: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr,
-    A_MODE: tl.constexpr, W_MODE: tl.constexpr, RANK: tl.constexpr, RP: tl.constexpr,
-    L_P: tl.constexpr, L_Q: tl.constexpr, L_QP: tl.constexpr, S_O: tl.constexpr, L_VEC: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    IN_T: tl.constexpr, ACC_T: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, PREC: tl.constexpr,
+    A_MODE: tl.constexpr, W_MODE: tl.constexpr, RANK: tl.constexpr,
+    L_P: tl.constexpr, L_Q: tl.constexpr, S_O: tl.constexpr, HAS_BIAS: tl.constexpr,
+    IN_T: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LC: tl.constexpr,
+    GROUP_M: tl.constexpr, PREC: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row tiles share the weight columns they read while in L2.
     pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BN)
+    n_tiles: tl.constexpr = (N + BN - 1) // BN
     per_group = GROUP_M * n_tiles
     first_m = (pid // per_group) * GROUP_M
     size_m = tl.minimum(tl.cdiv(M, BM) - first_m, GROUP_M)
@@ -71,111 +140,115 @@ def _lowbit_gemm_kernel(
     pid_n = (pid % per_group) // size_m
 
     rm = pid_m * BM + tl.arange(0, BM)
-    mmask = rm < M
+    rmask = rm < M
     rm64 = rm.to(tl.int64)
-    pairs = pid_n * (BN // 2) + tl.arange(0, BN // 2)
-    kk = tl.arange(0, BK // 2)
-    y_e = tl.zeros((BM, BN // 2), dtype=tl.float32)
-    y_o = tl.zeros((BM, BN // 2), dtype=tl.float32)
-    for gi in range(NG):
-        acc_e = tl.zeros((BM, BN // 2), dtype=ACC_T)
-        acc_o = tl.zeros((BM, BN // 2), dtype=ACC_T)
-        for k0 in range(gi * GS, (gi + 1) * GS, BK):
-            ke = k0 + 2 * kk
-            kme = ke < (gi + 1) * GS
-            kmo = ke + 1 < (gi + 1) * GS
-            if A_MODE == 0:  # INT4 codes: byte j holds channels 2j (low) and 2j + 1 (high)
-                ab = tl.load(a_ptr + rm64[:, None] * (K // 2) + (ke // 2)[None, :],
-                             mask=mmask[:, None] & kme[None, :], other=0)
-                a_e = _lo(ab)
-                a_o = _hi(ab)
-            else:
-                a_e = tl.load(a_ptr + rm64[:, None] * K + ke[None, :], mask=mmask[:, None] & kme[None, :],
-                              other=0).to(IN_T)
-                a_o = tl.load(a_ptr + rm64[:, None] * K + (ke + 1)[None, :], mask=mmask[:, None] & kmo[None, :],
-                              other=0).to(IN_T)
-            w_ee, w_eo = _weight_pair(w_ptr, ke, kme, pairs, N, W_MODE, IN_T)
-            w_oe, w_oo = _weight_pair(w_ptr, ke + 1, kmo, pairs, N, W_MODE, IN_T)
-            if A_MODE == 2:
-                acc_e = tl.dot(a_e, w_ee, acc_e, input_precision=PREC)
-                acc_e = tl.dot(a_o, w_oe, acc_e, input_precision=PREC)
-                acc_o = tl.dot(a_e, w_eo, acc_o, input_precision=PREC)
-                acc_o = tl.dot(a_o, w_oo, acc_o, input_precision=PREC)
-            else:
-                acc_e = tl.dot(a_e, w_ee, acc_e, out_dtype=tl.int32)
-                acc_e = tl.dot(a_o, w_oe, acc_e, out_dtype=tl.int32)
-                acc_o = tl.dot(a_e, w_eo, acc_o, out_dtype=tl.int32)
-                acc_o = tl.dot(a_o, w_oo, acc_o, out_dtype=tl.int32)
-        cme = 2 * pairs < N
-        cmo = 2 * pairs + 1 < N
-        sw_e = tl.load(ws_ptr + gi * N + 2 * pairs, mask=cme, other=0.0)
-        sw_o = tl.load(ws_ptr + gi * N + 2 * pairs + 1, mask=cmo, other=0.0)
-        f_e = acc_e.to(tl.float32)
-        f_o = acc_o.to(tl.float32)
-        if A_MODE != 2:
-            sa = tl.load(as_ptr + rm64 * NG + gi, mask=mmask, other=0.0)
-            f_e = f_e * sa[:, None]
-            f_o = f_o * sa[:, None]
-        y_e += f_e * sw_e[None, :]
-        y_o += f_o * sw_o[None, :]
-
-    y = tl.reshape(tl.join(y_e, y_o), (BM, BN))  # columns back in natural order
-    cols = pid_n * BN + tl.arange(0, BN)
-    cmask = cols < N
-    if RANK > 0:  # SVD-G up: h (BM, r) @ A (r, BN)
-        r = tl.arange(0, RP)
-        hm = tl.load(h_ptr + rm64[:, None] * RANK + r[None, :], mask=mmask[:, None] & (r < RANK)[None, :], other=0.0)
-        am = tl.load(ga_ptr + r[:, None] * N + cols[None, :], mask=(r < RANK)[:, None] & cmask[None, :], other=0.0)
-        y += tl.dot(hm, am, input_precision=PREC)
-    if L_P > 0:  # SVD-L up: out[m, p s_o + o] += sum_q t[m, p, q] u[p, q, o]
-        pc = cols // S_O
-        oc = cols % S_O
-        if L_VEC:  # all q at once: (BM, Q, BN) gathers (small tiles, and the interpreter)
-            q = tl.arange(0, L_QP)
-            qm = q < L_Q
-            t3 = tl.load(t_ptr + rm64[:, None, None] * (L_P * L_Q) + (pc[None, :] * L_Q + q[:, None])[None, :, :],
-                         mask=mmask[:, None, None] & (qm[:, None] & cmask[None, :])[None, :, :], other=0.0)
-            u2 = tl.load(u_ptr + pc[None, :] * (L_Q * S_O) + q[:, None] * S_O + oc[None, :],
-                         mask=qm[:, None] & cmask[None, :], other=0.0)
-            y += tl.sum(t3 * u2[None, :, :], axis=1)
+    EVEN_K: tl.constexpr = GS % BK == 0  # K steps never straddle a group: no masks along K
+    EVEN_N: tl.constexpr = N % BN == 0
+    SPG: tl.constexpr = (GS + BK - 1) // BK  # K steps per group
+    KS: tl.constexpr = 2 if A_MODE == 0 else 1  # packed activations: even / odd k apart
+    NS: tl.constexpr = 2 if W_MODE == 0 else 1  # packed weights: even / odd columns apart
+    ACC_T: tl.constexpr = tl.float32 if A_MODE == 2 else tl.int32
+    # UINT8 weights hold code + 128: xor 0x80 is the int8 code. INT8 weights are xor-ed with a zero the compiler
+    # cannot fold (M is never negative): their tile then takes the register path that Triton pipelines with
+    # async copies (a tile loaded straight into the MMA's K-major buffer would be transposed by a blocking load).
+    if W_MODE == 2:
+        flip = tl.full((), 0x80, tl.uint8)
+    else:
+        flip = ((M >> 31) & 0x80).to(tl.int8)
+    kk = tl.arange(0, BK // KS)
+    acc0 = tl.zeros((BM, BN // NS), dtype=ACC_T)
+    acc1 = tl.zeros((BM, BN // NS), dtype=ACC_T)
+    y0 = tl.zeros((BM, BN // NS), dtype=tl.float32)
+    y1 = tl.zeros((BM, BN // NS), dtype=tl.float32)
+    # One flat, software-pipelined loop over every K step of every group (the launch's num_stages).
+    for j in tl.range(0, NG * SPG):
+        gi = j // SPG
+        if EVEN_K:
+            k0 = j * BK
         else:
-            both = mmask[:, None] & cmask[None, :]
-            for qi in range(L_Q):
-                tq = tl.load(t_ptr + rm64[:, None] * (L_P * L_Q) + (pc * L_Q + qi)[None, :], mask=both, other=0.0)
-                uq = tl.load(u_ptr + pc * (L_Q * S_O) + qi * S_O + oc, mask=cmask, other=0.0)
-                y += tq * uq[None, :]
+            k0 = gi * GS + (j % SPG) * BK
+        k_end = (gi + 1) * GS
+        a0, a1 = _a_tile(a_ptr, rm64, rmask, k0, k_end, K, A_MODE, BK, EVEN_K)
+        if KS == 2:
+            rows = k0 + 2 * kk
+            w00, w01 = _w_tile(w_ptr, rows, rows < k_end, pid_n, flip, N, W_MODE, BN, EVEN_K, EVEN_N, IN_T)
+            w10, w11 = _w_tile(w_ptr, rows + 1, rows + 1 < k_end, pid_n, flip, N, W_MODE, BN, EVEN_K, EVEN_N, IN_T)
+            acc0 = tl.dot(a0, w00, acc0, input_precision=PREC, out_dtype=ACC_T)
+            acc0 = tl.dot(a1, w10, acc0, input_precision=PREC, out_dtype=ACC_T)
+            if NS == 2:
+                acc1 = tl.dot(a0, w01, acc1, input_precision=PREC, out_dtype=ACC_T)
+                acc1 = tl.dot(a1, w11, acc1, input_precision=PREC, out_dtype=ACC_T)
+        else:
+            rows = k0 + kk
+            w0, w1 = _w_tile(w_ptr, rows, rows < k_end, pid_n, flip, N, W_MODE, BN, EVEN_K, EVEN_N, IN_T)
+            acc0 = tl.dot(a0, w0, acc0, input_precision=PREC, out_dtype=ACC_T)
+            if NS == 2:
+                acc1 = tl.dot(a0, w1, acc1, input_precision=PREC, out_dtype=ACC_T)
+        if NG > 1:
+            if j % SPG == SPG - 1:  # a group's last step: rescale into y, restart the integer sums
+                y0, y1 = _rescale(acc0, acc1, y0, y1, as_ptr, ws_ptr, rm64, rmask, gi, pid_n, N, NG, A_MODE, NS, BN)
+                acc0 = tl.zeros((BM, BN // NS), dtype=ACC_T)
+                acc1 = tl.zeros((BM, BN // NS), dtype=ACC_T)
+    if NG == 1:
+        y0, y1 = _rescale(acc0, acc1, y0, y1, as_ptr, ws_ptr, rm64, rmask, 0, pid_n, N, NG, A_MODE, NS, BN)
+
+    # Epilogue in the accumulators' own layout (even / odd columns apart for INT4 weights), the low-rank terms
+    # as tensor-core dots of LC inner columns at a time: nothing is moved through shared memory but each dot's
+    # (LC, BN) operand, and the registers hold one (BM, BN) tile.
+    c0, c1 = _half_cols(pid_n, NS, BN)
+    if RANK > 0:  # SVD-G up: y += h (BM, r) @ A (r, BN)
+        for c in tl.range(0, RANK, LC, num_stages=1):
+            r = c + tl.arange(0, LC)
+            hm = tl.load(h_ptr + rm64[:, None] * RANK + r[None, :], mask=rmask[:, None] & (r < RANK)[None, :],
+                         other=0.0)
+            am0 = tl.load(ga_ptr + r[:, None] * N + c0[None, :], mask=(r < RANK)[:, None] & (c0 < N)[None, :],
+                          other=0.0)
+            y0 = tl.dot(hm, am0, y0, input_precision=PREC)
+            if NS == 2:
+                am1 = tl.load(ga_ptr + r[:, None] * N + c1[None, :], mask=(r < RANK)[:, None] & (c1 < N)[None, :],
+                              other=0.0)
+                y1 = tl.dot(hm, am1, y1, input_precision=PREC)
+    if L_P > 0:  # SVD-L up: out[m, p s_o + o] += sum_q t[m, p, q] u[p, q, o], one dot over the tile's (p, q)
+        p0 = (pid_n * BN) // S_O
+        L_PT: tl.constexpr = 1 if S_O % BN == 0 else (BN - 1) // S_O + 2  # blocks p a column tile can touch
+        for c in tl.range(0, L_PT * L_Q, LC, num_stages=1):
+            jj = c + tl.arange(0, LC)
+            pj = p0 + jj // L_Q
+            jm = (jj < L_PT * L_Q) & (pj < L_P)
+            tq = tl.load(t_ptr + rm64[:, None] * (L_P * L_Q) + (p0 * L_Q + jj)[None, :],
+                         mask=rmask[:, None] & jm[None, :], other=0.0)
+            y0 = tl.dot(tq, _u_tile(u_ptr, p0 * L_Q + jj, pj, jm, c0, N, S_O), y0, input_precision=PREC)
+            if NS == 2:
+                y1 = tl.dot(tq, _u_tile(u_ptr, p0 * L_Q + jj, pj, jm, c1, N, S_O), y1, input_precision=PREC)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
+        y0 += tl.load(bias_ptr + c0, mask=c0 < N, other=0.0)[None, :]
+        if NS == 2:
+            y1 += tl.load(bias_ptr + c1, mask=c1 < N, other=0.0)[None, :]
+    if NS == 2:
+        y = tl.reshape(tl.join(y0, y1), (BM, BN))  # columns back in natural order
+    else:
+        y = y0
+    cols = pid_n * BN + tl.arange(0, BN)
     tl.store(out_ptr + rm64[:, None] * N + cols[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=mmask[:, None] & cmask[None, :])
+             mask=rmask[:, None] & (cols < N)[None, :])
 
 
 _W_MODES = {INT4: 0, INT8: 1, "UINT8": 2}
 
 
-def _tiles(m: int, n: int, k: int, gs: int, interpreted: bool) -> tuple[int, int, int, int, int]:
-    """(BM, BN, BK, warps, stages): H100/H200 INT8 MMA tiles on a GPU; interpreted, the largest tiles (the
-    interpreter's cost is per operation, not per element)."""
-    if interpreted:
-        bm, bn, bk, warps, stages = min(128, max(16, next_pow2(m))), min(256, max(32, next_pow2(n))), 256, 4, 1
-    else:
-        bm, bn, bk, warps, stages = (128 if m > 64 else 64), 128, 128, 8, 3
-    bk = min(bk, max(32, next_pow2(k)))
-    pow2_part = gs & -gs
-    return bm, bn, max(32, min(bk, pow2_part)), warps, stages
-
-
 class LowbitGemm:
     """One layer's weight on one device (the engine set's bytes, moved once); call it per activation."""
 
-    def __init__(self, w: WeightSpec, device: torch.device | str, *, l_vec: bool | None = None,
-                 interpreted: bool | None = None) -> None:
+    def __init__(self, w: WeightSpec, device: torch.device | str, *, interpreted: bool | None = None,
+                 tile: GemmTile | None = None) -> None:
         """``interpreted``: tiles for Triton's interpreter (default: whether it is selected now); False gives the
-        GPU tiles (the TensorRT plugin compiles ahead of time with them)."""
+        GPU tiles (the TensorRT plugin compiles ahead of time with them). ``tile``: this tile instead of
+        ``gemm_configs``' choice (tests, and timing candidates)."""
         dev = torch.device(device)
         self.w = w
         self.interpreted = interpreting() if interpreted is None else interpreted
-        self.l_vec = l_vec  # SVD-L epilogue over all input blocks at once (None: by tile size)
+        self.tile = tile
+        self.kernel = None
         f32 = dict(device=dev, dtype=torch.float32)
         self.codes = w.codes.to(dev)
         self.scale = w.scale.to(**f32).contiguous()
@@ -189,17 +262,15 @@ class LowbitGemm:
         """The kernel's compile-time parameters (and launch warps and stages on a GPU) for ``m`` tokens of
         activations in ``a_mode`` (0: packed codes, 1: int8 codes, 2: float)."""
         w = self.w
-        gs = w.group_size or w.k
-        bm, bn, bk, warps, stages = _tiles(m, w.n, w.k, gs, self.interpreted)
+        t = self.tile or gemm_tile(m, w.n, w.k, w.bits, a_mode, w.group_size, self.u is not None,
+                                   interpreted=self.interpreted)
         lp, lq, so = (self.u.shape[0], self.u.shape[1], self.u.shape[2]) if self.u is not None else (0, 1, 1)
         return dict(
-            N=w.n, K=w.k, GS=gs, NG=w.groups, A_MODE=a_mode, W_MODE=self.w_mode, RANK=w.rank,
-            RP=max(16, next_pow2(w.rank)), L_P=lp, L_Q=lq, L_QP=next_pow2(lq), S_O=so,
-            L_VEC=self.l_vec if self.l_vec is not None else (self.interpreted or bm * next_pow2(lq) * bn <= 8192),
-            HAS_BIAS=self.bias is not None,
-            IN_T=tl.float32 if a_mode == 2 else tl.int8, ACC_T=tl.float32 if a_mode == 2 else tl.int32,
-            BM=bm, BN=bn, BK=bk, GROUP_M=8, PREC=dot_precision(device_type) if self.interpreted else "tf32x3",
-            **({} if self.interpreted else {"num_warps": warps, "num_stages": stages}),
+            N=w.n, K=w.k, GS=w.group_size or w.k, NG=w.groups, A_MODE=a_mode, W_MODE=self.w_mode, RANK=w.rank,
+            L_P=lp, L_Q=lq, S_O=so, HAS_BIAS=self.bias is not None, IN_T=tl.float32 if a_mode == 2 else tl.int8,
+            BM=t.bm, BN=t.bn, BK=t.bk, LC=t.lc, GROUP_M=8,
+            PREC=dot_precision(device_type) if self.interpreted else "tf32x3",
+            **({} if self.interpreted else {"num_warps": t.warps, "num_stages": t.stages}),
         )
 
     def __call__(self, act: ActivationCodes, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -223,7 +294,7 @@ class LowbitGemm:
         const = self.constants(a_mode, m, a.device.type)
         d = self._dummy
         grid = (triton.cdiv(m, const["BM"]) * triton.cdiv(w.n, const["BN"]),)
-        _lowbit_gemm_kernel[grid](
+        self.kernel = _lowbit_gemm_kernel[grid](  # the compiled kernel that ran (metadata: shared memory, spills)
             a, scales, self.codes, self.scale, act.h.contiguous() if w.rank else d,
             self.ga if self.ga is not None else d, act.t.contiguous() if self.u is not None else d,
             self.u if self.u is not None else d, self.bias if self.bias is not None else d, out, m, **const,

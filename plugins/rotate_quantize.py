@@ -28,18 +28,41 @@ from qdit4sr_export.quant.hadamard import Rotation
 
 FLT_MIN = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(float32).tiny: the simulation's scale floor
 MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22 half to even in fp32
+#: tf32 parts of each rotation dot on a GPU: 3 x 11 bits hold every bit of an fp32 operand.
+SPLIT_PARTS = 3
+
+
+@triton.jit
+def _tf32_part(r):
+    """r with its 13 low mantissa bits cleared: exactly representable in tf32 (all a tensor core reads of it)."""
+    return (r.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _contract(t, h, L: tl.constexpr, F: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, T: tl.constexpr,
-              PREC: tl.constexpr):
-    """t (BM, T) viewed as (L, F, R): out[l, g, r] = sum_f t[l, f, r] h[f, g], returned as (BM, T)."""
+              SPLIT: tl.constexpr):
+    """t (BM, T) viewed as (L, F, R): out[l, g, r] = sum_f t[l, f, r] h[f, g], returned as (BM, T).
+
+    SPLIT > 0 (a GPU): h's signs (+-1, 0: exact in tf32; the caller applies the scale folded into the last factor)
+    and t as the sum of SPLIT tf32-exact parts (3 parts: every fp32 bit), one tensor-core dot each, in a loop so
+    one operand buffer (the tile's bytes) is live at a time."""
     t3 = tl.reshape(t, (L, F, R))
     if F >= 16:  # tensor cores: (L R, F) @ (F, F)
         u = tl.reshape(tl.permute(t3, (0, 2, 1)), (L * R, F))
-        u = tl.dot(u, h, input_precision=PREC)
+        if SPLIT > 0:
+            hs = tl.where(h > 0, 1.0, tl.where(h < 0, -1.0, 0.0))
+            acc = tl.zeros((L * R, F), dtype=tl.float32)
+            for _ in tl.range(0, SPLIT, num_stages=1):
+                part = _tf32_part(u)
+                acc = tl.dot(part, hs, acc, input_precision="tf32")
+                u = u - part
+            u = acc
+        else:
+            u = tl.dot(u, h, input_precision="ieee")
         out = tl.permute(tl.reshape(u, (L, R, F)), (0, 2, 1))
-    else:  # tl.dot needs K >= 16: small factors as broadcast FMAs
+    else:  # tl.dot needs K >= 16: small factors as broadcast FMAs (fp32: with SPLIT, its signs too)
+        if SPLIT > 0:
+            h = tl.where(h > 0, 1.0, tl.where(h < 0, -1.0, 0.0))
         out = tl.sum(t3[:, :, None, :] * h[None, :, :, None], axis=1)
     return tl.reshape(out, (BM, T))
 
@@ -108,7 +131,7 @@ def _rotate_quantize_kernel(
     G_NS: tl.constexpr, N_GROUPS: tl.constexpr,
     RANK: tl.constexpr, RP: tl.constexpr, H_DOT: tl.constexpr, L_P: tl.constexpr, L_PP: tl.constexpr,
     L_Q: tl.constexpr, L_SUB: tl.constexpr, L_C: tl.constexpr, L_NB: tl.constexpr, L_NS: tl.constexpr,
-    L_VEC: tl.constexpr, STORE_Z: tl.constexpr, PREC: tl.constexpr,
+    L_VEC: tl.constexpr, STORE_Z: tl.constexpr, PREC: tl.constexpr, ROT_SCALE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
@@ -123,11 +146,13 @@ def _rotate_quantize_kernel(
     if HAS_SIGNS:
         z = z * tl.load(signs_ptr + cols, mask=cmask, other=0.0)[None, :]
     if HAS_HK:
-        z = _contract(z, _load_square(hk_ptr, KP), BM, KP, P, BM, T, PREC)
+        z = _contract(z, _load_square(hk_ptr, KP), BM, KP, P, BM, T, SPLIT)
     if F1 > 1:
-        z = _contract(z, _load_square(h1_ptr, F1), BM * KP, F1, F2, BM, T, PREC)
+        z = _contract(z, _load_square(h1_ptr, F1), BM * KP, F1, F2, BM, T, SPLIT)
     if F2 > 1:
-        z = _contract(z, _load_square(h2_ptr, F2), BM * KP * F1, F2, 1, BM, T, PREC)
+        z = _contract(z, _load_square(h2_ptr, F2), BM * KP * F1, F2, 1, BM, T, SPLIT)
+    if SPLIT > 0 and (HAS_HK or F1 > 1 or F2 > 1):  # the rotation's 1 / sqrt(n), once, after +-1 factors
+        z = z * ROT_SCALE
 
     if BITS > 0:
         if GROUPED:
@@ -190,25 +215,36 @@ def _rotate_quantize_kernel(
                          mask=rmask[:, None] & (q < L_Q)[None, :])
 
 
-def _block_rows(tile: int, interpreted: bool) -> int:
-    """Tokens per program: BM * T floats stay in registers on a GPU (8K); the interpreter wants few programs."""
-    budget, cap = ((1 << 18), 256) if interpreted else ((1 << 13), 64)
+def _block_rows(tile: int, interpreted: bool, expand: int) -> int:
+    """Tokens per program: BM * T floats stay in registers on a GPU (4K: at widths 1536 and 6144 two or more
+    programs fit an SM by registers and shared memory); the interpreter wants few programs, each tensor within
+    Triton's 2^20 elements (a factor of order ``expand`` < 16 broadcasts the tile ``expand`` times)."""
+    budget, cap = ((1 << 18) // expand, 256) if interpreted else ((1 << 12), 64)
     bm = 1
     while bm < cap and bm * 2 * tile <= budget:
         bm *= 2
     return bm
 
 
+def _warps(elements: int) -> int:
+    """Warps per program for a register tile of ``elements`` floats, so that two programs fit an SM's 64K
+    registers (sm_90, ptxas -v; bench/kernel_configs.py): 4096 floats take about 120 registers a thread at 8
+    warps, 8192 floats about 250 at 4 warps (170 at 8: one program per SM)."""
+    return 8 if elements == 4096 else 4
+
+
 class RotateQuantize:
     """A layer's prepared input path on one device (factor matrices, B^T, layouts); call it per activation."""
 
     def __init__(self, spec: ActivationSpec, device: torch.device | str, *, h_dot: bool | None = None,
-                 l_vec: bool | None = None, interpreted: bool | None = None) -> None:
+                 l_vec: bool | None = None, interpreted: bool | None = None, split: int | None = None) -> None:
         """``interpreted``: choose tiles for Triton's interpreter (default: whether it is selected now); False
-        gives the GPU choices, e.g. when compiling the kernel ahead of time for the TensorRT plugin."""
+        gives the GPU choices, e.g. when compiling the kernel ahead of time for the TensorRT plugin. ``split``:
+        tf32 parts per rotation dot (default: 3 on a GPU, 0 = plain fp32 dots interpreted)."""
         self.spec = spec
         self.device = torch.device(device)
         self.interpreted = interpreting() if interpreted is None else interpreted
+        self.split = split if split is not None else (0 if self.interpreted else SPLIT_PARTS)
         rot = spec.rotation
         # LRQ-DiT's outlier rotation (permutations + learned blocks) is not a Kronecker Hadamard: torch applies it.
         self.torch_rotation = rot if rot is not None and not isinstance(rot, Rotation) else None
@@ -218,7 +254,9 @@ class RotateQuantize:
         self.factors = {k: v.to(**f32).contiguous() for k, v in factor_matrices(self.layout).items()}
         self.signs = rot.signs().to(**f32) if isinstance(rot, Rotation) and rot.seed is not None else None
         self.smooth = spec.smooth.to(**f32).contiguous() if spec.smooth is not None else None
-        self.bm = _block_rows(tile, self.interpreted)
+        lay = self.layout
+        self.bm = _block_rows(tile, self.interpreted,
+                              max([f for f in (lay.kp if lay.hk else 1, lay.f1, lay.f2) if f < 16], default=1))
         rp = max(16, next_pow2(spec.rank))
         # SVD-G down as one dot when the (T, r) tile of B fits in registers (and the dot has >= 16 rows), else a
         # reduction per rank column over B^T; the interpreter always takes the dot (fewer operations).
@@ -253,8 +291,8 @@ class RotateQuantize:
             L_Q=loc.count if fuse_l else 1,
             L_SUB=loc.sub if fuse_l else 1, L_C=loc.combine if fuse_l else 1, L_NB=loc.nb if fuse_l else 1,
             L_NS=loc.slots if fuse_l else 1, L_VEC=self.l_vec, STORE_Z=store_z,
-            PREC=dot_precision(device_type) if self.interpreted else "tf32x3",
-            **({} if self.interpreted else {"num_warps": 8 if self.bm * lay.tile >= 4096 else 4}),
+            PREC=dot_precision(device_type) if self.interpreted else "tf32x3", ROT_SCALE=lay.scale, SPLIT=self.split,
+            **({} if self.interpreted else {"num_warps": _warps(self.bm * lay.tile)}),
         )
 
     def _check_bits(self, bits: int | None) -> None:

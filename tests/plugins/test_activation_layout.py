@@ -21,14 +21,20 @@ def _apply(layout, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n,block,expect", [
-    (1536, None, (12, 16, 128, 128, 1)), (6144, None, (12, 16, 512, 32, 16)), (128, None, (1, 1, 128, 128, 1)),
+    (1536, None, (12, 16, 128, 8, 16)), (6144, None, (12, 16, 512, 16, 32)), (128, None, (1, 1, 128, 8, 16)),
     (96, None, (12, 16, 8, 8, 1)), (12, None, (12, 16, 1, 1, 1)), (384, 64, (6, 8, 64, 64, 1)),
+    (4096, None, (1, 1, 4096, 64, 64)),
 ])
 def test_layout_factors_reproduce_the_rotation(n, block, expect):
     rot = Rotation(n, seed=3, block=block)
     lay = rotation_layout(n, rot)
     assert (lay.k, lay.kp, lay.p, lay.f1, lay.f2) == expect
     assert lay.tile == lay.kp * lay.p and lay.tile >= n
+    mats = list(factor_matrices(lay).values())  # +-1 and 0, the scale folded into the last: what the GPU path reads
+    assert all(set(m.sign().unique().tolist()) <= {-1.0, 0.0, 1.0} for m in mats)
+    assert all(torch.equal(m.abs().unique(), torch.tensor([0.0, 1.0])[-len(m.abs().unique()):]) for m in mats[:-1])
+    if mats:
+        assert torch.allclose(mats[-1].abs().max(), torch.tensor(lay.scale))
     x = torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(_apply(lay, x * rot.signs()), rot.apply(x), rtol=0, atol=1e-6)
 

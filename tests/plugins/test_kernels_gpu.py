@@ -3,6 +3,7 @@
 import pytest
 import torch
 from kernel_cases import activation_spec, rel_err, tokens, weight_spec
+from qdit4sr_export.plugins.gemm_configs import GemmTile
 from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
 from qdit4sr_export.plugins.lowbit_gemm_reference import integer_accumulators, lowbit_gemm_reference
 from qdit4sr_export.plugins.packing import unpack_int4
@@ -57,4 +58,6 @@ def test_lowbit_gemm_medium_bf16(abits, wbits, group):
     want = lowbit_gemm_reference(act, w)
     got = LowbitGemm(w, "cuda")(_moved(act), out_dtype=torch.bfloat16)
     assert got.dtype == torch.bfloat16 and rel_err(got.float(), want) < 8e-3  # one bf16 rounding of the output
-    assert rel_err(LowbitGemm(w, "cuda", l_vec=False)(act).cpu(), want) < 1e-5
+    assert rel_err(LowbitGemm(w, "cuda")(act).cpu(), want) < 1e-5  # the table's tile
+    small = GemmTile(64, 128, 64, 32, 4, 2)  # another tile: masks, chunks and launch order still right
+    assert rel_err(LowbitGemm(w, "cuda", tile=small)(act).cpu(), want) < 1e-5

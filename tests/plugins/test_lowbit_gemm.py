@@ -1,6 +1,7 @@
 import pytest
 import torch
 from kernel_cases import activation_spec, rel_err, tokens, weight_spec
+from qdit4sr_export.plugins.gemm_configs import GemmTile
 from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
 from qdit4sr_export.plugins.lowbit_gemm_reference import integer_accumulators, lowbit_gemm_reference
 from qdit4sr_export.plugins.rotate_quantize import RotateQuantize
@@ -74,12 +75,16 @@ def test_float_epilogue_matches_reference(device, case):
     assert rel_err(got, lowbit_gemm_reference(act, w)) < 1e-5
 
 
-def test_svd_l_epilogue_one_block_at_a_time(device):
-    """The per-q SVD-L epilogue loop (what large tiles take on a GPU)."""
-    spec = activation_spec(192, rank=3, block=(24, 48), out=96)
+@pytest.mark.parametrize("bn,block", [(32, (64, 48)), (64, (24, 48)), (32, (48, 48))],
+                         ids=["blocks-span-tiles", "tiles-span-blocks", "unaligned"])
+def test_svd_l_epilogue_tiles_and_blocks(device, bn, block):
+    """The SVD-L dot over a column tile's (p, q) pairs, whether a block spans tiles or a tile spans blocks."""
+    n = 192
+    spec = activation_spec(192, rank=3, block=block, out=n)
     act = _acts(spec, 4, device)
-    w = weight_spec(192, 96, 4, rank=3, block=(24, 48))
-    assert rel_err(LowbitGemm(w, device, l_vec=False)(act), lowbit_gemm_reference(act, w)) < 1e-5
+    w = weight_spec(192, n, 4, rank=3, block=block)
+    got = LowbitGemm(w, device, tile=GemmTile(32, bn, 64, 16, 4, 1))(act)
+    assert rel_err(got, lowbit_gemm_reference(act, w)) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

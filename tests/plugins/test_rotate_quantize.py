@@ -99,6 +99,16 @@ def test_register_bounded_branch_paths(device, case):
     _check(got, rotate_quantize_reference(spec, x, 4, store_z=True), spec, 4)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4]], ids=["n96", "n128", "n256-block64"])
+def test_rotation_as_tf32_parts(device, case):
+    """The GPU's rotation arithmetic: each factor dot as three tf32-exact parts of the tile times the +-1 factor."""
+    n, rot, clip, group, smooth, rank, block, out = case
+    spec = activation_spec(n, rotation=rot, clip=clip, group=group, smooth=smooth, rank=rank, block=block, out=out)
+    x = tokens(40, n, seed=11)
+    got = RotateQuantize(spec, device, split=3)(x.to(device), 4, store_z=True)
+    _check(got, rotate_quantize_reference(spec, x, 4, store_z=True), spec, 4)
+
+
 def test_svd_l_blocks_too_narrow_to_combine_fall_back_to_torch(device):
     """s_i = 3: a one-hot combination of 2^0-wide sub-blocks would not fit; z is written and torch sums blocks."""
     spec = activation_spec(384, rank=0, block=(8, 3), out=16)
