@@ -210,7 +210,7 @@ def end_to_end(sets: dict[str, Path], threads: int, repeats: int, tmp: Path) -> 
     """``qdit4sr-export run`` on the example photos, wall clock of the whole command, engine sets in turn."""
     def run(label: str) -> None:
         cli("run", str(sets[label]), str(PHOTOS), "-o", str(tmp / f"out_{label}"), "--threads", str(threads),
-            "--report", str(tmp / f"run_{label}.json"))
+            "--report", str(tmp / f"run_{label}.json"), "--force")  # each repeat replaces the last one's outputs
     times = alternate({label: (lambda lab=label: run(lab)) for label in sets}, repeats)
     out = summary(times, "FP32")
     for label in sets:
