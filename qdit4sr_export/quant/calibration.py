@@ -216,7 +216,11 @@ class ChannelAbsMax(Statistic):
 
 class Hessians(Statistic):
     """GPTQ Hessians of each layer's (transformed) input over the trajectory: H = sum_t w_t 2 X_t^T X_t /
-    sum_t w_t n_t, with w_t = ``step_weights[t]`` (or :attr:`weight`, settable per step; default 1)."""
+    sum_t w_t n_t, with w_t = ``step_weights[t]`` (or :attr:`weight`, settable per step; default 1).
+
+    Layers called one after the other on the same input with the same transform (the same function object; a
+    block's q, k and v projections) share one transform and one Gram product: the previous call's input is kept
+    and compared (``torch.equal``), so sharing never depends on where tensors happen to live."""
 
     def __init__(self, layers: Sequence[str], transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                  step_weights: Sequence[float] | None = None) -> None:
@@ -225,12 +229,21 @@ class Hessians(Statistic):
         self.step_weights = step_weights
         self.weight = 1.0
         self.accumulators: dict[int, HessianAccumulator] = {}
-        
+        self._last: tuple | None = None  # (input, transform, (gram, rows)) of the previous call
+
     def observe(self, index: int, step: int, x: torch.Tensor) -> None:
-        name = self.layers[index]
-        z = self.transforms[name](x) if name in self.transforms else x
-        acc = self.accumulators.setdefault(index, HessianAccumulator(z.shape[-1]))
-        acc.add(z, self.weight if self.step_weights is None else float(self.step_weights[step]))
+        transform = self.transforms.get(self.layers[index])
+        last = self._last
+        if last is not None and last[1] is transform and last[0].shape == x.shape and torch.equal(last[0], x):
+            gram = last[2]
+        else:
+            z = transform(x) if transform is not None else x
+            gram = HessianAccumulator(z.shape[-1]).gram(z)
+            self._last = (x, transform, gram)
+        if gram is None:
+            return
+        acc = self.accumulators.setdefault(index, HessianAccumulator(gram[0].shape[0]))
+        acc.add_gram(*gram, weight=self.weight if self.step_weights is None else float(self.step_weights[step]))
 
     def result(self) -> dict[str, torch.Tensor]:
         return {self.layers[i]: acc.hessian() for i, acc in self.accumulators.items()}

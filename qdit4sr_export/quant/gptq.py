@@ -61,6 +61,12 @@ class HessianAccumulator:
 
     def add(self, x: torch.Tensor, weight: float = 1.0) -> None:
         """Accumulate weight * 2 X^T X for x of shape (..., in_features), flattened to rows (Gram in float32)."""
+        gram = self.gram(x)
+        if gram is not None:
+            self.add_gram(*gram, weight=weight)
+
+    def gram(self, x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """(X^T X in float64 from a float32 product, rows) of x (..., in_features), or None for no rows."""
         if (
             not isinstance(x, torch.Tensor)
             or not x.is_floating_point()
@@ -71,19 +77,23 @@ class HessianAccumulator:
                 f"activations must be a floating-point tensor of shape (..., {self.in_features}), got "
                 f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
             )
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
-            raise UserError(f"Hessian weight must be a finite number >= 0, got {weight!r}")
         rows = x.detach().reshape(-1, self.in_features)
         if rows.shape[0] == 0:
-            return
+            return None
         if not bool(torch.isfinite(rows).all()):
             raise UserError("activations for the Hessian contain non-finite values")
         xf = rows if rows.dtype == torch.float64 else rows.float()
+        return (xf.T @ xf).to(torch.float64), rows.shape[0]
+
+    def add_gram(self, gram: torch.Tensor, rows: int, weight: float = 1.0) -> None:
+        """Accumulate weight * 2 * ``gram`` (a :meth:`gram` of ``rows`` rows)."""
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+            raise UserError(f"Hessian weight must be a finite number >= 0, got {weight!r}")
         if self._sum is None:
-            self._sum = torch.zeros(self.in_features, self.in_features, dtype=torch.float64, device=rows.device)
-        self._sum.add_((xf.T @ xf).to(device=self._sum.device, dtype=torch.float64), alpha=2.0 * float(weight))
-        self._rows += rows.shape[0]
-        self._weight += float(weight) * rows.shape[0]
+            self._sum = torch.zeros(self.in_features, self.in_features, dtype=torch.float64, device=gram.device)
+        self._sum.add_(gram.to(self._sum.device), alpha=2.0 * float(weight))
+        self._rows += rows
+        self._weight += float(weight) * rows
 
     def hessian(self) -> torch.Tensor:
         """The normalised Hessian (in_features x in_features), float64; raises if nothing with weight > 0 was added."""

@@ -77,6 +77,23 @@ def trajectory_block_inputs(model: nn.Module, calibration: CalibrationInputs, *,
     return calls
 
 
+def first_samples(calls: Sequence[BlockCall], count: int, steps_run: int) -> list[BlockCall]:
+    """The recorded calls of the first ``count`` calibration samples (0: all). A trajectory runs its samples in
+    batches, all ``steps_run`` steps of a batch before the next, so calls come in groups of ``steps_run``; blocks
+    treat samples independently, so a batch's first samples are the leading rows of its calls."""
+    if count <= 0:
+        return list(calls)
+    out, taken = [], 0
+    for start in range(0, len(calls), steps_run):
+        batch = calls[start:start + steps_run]
+        k = min(int(batch[0][0].shape[0]), count - taken)
+        if k <= 0:
+            break
+        out += [(tokens[:k], context[:k], temb[:k], grid) for tokens, context, temb, grid in batch]
+        taken += k
+    return out
+
+
 def block_hessians(model: nn.Module, calls: Sequence[BlockCall], layers: Sequence[str],
                    on_block: Callable[[dict[str, torch.Tensor]], None], *,
                    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,

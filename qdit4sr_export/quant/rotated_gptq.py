@@ -21,7 +21,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from qdit4sr_export.errors import UserError
-from qdit4sr_export.quant.checks import is_real
+from qdit4sr_export.quant.checks import is_int, is_real
 from qdit4sr_export.quant.layer_plan import LayerPlan
 
 if TYPE_CHECKING:  # configs import this module for check_options: torch only inside the functions
@@ -33,13 +33,16 @@ BLOCK_SIZE = 128
 CLIP = "gaussian"
 
 
-def check_options(method: str, gptq: object, damp: object, act_order: object) -> None:
-    """One-line errors for bad ``gptq``, ``damp`` and ``act_order`` values of a method's config."""
+def check_options(method: str, gptq: object, damp: object, act_order: object, samples: object) -> None:
+    """One-line errors for bad ``gptq``, ``damp``, ``act_order`` and ``gptq_samples`` values of a method's config."""
     if not isinstance(gptq, bool) or not isinstance(act_order, bool):
         raise UserError(f"{method}: gptq and act_order must be true or false, got {gptq!r} and {act_order!r}")
     if not is_real(damp) or not 0 < damp <= 1:
         raise UserError(f"{method}: damp must be a number in (0, 1] (a fraction of the Hessian's mean diagonal), "
                         f"got {damp!r}")
+    if not is_int(samples) or samples < 0:
+        raise UserError(f"{method}: gptq_samples must be an integer >= 0 (0: every calibration sample), got "
+                        f"{samples!r}")
 
 
 def require_calibration(method: str, calibration: object) -> None:
@@ -66,6 +69,28 @@ def input_transform(plan: LayerPlan, name: str,
     return transform
 
 
+def shared_transforms(plans: Mapping[str, LayerPlan], names: Sequence[str],
+                      tensors: Mapping[str, torch.Tensor]) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """:func:`input_transform` of each layer, one function object for all unsmoothed layers with the same rotation
+    (so the Hessian statistic computes a shared input's transform and Gram product once)."""
+    import json
+
+    out, shared = {}, {}
+    for name in names:
+        plan = plans[name]
+        hadamard = (plan.rotation or {}).get("kind", "hadamard") == "hadamard"
+        key = json.dumps(plan.rotation, sort_keys=True) if hadamard and not plan.smoothing else None
+        if key is not None and key in shared:
+            out[name] = shared[key]
+            continue
+        transform = input_transform(plan, name, tensors)
+        if transform is not None:
+            out[name] = transform
+            if key is not None:
+                shared[key] = transform
+    return out
+
+
 def quantize_layer(weight: torch.Tensor, plan: LayerPlan, name: str, tensors: Mapping[str, torch.Tensor],
                    hessian: torch.Tensor, *, damp: float, act_order: bool) -> dict[str, torch.Tensor]:
     """The plan tensors of one layer's GPTQ residual at each of its weight bit-widths: int8 codes and float32 scales.
@@ -86,13 +111,17 @@ def quantize_layer(weight: torch.Tensor, plan: LayerPlan, name: str, tensors: Ma
 
 
 def run_gptq(model, calls, plans: Mapping[str, LayerPlan], weight_of: Callable[[str], torch.Tensor],
-             tensors: Mapping[str, torch.Tensor], *, damp: float, act_order: bool, layers: Sequence[str] | None = None,
+             tensors: Mapping[str, torch.Tensor], *, config, steps_run: int, layers: Sequence[str] | None = None,
              source: str, progress: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """GPTQ every layer of ``plans`` (or of ``layers``) that ran on the recorded trajectory ``calls`` (see
-    :mod:`~qdit4sr_export.quant.hessian_pass`), block by block; returns the new plan tensors and a note for the
-    plan (``source`` says which pass the trajectory was recorded on). Layers that never ran keep RTN weights."""
-    from qdit4sr_export.quant.hessian_pass import block_hessians
+    :mod:`~qdit4sr_export.quant.hessian_pass`), block by block, on the first ``config.gptq_samples`` samples (the
+    trajectory's ``steps_run`` calls per batch), with the config's ``damp`` and ``act_order``; returns the new plan
+    tensors and a note for the plan (``source`` says which pass the trajectory was recorded on). Layers that never
+    ran keep RTN weights."""
+    from qdit4sr_export.quant.hessian_pass import block_hessians, first_samples
 
+    damp, act_order = config.damp, config.act_order
+    calls = first_samples(calls, config.gptq_samples, steps_run)
     wanted = list(layers if layers is not None else plans)
     found: dict[str, torch.Tensor] = {}
 
@@ -101,13 +130,13 @@ def run_gptq(model, calls, plans: Mapping[str, LayerPlan], weight_of: Callable[[
             found.update(quantize_layer(weight_of(name), plans[name], name, tensors, h, damp=damp,
                                         act_order=act_order))
 
-    transforms = {n: f for n in wanted if (f := input_transform(plans[n], n, tensors)) is not None}
-    block_hessians(model, calls, wanted, on_block, transforms=transforms, progress=progress)
+    block_hessians(model, calls, wanted, on_block, transforms=shared_transforms(plans, wanted, tensors),
+                   progress=progress)
     done = {k.rsplit(".weight.", 1)[0] for k in found if ".weight." in k}
-    samples = sum(int(c[0].shape[0]) for c in calls)
+    samples = sum(int(c[0].shape[0]) for c in calls) // max(steps_run, 1)
     note = (f"GPTQ on {len(done)} of {len(wanted)} layer(s) (damping {damp}, act-order {'on' if act_order else 'off'}, "
-            f"Gaussian-clip scales; Hessians of the transformed inputs over {samples} sample-steps of the trajectory "
-            f"recorded on {source})")
+            f"Gaussian-clip scales; Hessians of the transformed inputs on {samples} calibration sample(s) x "
+            f"{steps_run} step(s) of the trajectory recorded on {source})")
     if len(done) < len(wanted):
         note += f"; {len(wanted) - len(done)} layer(s) never ran there and keep round-to-nearest weights"
     return found, note

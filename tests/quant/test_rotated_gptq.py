@@ -106,12 +106,15 @@ def test_all_zero_inputs_give_round_to_nearest_and_no_nan(layer):
 
 
 def test_option_checks():
-    check_options("qdit4sr", True, 0.01, False)
+    check_options("qdit4sr", True, 0.01, False, 4)
     for bad in ({"gptq": "yes"}, {"act_order": 1}):
         with pytest.raises(UserError, match="gptq and act_order must be true or false"):
-            check_options("quarot", **{"gptq": True, "damp": 0.01, "act_order": False, **bad})
+            check_options("quarot", **{"gptq": True, "damp": 0.01, "act_order": False, "samples": 0, **bad})
     for damp in (0.0, -1.0, 2.0, float("nan"), True):
         with pytest.raises(UserError, match=r"svdquant: damp must be a number in \(0, 1\]"):
-            check_options("svdquant", True, damp, False)
+            check_options("svdquant", True, damp, False, 0)
+    for samples in (-1, 2.5, True):
+        with pytest.raises(UserError, match="gptq_samples must be an integer >= 0"):
+            check_options("qdit4sr", True, 0.01, False, samples)
     with pytest.raises(UserError, match="--calib"):
         require_calibration("qdit4sr", None)

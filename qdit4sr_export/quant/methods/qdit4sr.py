@@ -72,6 +72,7 @@ class QDiT4SRConfig:
     gptq: bool = False
     damp: float = 0.01
     act_order: bool = False
+    gptq_samples: int = 4  # calibration samples (the first) whose trajectory GPTQ's Hessians follow (0: all)
 
     def __post_init__(self) -> None:
         if self.wbits is not None:
@@ -93,7 +94,7 @@ class QDiT4SRConfig:
         if self.group_size < 0 or self.alpha_points < 1 or self.rows_per_step < 1:
             raise UserError("qdit4sr: group_size >= 0 (0: per-row and per-token scales), alpha_points >= 1 and "
                             "rows_per_step >= 1")
-        check_options("qdit4sr", self.gptq, self.damp, self.act_order)
+        check_options("qdit4sr", self.gptq, self.damp, self.act_order, self.gptq_samples)
 
     def wants_calibration(self) -> bool:
         """Whether a plan uses calibration data (VaTMP, the smoothing search, or GPTQ)."""
@@ -236,8 +237,8 @@ def make_plan(
     def gptq(source: str) -> None:
         """GPTQ every active layer's residual on the recorded trajectory (issue 33)."""
         found, note = run_gptq(model, calls, layer_plans({n: (None,) * steps for n in names}), ctx.weight, tensors,
-                               damp=config.damp, act_order=config.act_order, layers=active, source=source,
-                               progress=progress)
+                               config=config, steps_run=steps - ctx.first_step(config.start_sigma), layers=active,
+                               source=source, progress=progress)
         tensors.update(found)
         notes.append(note)
 
@@ -249,7 +250,8 @@ def make_plan(
             notes.append("VaTMP off: no calibration data; static activation bits at every timestep")
         if config.gptq:
             if not config.smoothing:
-                calls += trajectory_block_inputs(model, calibration, progress=progress, **trajectory(config))
+                calls += trajectory_block_inputs(model, calibration.head(config.gptq_samples or len(calibration)),
+                                                 progress=progress, **trajectory(config))
             gptq("the smoothing search's FP pass" if config.smoothing else "an FP pass of its own")
         return plan_with({n: (int(config.abits),) * steps for n in names}, notes)
 

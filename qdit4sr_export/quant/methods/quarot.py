@@ -20,10 +20,11 @@ class QuaRotConfig(CalibratedConfig):
     gptq: bool = False
     damp: float = 0.01
     act_order: bool = False
+    gptq_samples: int = 4  # calibration samples (the first) whose trajectory GPTQ's Hessians follow (0: all)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_options("quarot", self.gptq, self.damp, self.act_order)
+        check_options("quarot", self.gptq, self.damp, self.act_order, self.gptq_samples)
 
     def wants_calibration(self) -> bool:
         """Only the GPTQ variant uses calibration data."""
@@ -49,7 +50,9 @@ def build_quarot(model, config: QuaRotConfig, *, calibration=None, progress: boo
     require_calibration("quarot", calibration)
     ctx.require_weights("GPTQ")
     calibration.check(model.config, "calibration inputs")
-    calls = trajectory_block_inputs(model, calibration, progress=progress, **trajectory(config))
-    found, note = run_gptq(model, calls, layers, ctx.weight, {}, damp=config.damp, act_order=config.act_order,
-                           source="an FP pass of its own", progress=progress)
+    calls = trajectory_block_inputs(model, calibration.head(config.gptq_samples or len(calibration)),
+                                    progress=progress, **trajectory(config))
+    found, note = run_gptq(model, calls, layers, ctx.weight, {}, config=config,
+                           steps_run=ctx.steps - ctx.first_step(config.start_sigma), source="an FP pass of its own",
+                           progress=progress)
     return ctx.plan("quarot", config, stored(layers, found), notes=[note], tensors=found)

@@ -23,13 +23,14 @@ class SVDQuantConfig(CalibratedConfig):
     gptq: bool = False
     damp: float = 0.01
     act_order: bool = False
+    gptq_samples: int = 4  # calibration samples (the first) whose trajectory GPTQ's Hessians follow (0: all)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.svd_rank < 0 or self.group_size < 0 or self.alpha_points < 1 or self.rows_per_step < 1:
             raise UserError("svdquant: svd_rank >= 0, group_size >= 0 (0: per-row scales), alpha_points >= 1 "
                             "and rows_per_step >= 1")
-        check_options("svdquant", self.gptq, self.damp, self.act_order)
+        check_options("svdquant", self.gptq, self.damp, self.act_order, self.gptq_samples)
 
 
 def _group(size: int, width: int) -> int | None:
@@ -81,7 +82,8 @@ def build_svdquant(model, config: SVDQuantConfig, *, calibration=None, progress:
     if unseen:
         notes.append(f"{len(unseen)} layer(s) never ran on calibration data (unused outputs): not smoothed")
     if config.gptq:
-        found, note = run_gptq(model, calls, layers, ctx.weight, tensors, damp=config.damp, act_order=config.act_order,
+        found, note = run_gptq(model, calls, layers, ctx.weight, tensors, config=config,
+                               steps_run=ctx.steps - ctx.first_step(config.start_sigma),
                                source="the smoothing search's FP pass", progress=progress)
         tensors.update(found)
         layers = stored(layers, found)
