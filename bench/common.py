@@ -49,8 +49,9 @@ def commit_date(path: Path | str) -> str | None:
 def write_result(name: str, result: dict) -> Path:
     """Write ``bench/results/<name>.json`` with the command that made it, the machine and the date (UTC) first;
     ``bench/render.py`` turns the results into the docs' benchmark pages. Returns the path."""
+    # this run's date: the date_source of an earlier result's later stamp does not carry over
     stamped = {"command": invocation(), "machine": machine(), "date": today(),
-               **{k: v for k, v in result.items() if k not in ("command", "machine", "date")}}
+               **{k: v for k, v in result.items() if k not in ("command", "machine", "date", "date_source")}}
     path = ROOT / "bench" / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stamped, indent=1) + "\n")
@@ -84,16 +85,3 @@ def joined(values, fmt: str = ".1f") -> str:
 
 def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
     return float(10 * torch.log10(ref.pow(2).sum() / (ref - approx).pow(2).sum()))
-
-
-def update_benchmarks_md(key: str, section: str) -> None:
-    """Replace (or append) the block between ``<!-- key:begin -->`` and ``<!-- key:end -->``."""
-    path = ROOT / "BENCHMARKS.md"
-    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from the script named beside it.\n\n"
-    block = f"{begin}\n{section}{end}"
-    if begin in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)

@@ -13,7 +13,7 @@ extrapolation. The "2-block time x 12" column is a projection
 positional table), and the full-size rows say how close it is.
 
 Rows are kept by (model, method) in bench/results/full_size_methods.json, so a later run of some methods replaces
-only their rows; every row has its own command and time. Writes the "Full size: methods" section of BENCHMARKS.md.
+only their rows; every row has its own command and time; ``render(result)`` gives its page.
 
 Run: nice -n 10 python bench/full_size_methods.py WORKDIR [--methods svdquant,ptq4dit,...] [--full-methods ...]
      [--cap-minutes 20] [--cap-rss-gb 18] [--min-available-gb 14]
@@ -32,7 +32,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, machine, provenance, today
 from full_size import timed
 
 CALIB = ROOT / "qdit4sr_export" / "data" / "calib"
@@ -207,15 +207,16 @@ def _earlier_qdit4sr() -> dict | None:
             "last_progress_line": "", "source": "bench/full_size_calibration.py"}
 
 
-def section(result: dict) -> str:
+def render(result: dict) -> str:
+    """The page: each method's plan at 2 and 24 blocks (time, peak RSS, load, how far a stopped run got)."""
     rows = {(r["model"], r["method"]): r for r in result["rows"]}
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
     small, full = f"{BLOCKS} blocks", f"{FULL_BLOCKS} blocks"
     earlier = _earlier_qdit4sr()
     if earlier and (full, "qdit4sr") not in rows and (result["steps"], result["calib_count"]) == (4, 2):
         rows[(full, "qdit4sr")] = earlier
-    lines = [f"`{result['command']}` on {result['machine']}, 2 cores shared with other work (the load columns are "
-             "the mean 1-minute load average while the run ran: above 2, it shared the cores). Each row is the real "
+    lines = [provenance(result), "",
+             "2 cores shared with other work (the load columns are the mean 1-minute load average while the run ran: above 2, it shared the cores). Each row is the real "
              "`qdit4sr-export plan` (commands below the table) on a random heavy-tailed checkpoint in the released "
              f"layout: dit4sr-medium ({FULL_BLOCKS} blocks, 2.7 B parameters) or the same widths with {BLOCKS} blocks "
              f"(`examples/make_random_dit4sr.py dit4sr-medium OUT --heavy-tailed --blocks {BLOCKS}`); "
@@ -242,7 +243,7 @@ def section(result: dict) -> str:
               f"WORKDIR/checkpoint-{BLOCKS}blocks):", ""]
     lines += [f"- {m}: `{c}`" for m, c in dict.fromkeys((r["method"], r["command"].replace(f"-{BLOCKS}blocks", ""))
                                                         for r in result["rows"])]
-    return "## Full size: methods (issue 16)\n\n" + "\n".join(lines) + "\n\n"
+    return "# Full size: methods\n\n" + "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -255,16 +256,14 @@ def main() -> None:
     parser.add_argument("--cap-minutes", type=float, default=20.0, help="per-run wall-clock cap")
     parser.add_argument("--cap-rss-gb", type=float, default=18.0, help="per-run cap on the tree's anonymous RSS")
     parser.add_argument("--min-available-gb", type=float, default=14.0, help="wait for this much free memory first")
-    parser.add_argument("--section-only", action="store_true", help="rewrite the BENCHMARKS.md section from the JSON")
     args = parser.parse_args()
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {"rows": []}
     result.update({"command": "nice -n 10 python bench/full_size_methods.py WORKDIR", "machine": machine(),
-                   "steps": args.steps, "calib_count": args.calib_count})
+                   "date": today(), "steps": args.steps, "calib_count": args.calib_count})
+    result.pop("date_source", None)  # this run's date replaces a stamped one
     small_ckpt, full_ckpt = args.workdir / f"checkpoint-{BLOCKS}blocks", args.workdir / "checkpoint"
     runs = [(f"{BLOCKS} blocks", small_ckpt, m) for m in filter(None, args.methods.split(","))]
     runs += [(f"{FULL_BLOCKS} blocks", full_ckpt, m) for m in filter(None, args.full_methods.split(","))]
-    if args.section_only:
-        runs = []
     if any(c == full_ckpt for _, c, _ in runs) and not (full_ckpt / "transformer").is_dir():
         raise SystemExit(f"{args.workdir}: expected checkpoint/ (bench/full_size.py --keep, or "
                          "examples/make_random_dit4sr.py dit4sr-medium WORKDIR/checkpoint --heavy-tailed)")
@@ -277,9 +276,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "stderr_tail"}), flush=True)
         result["rows"] = [r for r in result["rows"] if (r["model"], r["method"]) != (model, method)] + [row]
         RESULT.write_text(json.dumps(result, indent=1) + "\n")
-        update_benchmarks_md("full_size_methods", section(result))
-    update_benchmarks_md("full_size_methods", section(result))
-    print(section(result))
+    print(render(result))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ average is recorded before and after each run (other jobs share the 2 cores); ``
 single-threaded, whose CPU time bounds a quiet machine's wall time. The plan is then applied to
 the model (the torch simulation) and compared with the FP model's output on held-out inputs: LR latents of
 two crops of the held-out photos in examples/lr, noised to the pipeline's start sigma, at its first step.
-Writes bench/results/methods.json and the "Methods" section of BENCHMARKS.md.
+Writes bench/results/methods.json (``common.write_result``; a run of some methods or settings writes
+methods_partial.json); ``render(result)`` gives its page.
 Run: python bench/methods.py   (about 30 minutes on a quiet 2-core CPU)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, machine, sqnr_db, update_benchmarks_md
+from common import ROOT, provenance, sqnr_db, table, write_result
 
 from qdit4sr_export.model import load_dit4sr
 from qdit4sr_export.model.folder import pipeline_trajectory
@@ -36,11 +36,10 @@ from qdit4sr_export.quant.methods import method_names
 from qdit4sr_export.quant.plan import QuantPlan
 from qdit4sr_export.quant.simulate import apply_plan
 
-COMMAND = "python bench/methods.py"
 MODEL = ROOT / "examples" / "dit4sr-tiny"
 CALIB = ROOT / "qdit4sr_export" / "data" / "calib"
 PLAN = [sys.executable, "-m", "qdit4sr_export", "plan", str(MODEL), "--calib", str(CALIB), "--json"]
-BUDGET_S = {"qdit4sr": 60}  # issue 18: qdit4sr within 1 minute, every other method within 5
+BUDGET_S = {"qdit4sr": 60}  # the plan-time goal: qdit4sr within 1 minute, every other method within 5
 DEFAULT_BUDGET_S = 300
 
 
@@ -99,21 +98,27 @@ def run(names: list[str], settings: list[int], env: dict[str, str]) -> list[dict
     return rows
 
 
-def markdown(rows: list[dict], results: dict) -> str:
-    t = results["trajectory"]
-    lines = ["## Methods (issue 4; plan times issue 18)", "",
-             f"Command: `{results['command']}`. Machine: {results['machine']}. Date: {results['date']}. Model: "
-             f"examples/dit4sr-tiny ({results['fp_params_m']} M parameters); `plan` with `--calib "
+def render(result: dict) -> str:
+    """The page: each method's distance to the FP output, size and plan time."""
+    t = result["trajectory"]
+    lines = ["# Methods on the example model", "", provenance(result), "",
+             f"Model: examples/dit4sr-tiny ({result['fp_params_m']} M parameters); `qdit4sr-export plan` with `--calib "
              f"qdit4sr_export/data/calib` (32 crops, the default), on the pipeline's trajectory: {t['steps']}-step "
-             f"grid, start sigma {t['start_sigma']} ({t['steps_run']} steps run). Plan time: the whole command, "
-             "wall clock. SQNR: the simulated plan's output against the FP model's on 2 held-out LR crops "
-             "(examples/lr) at the pipeline's first step. CPU: user + system time of the command. Load: the "
+             f"grid, start sigma {t['start_sigma']} ({t['steps_run']} steps run); `--wbits auto` for qdit4sr (VaSMP), "
+             "`--wbits 4` for the others. Plan time: the whole command, wall clock. SQNR: the simulated plan's output "
+             "against the FP model's on 2 held-out LR crops (examples/lr) at the pipeline's first step. Params (M): "
+             "32-bit parameter units (a b-bit weight counts b/32, FP low-rank branches 1). CPU: user + system time "
+             "of the command. Budget: the plan-time goal (qdit4sr within 1 minute, the others within 5). Load: the "
              "1-minute load average before and after the run (2 cores; above 2 means other jobs were running). "
-             f"Plan threads: {results['threads']}.", "",
-             "| setting | method | SQNR vs FP (dB) | Params (M) | plan wall (s) | plan CPU (s) | budget (s) | "
-             "load before / after |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {r['method']} | {r['sqnr_db']} | {r['params_m']} | {r['plan_s']} | "
-              f"{r['plan_cpu_s']} | {r['budget_s']} | {r['load_before']} / {r['load_after']} |" for r in rows]
+             f"Plan threads: {result['threads']}.", "",
+             *table(["setting", "method", "SQNR vs FP (dB)", "Params (M)", "plan wall (s)", "plan CPU (s)",
+                     "budget (s)", "load before / after"],
+                    [[r["setting"], r["method"], r["sqnr_db"], r["params_m"], r["plan_s"], r["plan_cpu_s"],
+                      r["budget_s"], f"{r['load_before']} / {r['load_after']}"] for r in result["rows"]])]
+    notes = [(r["setting"], r["method"], note) for r in result["rows"] for note in r.get("notes", [])]
+    if notes:
+        lines += ["", "What each plan reported (its notes):", ""]
+        lines += [f"- {setting} {method}: {note}" for setting, method, note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -134,16 +139,9 @@ def main() -> None:
     _, sigmas = flow_schedule(trajectory["steps"], shift=trajectory.get("shift", 3.0))
     trajectory["steps_run"] = trajectory["steps"] - start_index(sigmas, trajectory["start_sigma"])
     fp_params_m = round(sum(p.numel() for p in load_dit4sr(MODEL).parameters()) / 1e6, 3)
-    command = COMMAND + (f" --threads {args.threads}" if args.threads is not None else "")
-    results = {"command": command, "machine": machine(), "threads": torch.get_num_threads(),
-               "date": time.strftime("%Y-%m-%d"),
-               "fp_params_m": fp_params_m, "trajectory": trajectory, "rows": rows}
-    complete = args.methods is None and args.abits == "6,4"  # only a complete run replaces the table
-    out = ROOT / "bench" / "results" / ("methods.json" if complete else "methods_partial.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    if complete:
-        update_benchmarks_md("methods", markdown(rows, results))
+    results = {"threads": torch.get_num_threads(), "fp_params_m": fp_params_m, "trajectory": trajectory, "rows": rows}
+    complete = args.methods is None and args.abits == "6,4"  # only a complete run replaces the page's result
+    print(f"wrote {write_result('methods' if complete else 'methods_partial', results)}")
 
 
 if __name__ == "__main__":

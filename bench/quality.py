@@ -4,8 +4,8 @@ quantization method (Q-DiT4SR and its ablations, the comparators) at W4A6 and W4
 Held-out crops: 128 px HR crops of scikit-image photos never used in training (chelsea, rocket, camera,
 grass), degraded by the training chain (blur, bicubic /4, noise, JPEG). Quantized models run as the torch
 simulation of their plan (the oracle every lowering is tested against); calibration is the packaged LR
-photos through the model's autoencoder, as `build` does. Writes bench/results/quality.json, PNGs in
-bench/results/, and the "Quality" section of BENCHMARKS.md.
+photos through the model's autoencoder, as `build` does. Writes bench/results/quality.json
+(``common.write_result``) and PNGs in bench/results/; ``render(result)`` gives its page.
 Run: python bench/quality.py   (about 10 minutes on 2 CPU threads)
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, machine, update_benchmarks_md
+from common import ROOT, provenance, table, write_result
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "examples"))
@@ -33,7 +33,6 @@ from qdit4sr_export.quant.calibration import CalibrationInputs  # noqa: E402
 from qdit4sr_export.quant.methods import get_method, make_config, method_names  # noqa: E402
 from qdit4sr_export.report.metrics import image_metrics, psnr, to_255  # noqa: E402
 
-COMMAND = "python bench/quality.py"
 MODEL = ROOT / "examples" / "dit4sr-tiny"
 OUT = ROOT / "bench" / "results"
 #: Q-DiT4SR ablations as in the paper's Table 3: baseline = SVD-G only, 4-bit weights, static activation bits.
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=MODEL, help="pipeline folder (default: the example model)")
     parser.add_argument("--start-sigma", type=float, default=None,
                         help="override the model's start sigma (a larger one gives the model more of the output); "
-                             "results then go to quality_s<sigma>.json and their own BENCHMARKS.md section")
+                             "results then go to quality_s<sigma>.json and a page of their own")
     parser.add_argument("--methods", default=None, help="comma-separated method names (default: all)")
     args = parser.parse_args(argv)
     from qdit4sr_export.model import load_dit4sr
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     fp = super_resolve(SRPipeline(TorchRunner(model), assets), lrs)
     fp_seconds = time.perf_counter() - start
-    result = {"command": COMMAND, "machine": machine(), "model": folder.name, "pipeline": config,
+    result = {"model": folder.name, "pipeline": config,
               "crops": len(hrs), "bicubic": image_metrics(bicubic, hrs), "fp": image_metrics(fp, hrs),
               "fp_seconds_per_image": round(fp_seconds / len(hrs), 2), "methods_arg": args.methods, "methods": []}
     print(json.dumps({k: result[k] for k in ("bicubic", "fp")}), flush=True)
@@ -144,18 +143,17 @@ def main(argv: list[str] | None = None) -> None:
             plot_weight_bits(plan, OUT / "quality_vasmp_bits.png", title="VaSMP weight bits, W4, example model")
             plot_abits_heatmap(plan, OUT / "quality_vatmp_heatmap.png", runs=runs,
                                title="VaTMP activation bits (block mean), W4A4, example model")
-    (OUT / f"quality{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_section(result, suffix)
+    print(f"wrote {write_result('quality' + suffix, result)}")
 
 
 def ablation_tables(methods: list[dict]) -> list[str]:
     """The Q-DiT4SR ablation rows laid out as the paper's Table 3 (W4A6) and Table 4 (W4A4)."""
     lines = []
-    for setting, table in (("W4A6", "Table 3"), ("W4A4", "Table 4")):
+    for setting, paper_table in (("W4A6", "Table 3"), ("W4A4", "Table 4")):
         rows = [r for r in methods if r["setting"] == setting and r["method"].startswith("qdit4sr ")]
         if not rows:
             continue
-        lines += ["", f"Ablation at {setting}, laid out as the paper's {table} (PSNR, SSIM, GMS and HF ratio against "
+        lines += ["", f"Ablation at {setting}, laid out as the paper's {paper_table} (PSNR, SSIM, GMS and HF ratio against "
                   "HR; the paper reports no-reference IQA scores, which need network weights):", "",
                   "| methods | PSNR | SSIM | GMS | HF ratio | PSNR vs FP |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['method'].removeprefix('qdit4sr ').replace('+', ' +').strip()} | {r['psnr']} | {r['ssim']} | "
@@ -176,35 +174,35 @@ def schedule_text(schedule: dict | None) -> list[str]:
     return lines
 
 
-def write_section(result: dict, suffix: str = "") -> None:
-    b, f = result["bicubic"], result["fp"]
-    command = COMMAND + (f" --methods {result['methods_arg']}" if result.get("methods_arg") else "") + \
-        (f" --start-sigma {result['pipeline']['start_sigma']}" if suffix else "")
-    title = "## Quality on held-out photos (issue 8)" + (f", start sigma {result['pipeline']['start_sigma']}" if suffix else "")
-    lines = [title, "", f"Command: `{command}`. Machine: {result['machine']}.", "",
+def render(result: dict) -> str:
+    """The page: bicubic and the FP model against HR, every quantized method, the ablation tables, VaTMP's schedule."""
+    b, f, pipeline = result["bicubic"], result["fp"], result["pipeline"]
+    resampled = "--start-sigma" in result["command"]  # a run at another start sigma: no PNGs, no schedule
+    lines = ["# Quality on held-out photos" + (f", start sigma {pipeline['start_sigma']}" if resampled else ""), "",
+             provenance(result), "",
              f"{result['crops']} held-out 128 px crops (scikit-image chelsea, rocket, camera, grass; never used in "
-             f"training), LR by the training degradation chain. Pipeline: {result['pipeline']['steps']} steps, "
-             f"start sigma {result['pipeline']['start_sigma']}, guidance {result['pipeline']['guidance_scale']}, "
-             f"colour fix {result['pipeline']['color_fix']}. GMS: gradient-magnitude similarity to HR. HF ratio: "
-             "spectral energy above the LR Nyquist limit, output / HR (1 = as much fine detail as the HR photo).", "",
-             "| | PSNR (dB) | SSIM | GMS | HF ratio |", "|---|---|---|---|---|",
-             f"| bicubic | {b['psnr']} | {b['ssim']} | {b['gms']} | {b['hf_ratio']} |",
-             f"| example model (FP) | {f['psnr']} | {f['ssim']} | {f['gms']} | {f['hf_ratio']} |", "",
-             *(["Side by side (LR nearest x4 | bicubic | FP model | HR): `bench/results/quality_side_by_side.png`.", ""]
-               if not suffix else []),
-             "Quantized (torch simulation of each plan; PSNR vs FP is against the FP model's output):", "",
-             "| setting | method | PSNR vs HR | SSIM | GMS | HF ratio | PSNR vs FP | Params (M) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in result["methods"]:
-        lines.append(f"| {r['setting']} | {r['method']} | {r['psnr']} | {r['ssim']} | {r['gms']} | {r['hf_ratio']} | "
-                     f"{r['psnr_vs_fp']} | {r['params_m']} |")
+             f"training) of the example model `{result['model']}`, LR by the training degradation chain. Pipeline: "
+             f"{pipeline['steps']} steps, start sigma {pipeline['start_sigma']}, guidance {pipeline['guidance_scale']}, "
+             f"colour fix {pipeline['color_fix']}. GMS: gradient-magnitude similarity to HR. HF ratio: spectral energy "
+             "above the LR Nyquist limit, output / HR (1 = as much fine detail as the HR photo).", "",
+             *table(["", "PSNR (dB)", "SSIM", "GMS", "HF ratio"],
+                    [[name, m["psnr"], m["ssim"], m["gms"], m["hf_ratio"]]
+                     for name, m in (("bicubic", b), ("example model (FP)", f))]), "",
+             *([] if resampled else
+               ["Side by side (LR nearest x4 | bicubic | FP model | HR): `bench/results/quality_side_by_side.png`.", ""]),
+             "Quantized (torch simulation of each plan, the oracle every lowering is tested against; PSNR vs FP is "
+             "against the FP model's output; Params (M), the paper's measure: 32-bit parameter units, a b-bit weight "
+             "counting b/32, FP low-rank branches and unquantized parameters 1):", "",
+             *table(["setting", "method", "PSNR vs HR", "SSIM", "GMS", "HF ratio", "PSNR vs FP", "Params (M)"],
+                    [[r["setting"], r["method"], r["psnr"], r["ssim"], r["gms"], r["hf_ratio"], r["psnr_vs_fp"],
+                      r["params_m"]] for r in result["methods"]])]
     lines += ablation_tables(result["methods"])
-    if not suffix:
+    if not resampled:
         lines += schedule_text(result.get("vatmp_schedule"))
         lines += ["", "Plots: `bench/results/quality_vatmp_heatmap.png` (VaTMP activation bits over blocks x grid steps, "
                   "W4A4; grey: steps the pipeline does not run), `bench/results/quality_vasmp_bits.png` (VaSMP "
                   "weight bits per layer)."]
-    update_benchmarks_md("quality" + suffix.replace(".", ""), "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
