@@ -51,7 +51,7 @@ def test_a_result_renders_to_its_page_index_and_summary(render, tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / ".gitignore").write_text("results/*_quick.json\n")
     (results / "storage.json").write_text(json.dumps(storage_result(date="2030-01-02")))
-    (results / "undated.json").write_text(json.dumps(storage_result()))
+    (results / "stamped.json").write_text(json.dumps(storage_result(date="2029-05-06", date_source="a later stamp")))
     (results / "storage_quick.json").write_text(json.dumps(storage_result(date="2030-01-02")))  # ignored: no page
     (pages / "gone.md").write_text("a page whose result was deleted\n")
     (pages / "storage_quick.md").write_text("a page of a result git now ignores\n")
@@ -63,21 +63,22 @@ def test_a_result_renders_to_its_page_index_and_summary(render, tmp_path):
     assert lines[2] == "# Artifact size"
     assert "Command: `python bench/storage.py`. Machine: Test CPU, 2 threads. Date: 2030-01-02." in page
     assert "| dit4sr-small (seeded) | W4A4 | 30.00 MB | 15.00 MB | 2.00x | 18.00 MB | 11.00 MB |" in page
-    # a result without a date that git has no commit of says so instead of inventing one
-    assert "Date: not recorded (the result is not committed yet)." in target.files[pages / "undated.md"]
+    # a date stamped after the run: the page and the index say where it came from
+    assert "Date: 2029-05-06 (a later stamp; the run recorded no date)." in target.files[pages / "stamped.md"]
     index = target.files[pages / "index.md"]
     assert "| [Artifact size](storage.md) | Artifact size: engine-set bytes against the FP checkpoint" in index
     assert "| `python bench/storage.py` | Test CPU, 2 threads | 2030-01-02 |" in index
+    assert "| `python bench/storage.py` | Test CPU, 2 threads | 2029-05-06 (a later stamp) |" in index
     assert "| [Artifact size](docs/benchmarks/storage.md) | 2030-01-02 |" in target.files[summary]
     assert "storage_quick" not in index
     assert target.stale == [pages / "gone.md", pages / "storage_quick.md"]
 
     assert sorted(render.check(target)) == sorted(
-        [f"{p}: missing" for p in (pages / "storage.md", pages / "undated.md", pages / "index.md", summary)]
+        [f"{p}: missing" for p in (pages / "storage.md", pages / "stamped.md", pages / "index.md", summary)]
         + [f"{pages / name}: stale (its result is gone)" for name in ("gone.md", "storage_quick.md")])
     render.write(target)
     assert render.check(render.plan(results, pages, summary, BENCH)) == []
-    assert sorted(p.name for p in pages.iterdir()) == ["index.md", "storage.md", "undated.md"]
+    assert sorted(p.name for p in pages.iterdir()) == ["index.md", "stamped.md", "storage.md"]
     (results / "storage.json").write_text(json.dumps(storage_result(date="2030-01-03")))
     assert render.check(render.plan(results, pages, summary, BENCH)) == [
         f"{pages / 'storage.md'}: out of date", f"{pages / 'index.md'}: out of date", f"{summary}: out of date"]
@@ -89,13 +90,17 @@ def test_a_result_that_cannot_be_rendered_is_named_and_keeps_its_page(render, tm
     pages.mkdir()
     (pages / "old.md").write_text("rendered before\n")
     (results / "old.json").write_text(json.dumps({"command": "nice -n 10 python bench/no_such_script.py WORKDIR"}))
-    (results / "broken.json").write_text(json.dumps({"command": "python bench/storage.py", "machine": "m"}))
+    (results / "broken.json").write_text(json.dumps({"command": "python bench/storage.py", "machine": "m",
+                                                     "date": "2030-01-02"}))
+    (results / "undated.json").write_text(json.dumps(storage_result()))  # no date, and git is never asked for one
     target = render.plan(results, pages, None, BENCH)
     assert target.stale == []
     assert target.problems == [
         "bench/results/broken.json: bench/storage.py render() failed on it: KeyError: 'small'",
         "bench/results/old.json: bench/no_such_script.py, which made it, is not in the tree (delete the result, or "
-        "restore it)"]
+        "restore it)",
+        "bench/results/undated.json: it records no date (bench/common.write_result stamps one; an older result needs "
+        "a `date` and a `date_source` saying where that date came from)"]
     assert set(target.problems) <= set(render.check(target))
 
 
