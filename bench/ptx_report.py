@@ -2,8 +2,8 @@
 
 For each distinct layer shape of dit4sr-medium's Q-DiT4SR plan at W4A4 and W8A8 (per token and with groups of
 128) and W4 with float activations: the plugins' AOT PTX of every tactic (what TensorRT is handed, checked
-against plugins/trt_contract.py) and the triton backend's compile of the same tiles (Triton's JIT specialization:
-16-byte aligned tensors, M = 8192). Per row: registers, spill bytes and stack (``ptxas -v`` of the ptxas Triton
+against plugins/trt_contract.py, compiled for 16-byte aligned tensors as its alignment rule assumes) and the
+triton backend's compile of the same tiles (Triton's JIT specialization: 16-byte aligned tensors, M = 8192). Per row: registers, spill bytes and stack (``ptxas -v`` of the ptxas Triton
 ships), dynamic shared memory (Triton's metadata), PTX version and target, whether the code uses non-bulk async
 copies (cp.async), TMA (cp.async.bulk.tensor) and int8 wgmma, and whether inside a loop; ``trt_params`` lists
 what TensorRT passes, in order. No GPU is needed: these are proxies of speed, not timings.
@@ -90,11 +90,13 @@ def _tiles(s: dict) -> str:
 
 def render(result: dict) -> str:
     s = result["summary"]
-    lines = ["## PTX report (issue 30)", "",
+    lines = ["## PTX report", "",
              f"{provenance(result)} Compiled for "
              f"{result['gpu_target']} with Triton {result['triton']} ({result['ptxas']}), PTX ISA "
              f"{result['ptx_isa']}; no GPU involved: registers and spills from `ptxas -v`, shared memory from "
-             "Triton's metadata. `trt-aot`: the plugins' PTX as TensorRT gets it (no alignment assumed); "
+             "Triton's metadata. `trt-aot`: the plugins' PTX as TensorRT gets it, compiled for 16-byte aligned "
+             "tensors (the launch contract's alignment rule: the assumption NVIDIA's TensorRT-LLM Triton plugin "
+             "generator makes; TensorRT documents 256-byte alignment only for the engine's own inputs and outputs); "
              "`triton`: the backend's JIT compile of the same tiles (16-byte aligned tensors, M = 8192). "
              "cp.async / TMA / wgmma: `loop` when used inside a loop, `yes` elsewhere only. Kernels compiled from "
              f"commit {result['source']['commit'][:10]}"

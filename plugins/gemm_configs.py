@@ -19,8 +19,8 @@ from qdit4sr_export.plugins import gemm_table
 from qdit4sr_export.plugins.packing import weight_storage
 from qdit4sr_export.plugins.triton_env import next_pow2
 
-#: Token counts bounding each bucket of the table (the last bucket is every larger M).
-TOKEN_BUCKETS = (64, 1024, 1 << 62)
+#: Token counts bounding each bucket of the table (the last: every larger M the kernels' int32 M takes).
+TOKEN_BUCKETS = (64, 1024, 2**31 - 1)
 #: TensorRT's ahead-of-time launch does not opt in to more than the default 48 KiB of dynamic shared memory.
 SHARED_LIMIT = 48 * 1024
 

@@ -3,12 +3,18 @@ sm_90 (no GPU: ``ptxas -v`` registers and spills, Triton's shared memory, async 
 PTX), the rule that picks one by those proxies, and the text of ``gemm_table.py``. ``bench/kernel_configs.py``
 runs the sweep (``--sweep``) and, on a GPU, times the feasible candidates instead (``--retune``).
 
-The proxy rule, used while no GPU has timed the table: a candidate is feasible when it fits TensorRT's 48 KiB
-of dynamic shared memory, spills nothing, pipelines its main loop with async copies and (integer activations)
-multiplies on int8 ``wgmma``, in the triton backend's compile (16-byte aligned tensors) and in the plugins' AOT
-compile (no alignment assumed: shared memory and spills only). Among feasible tiles it prefers at least 3
-pipeline stages, then the larger output tile (bytes loaded per MMA: BM BN / (BM + BN)), then more stages, a
-longer K step, and fewer registers.
+The proxy rule, used while no GPU has timed the table: a candidate is feasible when, in both compiles (the triton
+backend's JIT and the plugins' AOT PTX), it fits TensorRT's 48 KiB of dynamic shared memory, spills nothing,
+pipelines its main loop with async copies and (integer activations) multiplies on int8 ``wgmma``. Among feasible
+tiles it prefers at least 3 pipeline stages, then the larger output tile (bytes loaded per MMA: BM BN / (BM + BN)),
+then more stages, a longer K step, and fewer registers.
+
+Alignment: both compiles assume 16-byte aligned tensors. Triton's JIT specializes the backend's launches on
+torch's aligned allocations; the plugins' PTX is compiled with every pointer divisible by 16, the assumption
+``trt_contract`` states as its alignment rule (NVIDIA's TensorRT-LLM Triton plugin generator declares every tensor
+so; TensorRT itself documents 256-byte alignment only for the engine's own input and output addresses), and a shape
+whose rows are not multiples of 16 bytes is refused when the plugin kernel is built. Without the assumption Triton
+cannot prove the alignment its 16-byte async copies need and loads most tiles through registers instead.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from qdit4sr_export.plugins.gemm_configs import SHARED_LIMIT, GemmKey, GemmTile,
 from qdit4sr_export.plugins.trt_ops import LowbitGemmAttrs
 
 #: (BM, BN, warps) of the candidate output tiles, K steps, pipeline stages and low-rank chunks.
-INT_TILES = ((64, 128, 4), (128, 128, 8), (128, 256, 8))
+INT_TILES = ((64, 64, 4), (64, 128, 4), (64, 128, 8), (128, 128, 8), (128, 256, 8))
 FLOAT_TILES = ((64, 64, 4), (64, 128, 4), (128, 128, 8))
 INT_K_STEPS, FLOAT_K_STEPS = (64, 128, 256), (32, 64)
 STAGES = (2, 3, 4)
@@ -97,9 +103,10 @@ def feasible(facts: dict, a_mode: int) -> bool:
     jit, aot = facts.get("triton", {}), facts.get("trt-aot")
     if "registers" not in jit or (aot is not None and "registers" not in aot):
         return False
-    fits = all(f["shared_bytes"] <= SHARED_LIMIT and f["spill_bytes"] == 0 for f in (jit, aot) if f is not None)
-    pipelined = jit["cp_async_in_loop"] or jit["tma_in_loop"]
-    return fits and pipelined and (a_mode == 2 or jit["wgmma_int8_in_loop"])
+    compiles = [f for f in (jit, aot) if f is not None]
+    return all(f["shared_bytes"] <= SHARED_LIMIT and f["spill_bytes"] == 0
+               and (f["cp_async_in_loop"] or f["tma_in_loop"]) and (a_mode == 2 or f["wgmma_int8_in_loop"])
+               for f in compiles)
 
 
 def score(facts: dict) -> tuple:
@@ -108,10 +115,25 @@ def score(facts: dict) -> tuple:
     return t.stages >= 3, t.bm * t.bn / (t.bm + t.bn), t.stages, t.bk, -facts["triton"]["registers"], -t.lc
 
 
+def ranked(all_facts: list[dict], a_mode: int) -> list[GemmTile]:
+    """The feasible candidates among ``all_facts``, the proxy rule's favourite first."""
+    ok = sorted((f for f in all_facts if feasible(f, a_mode)), key=score, reverse=True)
+    return [GemmTile(**f["tile"]) for f in ok]
+
+
 def select(all_facts: list[dict], a_mode: int) -> GemmTile | None:
     """The proxy rule's choice among candidates' facts (None when none is feasible)."""
-    ok = [f for f in all_facts if feasible(f, a_mode)]
-    return GemmTile(**max(ok, key=score)["tile"]) if ok else None
+    return next(iter(ranked(all_facts, a_mode)), None)
+
+
+def first_feasible(key: GemmKey, tiles: list[GemmTile], tokens: int) -> tuple[GemmTile | None, list[dict]]:
+    """The first of ``tiles`` feasible at ``key``'s own shape (facts can shift with N and K), and every fact read."""
+    attrs, tried = key_attrs(key), []
+    for tile in tiles:
+        tried.append(proxies(attrs, tile, tokens))
+        if feasible(tried[-1], key.a_mode):
+            return tile, tried
+    return None, tried
 
 
 def table_source(table: dict[GemmKey, GemmTile], note: str) -> str:

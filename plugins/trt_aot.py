@@ -1,7 +1,8 @@
 """The PTX a TensorRT AOT plugin hands over: a plugin kernel compiled by Triton for a named GPU (no GPU needed),
 made to obey TensorRT's launch contract (``trt_contract``) and checked against it.
 
-``compile_plugin_kernel``: compile at the contract's PTX ISA (Triton's ``ptx_version`` option), assert Triton's
+``compile_plugin_kernel``: refuse rows that are not multiples of 16 bytes, compile for 16-byte aligned tensors
+(the contract's alignment rule) at the contract's PTX ISA (Triton's ``ptx_version`` option), assert Triton's
 two scratch sizes are 0 and remove the two unreferenced scratch parameters Triton appends to the entry, name the
 plain target (``sm_90``) unless an ``a`` feature is used (``wgmma`` needs ``sm_90a``), then check the entry's
 parameters, shared memory and ISA. ``check_graph_kernels``: the same for every tactic of every plugin node of an
@@ -20,6 +21,7 @@ from qdit4sr_export.plugins.trt_contract import (
     TRITON_TRAILING_SCRATCH,
     check_entry,
     check_launch_metadata,
+    check_row_alignment,
     check_target_isa,
     isa_string,
     target_for_capability,
@@ -29,6 +31,7 @@ from qdit4sr_export.plugins.trt_launch import (
     KernelLaunch,
     lowbit_gemm_tactics,
     rotate_quantize_tactics,
+    row_bytes,
 )
 from qdit4sr_export.plugins.trt_ops import (
     DOMAIN,
@@ -77,8 +80,8 @@ def _triton_compile(launch: KernelLaunch, arch: int, attrs: dict | None):
 
 
 def aligned_attrs(launch: KernelLaunch) -> dict:
-    """Triton's JIT specialization for 16-byte aligned tensors (what the triton backend's launches get, torch's
-    allocations being aligned): every pointer parameter marked divisible by 16."""
+    """Every pointer parameter marked divisible by 16 (``trt_contract`` rule 9), as Triton's JIT specializes the
+    triton backend's launches of torch's aligned allocations."""
     names = list(launch.signature)
     return {(names.index(n),): [["tt.divisibility", 16]] for n, t in launch.signature.items() if t.startswith("*")}
 
@@ -88,7 +91,9 @@ def build_plugin_ptx(launch: KernelLaunch, arch: int = DEFAULT_ARCH) -> Compiled
     of the contract, Triton's scratch pointers removed (after checking both scratch sizes are 0), the plain target
     unless an ``a`` feature is used. Not yet checked against the contract (``compile_plugin_kernel`` does).
 
-    No alignment is assumed of the tensors (TensorRT documents none for plugin I/O), as in NVIDIA's sample."""
+    Every tensor is compiled as 16-byte aligned (``trt_contract`` rule 9: the assumption NVIDIA's TensorRT-LLM
+    Triton plugin generator makes), so the GEMM's main loop copies its tiles with ``cp.async``; a shape whose
+    rows are not multiples of 16 bytes is refused here, in one line."""
     key = repr((launch, arch))
     if key in _COMPILED:
         return _COMPILED[key]
@@ -96,7 +101,8 @@ def build_plugin_ptx(launch: KernelLaunch, arch: int = DEFAULT_ARCH) -> Compiled
     contract = CONTRACTS[KERNEL_PLUGIN[launch.kernel]]
     plain = target_for_capability(arch, False)
     check_target_isa(target_for_capability(arch, arch >= 90), where)
-    compiled = _triton_compile(launch, arch, None)
+    check_row_alignment(row_bytes(launch), where)
+    compiled = _triton_compile(launch, arch, aligned_attrs(launch))
     md = compiled.metadata
     check_launch_metadata(md, where)
     code, name = compiled.asm["ptx"], md.name

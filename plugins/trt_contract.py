@@ -9,6 +9,11 @@ Sources, cited at each rule:
   [facts]    shared/docs/measured-facts.md, "TensorRT's ahead-of-time plugin launch".
   [ptx-isa]  NVIDIA's PTX ISA manual, "Release notes" (which CUDA release introduced each PTX ISA version) and
              Triton's own table of the same (triton/backends/nvidia/compiler.py, ``ptx_get_version``).
+  [trtllm]   NVIDIA TensorRT-LLM's generator of TensorRT plugins from Triton kernels,
+             examples/openai_triton/plugin_autogen/kernel_config.py: every tensor argument is declared with
+             ``hints=['16', '16']`` (divisible by 16), which its generated plugin compiles into the kernel.
+  [trt-api]  TensorRT's C++ API, NvInferRuntime.h, ``IExecutionContext::setTensorAddress``: "The pointer must have
+             at least 256-byte alignment." (the engine's own input and output tensors).
 Nothing here imports TensorRT or needs a GPU.
 """
 
@@ -52,6 +57,14 @@ WARP_SIZE = 32
 # all, in the order the lowering writes them (the attribute dataclasses' field order).
 # Rule 8, tactics [sample]: custom tactics are small positive integers (its ``Tactic`` enum starts at 1).
 FIRST_TACTIC = 1
+# Rule 9, alignment [trtllm] [trt-api]: every tensor a plugin kernel receives starts on a 16-byte boundary, and the
+# plugins' PTX is compiled assuming so (Triton's ``tt.divisibility`` 16 on every pointer), which lets the GEMM's
+# main loop copy its tiles with 16-byte ``cp.async``. What NVIDIA documents is narrower: 256-byte alignment of the
+# engine's own input and output addresses [trt-api]; for the tensors TensorRT allocates between layers and passes to
+# plugins it documents none. The assumption is the one NVIDIA's own Triton plugin generator makes for every tensor
+# [trtllm]. Rows then stay aligned only when each row is a multiple of 16 bytes: a shape whose row is not is refused
+# when its kernel is built (``check_row_alignment``), rather than compiled into misaligned copies.
+TENSOR_ALIGNMENT = 16
 
 # PTX ISA and drivers [ptx-isa]: a driver JIT-compiles PTX up to the ISA of its CUDA release. The plugins' PTX is
 # compiled at ISA 8.4 (CUDA 12.4), so engines run with any driver of CUDA 12.4 or later.
@@ -106,6 +119,14 @@ def check_entry(contract: LaunchContract, params, shared_bytes: int, isa: tuple[
     if isa > PTX_ISA:
         raise UserError(f"{where}: PTX ISA {isa[0]}.{isa[1]} is newer than the supported {PTX_ISA[0]}.{PTX_ISA[1]} "
                         f"(CUDA {MIN_DRIVER_CUDA[0]}.{MIN_DRIVER_CUDA[1]}+ drivers)")
+
+
+def check_row_alignment(row_bytes: dict[str, int], where: str) -> None:
+    """Rule 9: refuse, in one line, a tensor whose rows are not a multiple of ``TENSOR_ALIGNMENT`` bytes."""
+    for name, size in row_bytes.items():
+        if size % TENSOR_ALIGNMENT:
+            raise UserError(f"{where}: rows of {name} are {size} bytes, not a multiple of {TENSOR_ALIGNMENT}; the "
+                            f"plugins' PTX assumes {TENSOR_ALIGNMENT}-byte aligned rows")
 
 
 def check_launch_metadata(metadata, where: str) -> None:

@@ -128,6 +128,24 @@ def lowbit_gemm_launch(a: LowbitGemmAttrs, tokens: int = TILE_TOKENS) -> KernelL
     return KernelLaunch("lowbit_gemm_plugin_kernel", signature, const, const["BM"], const["BN"], warps, stages)
 
 
+#: Bytes per element of the pointer types in the launches' signatures.
+ELEMENT_BYTES = {"*fp32": 4, "*fp16": 2, "*bf16": 2, "*i8": 1, "*u8": 1}
+
+
+def row_bytes(launch: KernelLaunch) -> dict[str, int]:
+    """Bytes per row of the tensors whose rows a kernel reads or writes as whole vectors: the GEMM's activations
+    (packed codes, int8 codes or float z), stored weights and output; rotate_quantize's input, codes and z."""
+    c = launch.constants
+    if launch.kernel == "lowbit_gemm_plugin_kernel":
+        k, n = c["K"], c["N"]
+        act = {0: ("codes", k // 2), 1: ("codes", k), 2: ("z", k)}[c["A_MODE"]]
+        rows = {act[0]: act[1], "w_codes": n // 2 if c["W_MODE"] == 0 else n, "y": n}
+    else:
+        n, bits = c["N"], c["BITS"]
+        rows = {"x": n, **({"codes": n // 2 if bits <= 4 else n} if bits else {}), **({"z": n} if c["STORE_Z"] else {})}
+    return {name: count * ELEMENT_BYTES[launch.signature[name]] for name, count in rows.items()}
+
+
 def tactics(launches: list[KernelLaunch]) -> dict[int, KernelLaunch]:
     """Distinct launches numbered as TensorRT tactics (from ``trt_contract.FIRST_TACTIC``), in first-seen order."""
     out: dict[int, KernelLaunch] = {}

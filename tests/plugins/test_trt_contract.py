@@ -15,6 +15,7 @@ from qdit4sr_export.plugins.trt_contract import (
     CONTRACTS,
     MAX_DYNAMIC_SHARED_BYTES,
     PTX_ISA,
+    TENSOR_ALIGNMENT,
     check_capability,
     check_driver,
     check_entry,
@@ -25,6 +26,7 @@ from qdit4sr_export.plugins.trt_launch import (
     lowbit_gemm_launch,
     lowbit_gemm_tactics,
     rotate_quantize_launch,
+    row_bytes,
     tactic_launch,
 )
 from qdit4sr_export.plugins.trt_ops import LOWBIT_GEMM, ROTATE_QUANTIZE, LowbitGemmAttrs, RotateQuantizeAttrs
@@ -79,7 +81,7 @@ def test_gemm_tactics_are_numbered_from_one_and_distinct():
     assert list(tactics) == list(range(1, len(tactics) + 1))
     assert all(a != b for i, a in tactics.items() for j, b in tactics.items() if i < j)
     assert tactic_launch(tactics, 0) is tactics[1] and tactic_launch(tactics, len(tactics)) is tactics[len(tactics)]
-    with pytest.raises(UserError, match=f"plugin tactic 99 is not one of the offered tactics \\[1"):
+    with pytest.raises(UserError, match="plugin tactic 99 is not one of the offered tactics \\[1"):
         tactic_launch(tactics, 99)
 
 
@@ -118,12 +120,31 @@ def test_entry_check_names_the_limit():
         check_entry(contract, good, 65536, PTX_ISA, "k")
     with pytest.raises(UserError, match="declares 14 parameters; TensorRT passes 12"):
         check_entry(contract, good + [EntryParam(".u64", True, "s0"), EntryParam(".u64", True, "s1")], 0, PTX_ISA, "k")
-    swapped = good[:10] + [good[11], good[10]]  # outputs before M: the pre-contract order
+    swapped = good[:10] + [good[11], good[10]]  # outputs before M: not the contract order
     with pytest.raises(UserError, match=r"parameter 10 \(.u64 pointer\) is not what TensorRT passes there "
                                         r"\(M, a scalar\)"):
         check_entry(contract, swapped, 0, PTX_ISA, "k")
     with pytest.raises(UserError, match="PTX ISA 9.4 is newer than the supported 8.4"):
         check_entry(contract, good, 0, (9, 4), "k")
+
+
+def test_rows_the_plugins_assume_aligned_are_checked_at_build():
+    """The plugins' PTX assumes 16-byte aligned tensors (trt_contract's alignment rule), so every row the kernels
+    read or write as vectors must be a multiple of 16 bytes; a shape that is not is refused in one line before
+    anything compiles."""
+    from qdit4sr_export.plugins.trt_aot import build_plugin_ptx
+
+    assert TENSOR_ALIGNMENT == 16
+    assert row_bytes(lowbit_gemm_launch(GEMM)) == {"codes": 768, "w_codes": 3072, "y": 24576}
+    assert row_bytes(rotate_quantize_launch(RQ)) == {"x": 6144, "codes": 768}
+    floats = LowbitGemmAttrs(k=1538, n=64, abits=0, wbits=4)  # float z rows: 4 x 1538 = 6152 bytes
+    assert row_bytes(lowbit_gemm_launch(floats)) == {"z": 6152, "w_codes": 32, "y": 256}
+    for attrs, name, size in ((LowbitGemmAttrs(k=1544, n=64, abits=4, wbits=4), "codes", 772), (floats, "z", 6152),
+                              (LowbitGemmAttrs(k=64, n=1544, abits=8, wbits=8), "w_codes", 1544)):
+        with pytest.raises(UserError, match=f"rows of {name} are {size} bytes, not a multiple of 16"):
+            build_plugin_ptx(lowbit_gemm_launch(attrs))
+    with pytest.raises(UserError, match="rows of x are 1544 bytes"):
+        build_plugin_ptx(rotate_quantize_launch(RotateQuantizeAttrs(n=386, bits=8)))
 
 
 def test_driver_isa_table_matches_tritons():

@@ -2,7 +2,9 @@
 parsed: the ``.entry`` parameters are exactly what TensorRT passes (inputs, the SymInt32 M, outputs; pointers .u64,
 M .u32; nothing after the outputs: Triton's two scratch pointers removed), ``.version`` is the supported PTX ISA
 (8.4: CUDA 12.4+ drivers, proven by assembling with the older CUDA 12.9 ptxas Triton also ships), the target is
-sm_90a exactly where ``wgmma`` is used, and dynamic shared memory fits TensorRT's 48 KiB.
+sm_90a exactly where ``wgmma`` is used, dynamic shared memory fits TensorRT's 48 KiB, and every GEMM tactic's main
+loop (the loop of its tensor-core MMAs) fills shared memory with ``cp.async`` copies: the plugins' PTX is compiled for
+16-byte aligned tensors (``trt_contract``'s alignment rule).
 
 Compiling needs Triton's compiler, not the interpreter the test session selects: one subprocess per session
 compiles every configuration (``plugins/kernel_report.py``, the rows bench/ptx_report.py writes). The default suite
@@ -10,6 +12,7 @@ compiles a representative subset of dit4sr-medium's layers; ``-m slow`` every la
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +106,24 @@ def check_shared_memory(rows):
     assert all(r["contract"] == "ok" for r in rows), [r["contract"] for r in rows if r["contract"] != "ok"]
 
 
+CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global\b")
+MMA = re.compile(r"\bwgmma\.mma_async\b")
+
+
+def main_loop_copies(ptx: str) -> bool:
+    """Whether a loop of the PTX both issues tensor-core MMAs and cp.async copies into shared memory."""
+    lines = ptx.splitlines()
+    return any(any(MMA.search(x) for x in lines[a:b + 1]) and any(CP_ASYNC.search(x) for x in lines[a:b + 1])
+               for a, b in ptx_text.loop_regions(ptx))
+
+
+def check_gemm_pipelined(rows):
+    gemm = [r for r in rows if r["plugin"] == "LowbitGemm"]
+    assert gemm
+    missing = [f"{r['config']} t{r['tactic']}" for r in gemm if not main_loop_copies(r["ptx"])]
+    assert not missing, f"GEMM tactics whose main loop has no cp.async: {missing}"
+
+
 def test_plugin_entries_are_what_tensorrt_passes(subset_rows):
     assert {r["plugin"] for r in subset_rows} == {"RotateQuantize", "LowbitGemm"}
     check_entries(subset_rows)
@@ -114,6 +135,14 @@ def test_plugin_ptx_assembles_at_isa_84_with_an_older_ptxas(subset_rows):
 
 def test_plugin_kernels_fit_tensorrts_shared_memory(subset_rows):
     check_shared_memory(subset_rows)
+
+
+def test_every_gemm_tactic_pipelines_its_main_loop_with_cp_async(subset_rows):
+    check_gemm_pipelined(subset_rows)
+    plain = "$L__BB0_1:\n\twgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {...};\n\tbra.uni $L__BB0_1;\n"
+    assert not main_loop_copies(plain)  # the parse: an MMA loop without copies is told apart
+    copied = plain.replace("\tbra", "\tcp.async.cg.shared.global [%r1], [%rd1], 16;\n\tbra")
+    assert main_loop_copies(copied) and not main_loop_copies(copied.replace("bra.uni $L__BB0_1", "ret"))
 
 
 def test_scratch_parameters_are_removed_only_when_unreferenced(subset_rows):
@@ -133,3 +162,4 @@ def test_every_medium_configuration_obeys_the_contract(medium_rows):
     check_entries(medium_rows)
     check_older_ptxas(medium_rows)
     check_shared_memory(medium_rows)
+    check_gemm_pipelined(medium_rows)
