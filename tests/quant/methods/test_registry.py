@@ -161,7 +161,10 @@ def test_the_registry_says_which_methods_calibrate():
         assert get_method(name).needs_calibration and get_method(name).uses_calibration
     for name in ("rtn", "fp"):
         assert not get_method(name).uses_calibration
-    assert get_method("quarot").uses_calibration and not get_method("quarot").needs_calibration  # gptq=true
+    quarot = get_method("quarot")  # calibrates for its GPTQ variant only
+    assert quarot.uses_calibration and not quarot.needs_calibration
+    assert not quarot.wants_calibration(make_config(quarot, {}))
+    assert quarot.wants_calibration(make_config(quarot, {"gptq": True}))
     assert method_names()[-1] == "fp" and "fp" not in method_names(quantizing_only=True)
     assert not get_method("fp").quantizes and "start_sigma" not in get_method("rtn").options()
     assert "start_sigma" in get_method("svdquant").options()  # every calibrated method follows the trajectory
