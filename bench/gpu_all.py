@@ -1,4 +1,4 @@
-"""Everything one NVIDIA GPU session runs for issue 30, in under 8 minutes on one H100, into ONE JSON.
+"""Everything one NVIDIA GPU session runs, in under 8 minutes on one H100, into ONE JSON.
 
 Parts, each a subprocess with its own time limit (a part that fails or runs out of time is recorded as such, and
 the others still run):
@@ -8,7 +8,7 @@ the others still run):
   step    bench/gpu_step.py --blocks 2: one dit4sr-medium step (2 blocks, 1024x1024 output), triton W4A4 vs bf16
   ort     bench/ort_cuda.py: ONNX Runtime CUDA EP vs CPU on dit4sr-medium blocks (FP32, W4A4)
   ptx     bench/ptx_report.py: every kernel configuration's PTX facts (no GPU needed; included for one record)
-Targets checked (issue 30, unchanged): W4A4 GEMM >= 1.6x torch bf16 at every medium shape, low-rank epilogue
+Targets checked: W4A4 GEMM >= 1.6x torch bf16 at every medium shape, low-rank epilogue
 overhead <= 15%, step >= 1.4x bf16. Writes bench/results/gpu_all.json (``render``: its Markdown section).
 
 ``--quick`` runs every part in its CPU form (kernels and step tiny in Triton's interpreter, ort on dit4sr-tiny
@@ -87,7 +87,7 @@ def run_part(name: str, quick: bool) -> dict:
 
 
 def targets(parts: dict, quick: bool) -> dict:
-    """Each issue-30 target: the measured value (worst over the medium shapes) and whether it is met (no verdict
+    """Each GPU target: the measured value (worst over the medium shapes) and whether it is met (no verdict
     for a quick run: interpreted tiny shapes say nothing about GPU speed)."""
     values: dict[str, float | None] = dict.fromkeys(TARGETS)
     kernels = parts["kernels"]["result"]
@@ -111,7 +111,7 @@ def render(result: dict) -> str:
     import ort_cuda
     import ptx_report
 
-    lines = ["## GPU session (issue 30): bench/gpu_all.sh", "",
+    lines = ["## GPU session: bench/gpu_all.sh", "",
              f"{provenance(result)} GPU: "
              f"{result['gpu']}. Total {result['seconds']} s." + (" Quick run: CPU forms of every part (not "
                                                                  "performance figures)." if result["quick"] else ""),

@@ -88,7 +88,7 @@ def moved(obj, device):
 
 
 def render(result: dict) -> str:
-    lines = ["## GPU kernels (issues 14, 30)", "",
+    lines = ["## GPU kernels", "",
              f"{provenance(result)} Device: {result['device']}.",
              f"Median of {result['reps']} after warm-up; every ratio is against the torch matmul timed in the same "
              "run. Kernel outputs checked against their torch references first (columns: SQNR, codes equal).", "",

@@ -99,7 +99,7 @@ def render(result: dict) -> str:
     base, quant = result["ms"]["torch"], result["ms"]["w4a4_triton"]
     rows = "\n".join(f"| {mode} | {base[mode]:.1f} | {quant[mode]:.1f} | {result['speedup'][mode]:.2f}x |"
                      for mode in base)
-    return (f"## GPU step (issues 14, 30)\n\n{provenance(result)} Device: {result['device']}.\nOne {result['preset']} step ({result['blocks']} blocks) "
+    return (f"## GPU step\n\n{provenance(result)} Device: {result['device']}.\nOne {result['preset']} step ({result['blocks']} blocks) "
             f"at a {result['latent'] * 8}x{result['latent'] * 8} output ({result['tokens']}), batch 1, median of "
             f"{result['reps']}; both timed in the same run.\n\n| mode | {result['torch_dtype']} torch ms "
             f"| W4A4 triton ms | speedup |\n|---|---|---|---|\n{rows}\n")

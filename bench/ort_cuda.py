@@ -75,7 +75,7 @@ def time_set(folder: Path, side: int, text: int, repeats: int, cuda: bool, threa
 
 
 def render(result: dict) -> str:
-    lines = ["## ONNX Runtime: CUDA execution provider vs CPU (issue 30)", "",
+    lines = ["## ONNX Runtime: CUDA execution provider vs CPU", "",
              f"{provenance(result)} GPU: "
              f"{result['gpu']}. onnxruntime {result['onnxruntime']} (providers: {', '.join(result['providers'])}). "
              f"{result['preset']}, {result['layers']} block(s), {result['side']}x{result['side']} latent, batch 1, "
