@@ -13,6 +13,7 @@ Run: python bench/gpu_agreement.py ENGINE_SET... [--model examples/dit4sr-tiny] 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 from common import ROOT, provenance, write_result
@@ -62,11 +63,15 @@ def main() -> None:
                              "ort_vs_simulation_db": pair("simulation", "ort"),
                              "triton_vs_simulation_db": pair("simulation", "triton")})
                 print(rows[-1])
-    print(f"wrote {write_result('gpu_agreement', {'device': device_name(device), 'model': args.model, 'rows': rows})}")
+    model = Path(args.model).resolve()  # the repository's own model as a path inside it: the page is checkout-free
+    shown = str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else str(model)
+    print(f"wrote {write_result('gpu_agreement', {'device': device_name(device), 'model': shown, 'rows': rows})}")
 
 
 def render(result: dict) -> str:
-    model = result["model"].removeprefix(str(ROOT) + "/")
+    model = result["model"]
+    if "/examples/" in model:  # an absolute path into a checkout (results written before paths were relative)
+        model = "examples/" + model.split("/examples/", 1)[1]
     lines = ["# Triton backend agreement", "", provenance(result), "",
              f"Device: {result['device']}. Engine sets built from {model} by `qdit4sr-export build`; (wbits, abits) "
              "as each build's method config records them (wbits auto: VaSMP; abits: static bits, or VaTMP's "
