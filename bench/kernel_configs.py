@@ -7,8 +7,8 @@ TensorRT plugins' AOT PTX (both with 16-byte aligned tensors), and read its prox
 spills, Triton's shared memory, async copies and int8 ``wgmma`` in the main loop, programs per SM). The proxy rule
 ranks the candidates of one representative shape per setting; each key at its own shape keeps the best-ranked
 candidate still feasible there. ``--write-table`` rewrites plugins/gemm_table.py.
-``--retune`` (GPU): time each key's candidates that fit 48 KiB without spills (CUDA events, median; outputs checked
-equal across tiles) and, with ``--write-table``, keep the fastest. ``--retune --tiny`` runs that code on one small
+``--retune`` (GPU): time each key's candidates that the proxy rule finds feasible (CUDA events, median; outputs
+checked equal across tiles) and, with ``--write-table``, keep the fastest. ``--retune --tiny`` runs that code on one small
 key in Triton's CPU interpreter: a check of the script (written as a ``_quick`` result git ignores), not a timing.
 Without ``--retune`` nothing is timed: every number is a compile-time proxy, not a speed.
 Run: python bench/kernel_configs.py --sweep [--write-table] [--jobs N]   (GPU: --retune [--write-table])
@@ -110,14 +110,15 @@ def sweep(jobs: int, write: bool) -> dict:
 
 
 def retune(write: bool, reps: int, tiny: bool) -> dict:
-    """GPU: each key's candidates that compile within 48 KiB without spills, timed; the fastest kept. ``tiny``: one
-    small key through Triton's CPU interpreter (checks this code runs; its times are not speeds)."""
+    """GPU: each key's candidates that the proxy rule finds feasible (48 KiB, no spills, pipelined, in both
+    compiles), timed; the fastest kept. ``tiny``: one small key through Triton's CPU interpreter, its first two
+    candidates unfiltered (checks this code runs; its times are not speeds)."""
     import dataclasses
 
     import torch
     from gpu_common import choose_device, device_name, time_ms
-    from qdit4sr_export.plugins.gemm_configs import SHARED_LIMIT, TABLE as CURRENT, TOKEN_BUCKETS, key_of
-    from qdit4sr_export.plugins.gemm_tuning import candidates, key_attrs, table_source
+    from qdit4sr_export.plugins.gemm_configs import TABLE as CURRENT, TOKEN_BUCKETS, key_of
+    from qdit4sr_export.plugins.gemm_tuning import candidates, feasible, key_attrs, proxies, table_source
     from qdit4sr_export.plugins.lowbit_gemm import LowbitGemm
     from qdit4sr_export.plugins.trt_launch import prepared_lowbit_gemm, prepared_rotate_quantize
     from qdit4sr_export.plugins.trt_ops import RotateQuantizeAttrs
@@ -141,10 +142,10 @@ def retune(write: bool, reps: int, tiny: bool) -> dict:
         act = rq(torch.randn(tokens, a.k, device=device), a.abits or None, store_z=not a.abits)
         timed, first = [], None
         for tile in candidates(key)[:2] if tiny else candidates(key):
+            if not tiny and not feasible(proxies(a, tile, TOKENS), key.a_mode):
+                continue  # the sweep's conditions, in both compiles (the plugins' PTX included)
             gemm = LowbitGemm(w, device, tile=tile)
-            y = gemm(act, torch.float32)  # compiles; gemm.kernel is what ran (None when interpreted)
-            if gemm.kernel is not None and (gemm.kernel.metadata.shared > SHARED_LIMIT or gemm.kernel.n_spills):
-                continue
+            y = gemm(act, torch.float32)
             first = y if first is None else first
             if float((y - first).abs().max() / first.abs().max()) > 1e-5:  # every tile computes the same GEMM
                 raise SystemExit(f"tile {tile} of {key} disagrees with {timed[0][1]}")
