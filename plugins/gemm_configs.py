@@ -4,10 +4,11 @@ compile the same kernel for the same layer and token count.
 ``triton.autotune`` cannot run inside an ahead-of-time TensorRT plugin, so the choice is a table
 (``gemm_table.ROWS``) keyed on (token bucket, N, K, weight storage, activation mode, group size, SVD-L) with a
 rule for every other key. Every configuration must fit TensorRT's 48 KiB dynamic shared memory and compile
-without register spills on sm_90 (``tests/plugins/test_gemm_configs.py`` compiles them and checks). The table
-was chosen without a GPU, by compile-time proxies only (shared memory, spills, async copies in the main loop,
-registers): ``bench/kernel_configs.py`` records them, and ``--retune`` on a GPU times each candidate with CUDA
-events and rewrites the table.
+without register spills on sm_90, as the triton backend compiles it and as the plugins' 16-byte aligned PTX
+(``tests/plugins/test_gemm_configs.py`` compiles them and checks). The table was chosen without a GPU, by
+compile-time proxies only (shared memory, spills, async copies in the main loop, registers; the rule is in
+``gemm_tuning``): ``bench/kernel_configs.py --sweep`` records them, and ``--retune`` on a GPU times each
+candidate with CUDA events and rewrites the table.
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def k_step(bk: int, gs: int, a_mode: int) -> int:
 
 
 def rule(key: GemmKey) -> GemmTile:
-    """The choice for a key the table does not list. The compile-time facts the table was chosen by do not depend
-    on N, K or the token count, so: the table's tile for the same weight storage and activation mode (the same
-    group size and SVD-L if listed), else a conservative tile (2 stages); 64 rows and 4 warps for the smallest
-    bucket; the K step re-fitted to the group."""
+    """The choice for a key the table does not list: the table's tile for the same weight storage and activation
+    mode (the same group size and SVD-L if listed; the sweep kept one tile per such setting across every
+    dit4sr-medium shape), else a conservative tile (2 stages); 64 rows and 4 warps for the smallest bucket; the
+    K step re-fitted to the group."""
     modes = [(k, t) for k, t in sorted(TABLE.items(), key=lambda kt: dataclasses.astuple(kt[0]))
              if (k.weights, k.a_mode) == (key.weights, key.a_mode)]
     exact = [t for k, t in modes if (k.group, k.svd_l) == (key.group, key.svd_l)]
