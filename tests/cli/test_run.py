@@ -299,9 +299,11 @@ def test_ctrl_c_leaves_whole_outputs_and_a_report_of_what_is_done(engine_sets, t
 
 
 def cli_process(*args):
-    """``qdit4sr-export run ARGS`` in a new process, its output unbuffered (lines arrive as they are written)."""
+    """``qdit4sr-export run ARGS`` in a new process, its output unbuffered (lines arrive as they are written), with
+    SIGINT at its default as in a terminal (a test run started in the background inherits it ignored)."""
     return subprocess.Popen([sys.executable, "-m", "qdit4sr_export", "run", *map(str, args)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 SIGNAL_RUN = ("--grid-steps", 4, "--threads", 1)
