@@ -291,7 +291,10 @@ def render(result: dict) -> str:
              f"{result['evaluation_crops']} crops of the [quality page](quality.md) (never used to choose). Bytes: "
              "what the ONNX lowering stores for the quantized layers (codes, scales, FP branches; not the smoothing vectors, one float "
              "per input channel). Plan: the method's "
-             "plan in this process (calibration on 4 crops of 32 px, the searches), wall time on the shared machine."
+             "plan in this process (calibration on 4 crops of 32 px, the searches), wall time on the shared machine: "
+             "other jobs shared its two cores (load about 2 to 10), so plan times compare only roughly; the "
+             "[GPTQ plan time page](gptq_plan_time.md) times the real `plan` command without and with GPTQ, CPU "
+             "time included."
              + (" Step: one 64x64-latent step (guidance batch 2) of the built engine set through the runtime's "
                 "OrtRunner; speed-up against the FP32 engine set, timed alternately in the same process." if timing
                 else ""), ""]
