@@ -1,5 +1,5 @@
 """GPTQ Hessians one transformer block at a time, so a released-size model never holds more than one block's
-weights and Hessians (issue 33).
+weights and Hessians.
 
 The trajectory a plan calibrates on is recorded as the first block's inputs of every forward call (tokens, text,
 time embedding, grid: a few MB per call). Methods record them on the calibration pass they already run

@@ -1,4 +1,4 @@
-"""GPTQ on the transformed residual (issue 33): the option ``gptq=true`` of qdit4sr, quarot and svdquant.
+"""GPTQ on the transformed residual: the option ``gptq=true`` of qdit4sr, quarot and svdquant.
 
 A planned layer computes ``Q(W_res) Q_G(z) + W_fp z`` with ``z = (x / s) R`` (smoothing, then rotation) and
 ``W_res`` the weight ``(W s) R`` less its FP branch (H-SVD, or SVDQuant's low-rank branch). GPTQ rounds ``W_res``

@@ -58,7 +58,7 @@ class QDiT4SRConfig:
     # budgets only the steps that run; skipped steps keep static floor(abits) bits.
     start_sigma: float = 1.0
     calib_seed: int = 0
-    # Options beyond the paper (issue 19), off by default. group_size: input channels sharing one weight scale
+    # Options beyond the paper, off by default. group_size: input channels sharing one weight scale
     # and one activation scale (Gaussian-optimal clip per group; 0: per weight row and per token, the paper's).
     group_size: int = 0
     # smoothing: per-layer channel smoothing before the rotation, searched on calibration data against the
@@ -68,7 +68,7 @@ class QDiT4SRConfig:
     alpha_points: int = 10
     rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the smoothing search
     # gptq: the residual after H-SVD rounded by GPTQ against the Hessian of the rotated (and smoothed) inputs on the
-    # calibration trajectory (issue 33; needs calibration); damp: its damping; act_order: columns by Hessian diagonal.
+    # calibration trajectory (needs calibration); damp: its damping; act_order: columns by Hessian diagonal.
     gptq: bool = False
     damp: float = 0.01
     act_order: bool = False
@@ -235,7 +235,7 @@ def make_plan(
         return ctx.plan("qdit4sr", config, layer_plans(abits), notes=extra_notes, tensors=tensors)
 
     def gptq(source: str) -> None:
-        """GPTQ every active layer's residual on the recorded trajectory (issue 33)."""
+        """GPTQ every active layer's residual on the recorded trajectory."""
         found, note = run_gptq(model, calls, layer_plans({n: (None,) * steps for n in names}), ctx.weight, tensors,
                                config=config, steps_run=steps - ctx.first_step(config.start_sigma), layers=active,
                                source=source, progress=progress)

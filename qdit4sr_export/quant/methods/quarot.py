@@ -16,7 +16,7 @@ class QuaRotConfig(CalibratedConfig):
     rotation_seed: int = 0
     clip: str = "minmax"  # QuaRot's RTN uses min-max scales; "gaussian" is this project's optimal clip
     # gptq: QuaRot's GPTQ variant (its paper's W4A4 results): rotated weights rounded by GPTQ against the Hessian of
-    # the rotated inputs on the calibration trajectory (issue 33; needs calibration); damp; act_order.
+    # the rotated inputs on the calibration trajectory (needs calibration); damp; act_order.
     gptq: bool = False
     damp: float = 0.01
     act_order: bool = False

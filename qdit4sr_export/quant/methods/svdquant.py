@@ -19,7 +19,7 @@ class SVDQuantConfig(CalibratedConfig):
     alpha_points: int = 20  # alphas i/alpha_points for i = 1..alpha_points (SVDQuant: about 20)
     rows_per_step: int = 64  # calibration tokens sampled per layer, step and batch for the search
     # gptq: the residual after the low-rank branch rounded by GPTQ against the Hessian of the smoothed inputs on the
-    # calibration trajectory (SVDQuant's reference pipeline also compensates the residual's rounding; issue 33)
+    # calibration trajectory (SVDQuant's reference pipeline also compensates the residual's rounding)
     gptq: bool = False
     damp: float = 0.01
     act_order: bool = False
