@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from abc import ABC, abstractmethod
 from typing import Iterable
 
 import torch
@@ -24,17 +25,18 @@ from qdit4sr_export.model.positions import POS_EMBED_KEY, check_crop, computed_c
 SOURCE_ATTR = "_weight_source"
 
 
-class WeightSource:
+class WeightSource(ABC):
     """Named tensors in their stored dtype, read one at a time; float32 copies on demand."""
 
     config: DiT4SRConfig
 
+    @abstractmethod
     def names(self) -> list[str]:
-        raise NotImplementedError
+        """Every tensor's name."""
 
+    @abstractmethod
     def read(self, name: str) -> torch.Tensor:
         """The tensor as stored (e.g. float16)."""
-        raise NotImplementedError
 
     def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The tensor converted to ``dtype`` (the positional table in full when asked for by name)."""

@@ -11,6 +11,7 @@ GPTQ Hessians) gets them from one pass with :func:`collect`, under ``torch.infer
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,17 +143,19 @@ def run_trajectory(
     return torch.cat(finals)
 
 
-class Statistic:
+class Statistic(ABC):
     """A statistic of some layers' inputs along the trajectory: ``observe`` sees each call, ``result`` sums up."""
 
     def __init__(self, layers: Sequence[str]) -> None:
         self.layers = list(layers)
 
+    @abstractmethod
     def observe(self, index: int, step: int, x: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Take one call's input ``x`` of sample batch ``index`` at ``step``."""
 
+    @abstractmethod
     def result(self):
-        raise NotImplementedError
+        """The statistic over every call observed."""
 
 
 class ActivationVariance(Statistic):
