@@ -60,7 +60,7 @@ def measure(work: Path, model: str, ckpt: Path, label: str, extra: list[str], ar
 def render(result: dict) -> str:
     """The Markdown section: one row per plan, then the GPTQ cost per checkpoint."""
     lines = ["# Full size: GPTQ's cost", "", provenance(result), "",
-             "2 cores shared with other work (load: the mean 1-minute load average while the plan ran). The real `qdit4sr-export plan` (commands below) with static bits on a random heavy-tailed checkpoint in the "
+             "2 cores (load: the mean 1-minute load average while the plan ran; above 2, it shared them). The real `qdit4sr-export plan` (commands below) with static bits on a random heavy-tailed checkpoint in the "
              f"released layout: dit4sr-medium (24 blocks, 2.7 B parameters) or its widths with {BLOCKS} blocks; "
              f"{result['calib_count']} calibration crops of 128 px, a {result['steps']}-step grid from sigma 1. Each "
              f"plan ran under a {BUDGET_GB:.0f} GB cap on its anonymous RSS (the full-size memory budget); peak RSS "
