@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from collections import Counter
 
-from common import ROOT, provenance, publish, table
+from common import ROOT, median_seconds, provenance, publish, table
 
 ROWS = 512
 DAMP = 0.01
@@ -38,16 +36,6 @@ def static_plan():
 
     model = build_dit4sr(PRESETS["dit4sr-medium"], device="meta")
     return make_plan(model, QDiT4SRConfig(wbits=4, abits=4.0, vatmp=False, steps=4)), quantizable_linears(model)
-
-
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds of ``repeats`` calls."""
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def layer_inputs(out_f: int, in_f: int, seed: int):
@@ -72,9 +60,9 @@ def measure_shape(plan, name: str, shape: tuple[int, int], repeats: int) -> dict
     weight, hessian = layer_inputs(out_f, in_f, seed=in_f * 7 + out_f)
     damped = hessian.clone()
     damped.diagonal().add_(DAMP * float(hessian.diagonal().mean()))
-    return {"split_s": round(timed(lambda: split_weight(weight, layer, name, plan.tensors), repeats), 3),
-            "cholesky_s": round(timed(lambda: _inverse_cholesky(damped), repeats), 3),
-            "layer_s": round(timed(lambda: quantize_layer(weight, layer, name, plan.tensors, hessian, damp=DAMP,
+    return {"split_s": round(median_seconds(lambda: split_weight(weight, layer, name, plan.tensors), repeats), 3),
+            "cholesky_s": round(median_seconds(lambda: _inverse_cholesky(damped), repeats), 3),
+            "layer_s": round(median_seconds(lambda: quantize_layer(weight, layer, name, plan.tensors, hessian, damp=DAMP,
                                                           act_order=False), repeats), 3)}
 
 

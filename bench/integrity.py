@@ -11,30 +11,19 @@ Run: python bench/integrity.py [--large-gb 2]   (about a minute plus the build)
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, provenance, publish
+from common import ROOT, median_seconds, provenance, publish
 from qdit4sr_export.runtime.engine_set import EngineSet
 from quickstart import BUILD
 
 from qdit4sr_export.engine.format import check_files, file_entry
 
 LEVELS = ("size", "quick", "full")
-
-
-def best_of(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def example_set(folder: Path) -> dict:
@@ -44,7 +33,7 @@ def example_set(folder: Path) -> dict:
                    check=True, capture_output=True, cwd=folder)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"what": "example model W4A4 engine set", "bytes": size,
-            **{f"{level}_s": best_of(lambda: EngineSet.load(out, verify=level)) for level in LEVELS}}
+            **{f"{level}_s": median_seconds(lambda: EngineSet.load(out, verify=level), 5) for level in LEVELS}}
 
 
 def large_file(folder: Path, gigabytes: float) -> dict:
@@ -57,7 +46,7 @@ def large_file(folder: Path, gigabytes: float) -> dict:
     entry = file_entry(folder, path)
     row = {"what": f"weights.bin of {path.stat().st_size / 1e9:.2f} GB (page-cached)", "bytes": path.stat().st_size}
     for level in LEVELS:
-        row[f"{level}_s"] = best_of(lambda: check_files(folder, [entry], level), repeats=3)
+        row[f"{level}_s"] = median_seconds(lambda: check_files(folder, [entry], level), 3)
     path.unlink()
     return row
 
