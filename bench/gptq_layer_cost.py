@@ -42,10 +42,10 @@ def layer_inputs(out_f: int, in_f: int, seed: int):
     """A heavy-tailed weight (Student-t, 3 d.o.f.) and the Hessian 2 X^T X / n of inputs with outlier channels."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     weight = torch.distributions.StudentT(3.0).sample((out_f, in_f)) * 0.02
-    x = torch.randn(ROWS, in_f, generator=gen)
-    x[:, torch.randperm(in_f, generator=gen)[: max(1, in_f // 100)]] *= 20.0
+    x = torch.randn(ROWS, in_f)
+    x[:, torch.randperm(in_f)[: max(1, in_f // 100)]] *= 20.0
     return weight.float(), (2.0 * x.T.double() @ x.double()) / ROWS
 
 
@@ -60,10 +60,12 @@ def measure_shape(plan, name: str, shape: tuple[int, int], repeats: int) -> dict
     weight, hessian = layer_inputs(out_f, in_f, seed=in_f * 7 + out_f)
     damped = hessian.clone()
     damped.diagonal().add_(DAMP * float(hessian.diagonal().mean()))
+    def whole_layer():
+        return quantize_layer(weight, layer, name, plan.tensors, hessian, damp=DAMP, act_order=False)
+
     return {"split_s": round(median_seconds(lambda: split_weight(weight, layer, name, plan.tensors), repeats), 3),
             "cholesky_s": round(median_seconds(lambda: _inverse_cholesky(damped), repeats), 3),
-            "layer_s": round(median_seconds(lambda: quantize_layer(weight, layer, name, plan.tensors, hessian, damp=DAMP,
-                                                          act_order=False), repeats), 3)}
+            "layer_s": round(median_seconds(whole_layer, repeats), 3)}
 
 
 def full_size_reference() -> dict | None:
@@ -101,8 +103,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     model_s = sum(r["count"] * r["layer_s"] for r in rows)
-    result = {"preset": "dit4sr-medium", "layers": len(active), "plan_layers": len(plan.layers), "rows": ROWS, "repeats": args.repeats,
-              "threads": torch.get_num_threads(), "load": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    result = {"preset": "dit4sr-medium", "layers": len(active), "plan_layers": len(plan.layers), "rows": ROWS,
+              "repeats": args.repeats, "threads": torch.get_num_threads(),
+              "load": [round(load_start, 2), round(os.getloadavg()[0], 2)],
               "shapes": rows, "model_layer_s": round(model_s, 1),
               "model_cholesky_s": round(sum(r["count"] * r["cholesky_s"] for r in rows), 1),
               "model_split_s": round(sum(r["count"] * r["split_s"] for r in rows), 1),
@@ -113,27 +116,28 @@ def main() -> None:
 def render(result: dict) -> str:
     """The page: per-shape times, the model's sum, and its share of the measured GPTQ plan."""
     total = result["model_layer_s"]
-    lines = ["# Full size: GPTQ per layer", "", provenance(result), "",
-             f"The per-layer work of `-O gptq=true` on the released widths (dit4sr-medium: the {result['layers']} active "
-             f"layers of its {result['plan_layers']}, the ones GPTQ rounds; static W4A4 qdit4sr plan: rotation, H-SVD "
-             "split, GPTQ solve), once per distinct layer shape on a "
-             f"random heavy-tailed weight and a damped Hessian of {result['rows']} random input rows; median of "
-             f"{result['repeats']} runs, {result['threads']} threads, 1-minute load {result['load'][0]} at the start "
-             f"and {result['load'][1]} at the end. \"GPTQ solve\" is the whole layer less the split; the Cholesky "
-             "factor of the inverse Hessian is part of it.", ""]
+    intro = (f"The per-layer work of `-O gptq=true` on the released widths (dit4sr-medium: the {result['layers']} "
+             f"active layers of its {result['plan_layers']}, the ones GPTQ rounds; static W4A4 qdit4sr plan: "
+             "rotation, H-SVD split, GPTQ solve), once per distinct layer shape on a random heavy-tailed weight and a "
+             f"damped Hessian of {result['rows']} random input rows; median of {result['repeats']} runs, "
+             f"{result['threads']} threads, 1-minute load {result['load'][0]} at the start and {result['load'][1]} at "
+             "the end. \"GPTQ solve\" is the whole layer less the split; the Cholesky factor of the inverse Hessian "
+             "is part of it.")
+    lines = ["# Full size: GPTQ per layer", "", provenance(result), "", intro, ""]
     body = [[f"{r['out']} x {r['in']}", r["count"], f"`{r['example']}`", f"{r['split_s']:.2f} s",
              f"{r['cholesky_s']:.2f} s", f"{r['layer_s'] - r['split_s']:.2f} s", f"{r['layer_s']:.2f} s",
              f"{r['count'] * r['layer_s']:.0f} s ({100 * r['count'] * r['layer_s'] / total:.0f}%)"]
             for r in result["shapes"]]
     lines += table(["out x in", "layers", "for example", "split", "Cholesky factor", "GPTQ solve", "whole layer",
                     "x layers (share)"], body)
-    lines += ["", f"- Sum over the model's layers: {total:.0f} s, of which the split {result['model_split_s']:.0f} s "
-                  f"and the Cholesky factors {result['model_cholesky_s']:.0f} s."]
+    lines += ["", (f"- Sum over the model's layers: {total:.0f} s, of which the split "
+                   f"{result['model_split_s']:.0f} s and the Cholesky factors {result['model_cholesky_s']:.0f} s.")]
     ref = result.get("full_size")
     if ref:
         lines.append(f"- [Full size: GPTQ](full_size_gptq.md) measured the real plan on the 24-block checkpoint "
                      f"({ref['date']}, load {' and '.join(map(str, ref['load']))}): GPTQ added {ref['extra_s']:.0f} s "
-                     f"over {ref['layers']} layers. The per-layer work timed here is {100 * total / ref['extra_s']:.0f}% "
+                     f"over {ref['layers']} layers. The per-layer work timed here is "
+                     f"{100 * total / ref['extra_s']:.0f}% "
                      "of that; the rest is the plan's other GPTQ work (its calibration trajectory, the pass of the FP "
                      "blocks that accumulates the Hessians, reading each block's weights). Two runs at different "
                      "times on the same machine, so the share is approximate.")
