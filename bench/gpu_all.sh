@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 30: everything a session with one NVIDIA GPU (H100/H200) runs, in under 8 minutes, into ONE JSON
+# Everything a session with one NVIDIA GPU (H100/H200) runs, with time limits adding up to 8 minutes, into ONE JSON
 # (bench/results/gpu_all.json): the gpu-marked tests, the kernel GEMM vs torch bf16 at dit4sr-medium shapes and the
 # low-rank epilogue overhead, a dit4sr-medium step (2 blocks, 1024x1024 output) triton W4A4 vs bf16, ONNX Runtime's
 # CUDA execution provider vs its CPU one, and the PTX report. Each part has its own time limit (bench/gpu_all.py).
